@@ -1,0 +1,3 @@
+"""fusion-emotion: audio-visual emotion recognition served on Triton."""
+
+__version__ = "0.1.0"

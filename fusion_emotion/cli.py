@@ -1,0 +1,52 @@
+"""``fusion-emotion`` console command.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``;
+modules keep heavy imports (torch, tritonclient, boto3) inside their handlers
+so ``fusion-emotion --help`` stays fast and serving never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Modules that register subcommands, in help order.
+COMMAND_MODULES = (
+    "fusion_emotion.export.cli",  # export
+    "fusion_emotion.triton_server",  # triton
+    "fusion_emotion.client.cli",  # predict
+    "fusion_emotion.frontend.cli",  # serve
+    "fusion_emotion.deploy.cli",  # package, deploy, undeploy
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusion-emotion", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                continue  # that part of the product is not installed in this tree
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

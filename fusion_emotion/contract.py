@@ -1,0 +1,98 @@
+"""The single source of truth for the serving contract.
+
+Tensor names, dtypes, shapes, labels and preprocessing constants live here and
+nowhere else: export, the model repository tests, the reference pipeline, the
+Triton adapters and the clients all import them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LABELS: tuple[str, ...] = ("angry", "disgust", "fearful", "happy", "neutral", "sad")
+NUM_CLASSES = len(LABELS)
+
+# --- Video (torchvision R3D_18 eval transform) ---------------------------------
+NUM_FRAMES = 16
+RESIZE_HW = (128, 171)
+CROP_HW = (112, 112)
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+VIDEO_EMBED_DIM = 512
+
+# --- Audio (HuBERT-base) --------------------------------------------------------
+SAMPLE_RATE = 16_000
+# HuBERT-base takes no attention mask, so every request is brought to one fixed
+# analysis window: longer audio keeps its centred 4 s, shorter audio is padded
+# with trailing zeros. 4 s covers a whole RAVDESS / CREMA-D utterance.
+AUDIO_WINDOW_SECONDS = 4.0
+AUDIO_SAMPLES = int(SAMPLE_RATE * AUDIO_WINDOW_SECONDS)
+AUDIO_EMBED_DIM = 768
+
+# --- Triton model names -----------------------------------------------------------
+ENSEMBLE = "fusion_emotion"
+PREPROCESS = "preprocess"
+VIDEO_ENCODER = "video_encoder"
+AUDIO_ENCODER = "audio_encoder"
+FUSION_HEAD = "fusion_head"
+MODEL_NAMES = (PREPROCESS, VIDEO_ENCODER, AUDIO_ENCODER, FUSION_HEAD, ENSEMBLE)
+PROFILES = ("cpu", "gpu", "gpu_fp16")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor: Triton dtype string, numpy dtype name and dims without batch."""
+
+    name: str
+    triton_dtype: str  # as in config.pbtxt, e.g. "TYPE_FP32"
+    dims: tuple[int, ...]
+    optional: bool = False
+
+    @property
+    def numpy_dtype(self) -> str:
+        return {
+            "TYPE_FP32": "float32",
+            "TYPE_STRING": "object",
+            "TYPE_BOOL": "bool",
+        }[self.triton_dtype]
+
+    @property
+    def wire_dtype(self) -> str:
+        """Datatype name on the KServe v2 wire (tritonclient)."""
+        return {"TYPE_FP32": "FP32", "TYPE_STRING": "BYTES", "TYPE_BOOL": "BOOL"}[self.triton_dtype]
+
+
+# Ensemble I/O: what users send and receive.
+IN_VIDEO = TensorSpec("video", "TYPE_STRING", (1,), optional=True)
+IN_AUDIO = TensorSpec("audio", "TYPE_STRING", (1,), optional=True)
+OUT_PROBABILITIES = TensorSpec("probabilities", "TYPE_FP32", (NUM_CLASSES,))
+
+# preprocess -> fusion_head (the encoders are called by preprocess through BLS,
+# so a missing modality costs no encoder work).
+VIDEO_EMBEDDING = TensorSpec("video_embedding", "TYPE_FP32", (VIDEO_EMBED_DIM,))
+AUDIO_EMBEDDING = TensorSpec("audio_embedding", "TYPE_FP32", (AUDIO_EMBED_DIM,))
+MODALITY_MASK = TensorSpec("modality_mask", "TYPE_FP32", (2,))  # [has_video, has_audio]
+
+# Encoders (ONNX graph names == Triton tensor names).
+VIDEO_FRAMES = TensorSpec("frames", "TYPE_FP32", (3, NUM_FRAMES, *CROP_HW))
+VIDEO_ENC_OUT = TensorSpec("embedding", "TYPE_FP32", (VIDEO_EMBED_DIM,))
+AUDIO_WAVEFORM = TensorSpec("waveform", "TYPE_FP32", (AUDIO_SAMPLES,))
+AUDIO_ENC_OUT = TensorSpec("embedding", "TYPE_FP32", (AUDIO_EMBED_DIM,))
+
+# Model I/O per Triton model, in config order: (inputs, outputs).
+MODEL_IO: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
+    ENSEMBLE: ((IN_VIDEO, IN_AUDIO), (OUT_PROBABILITIES,)),
+    PREPROCESS: ((IN_VIDEO, IN_AUDIO), (VIDEO_EMBEDDING, AUDIO_EMBEDDING, MODALITY_MASK)),
+    VIDEO_ENCODER: ((VIDEO_FRAMES,), (VIDEO_ENC_OUT,)),
+    AUDIO_ENCODER: ((AUDIO_WAVEFORM,), (AUDIO_ENC_OUT,)),
+    FUSION_HEAD: ((VIDEO_EMBEDDING, AUDIO_EMBEDDING, MODALITY_MASK), (OUT_PROBABILITIES,)),
+}
+
+LABELS_FILENAME = "labels.txt"
+ONNX_FILENAME = "model.onnx"
+TORCHSCRIPT_FILENAME = "model.pt"
+HEAD_WEIGHTS_FILENAME = "fusion_head.npz"
+PROVENANCE_PARAMETER = "weights_provenance"
+
+# Hard limits applied before heavy work (bytes of one encoded input).
+MAX_INPUT_BYTES = 100 * 1024 * 1024
