@@ -73,6 +73,18 @@ VIDEO_EMBEDDING = TensorSpec("video_embedding", "TYPE_FP32", (VIDEO_EMBED_DIM,))
 AUDIO_EMBEDDING = TensorSpec("audio_embedding", "TYPE_FP32", (AUDIO_EMBED_DIM,))
 MODALITY_MASK = TensorSpec("modality_mask", "TYPE_FP32", (2,))  # [has_video, has_audio]
 
+# Quality flags. NaN on the wire means "not computed / modality absent"; clients
+# turn it into JSON null. Orders below are also written as label files.
+MEDIA_QA_NAMES: tuple[str, ...] = (
+    "audio_clipping_ratio",
+    "audio_silence_ratio",
+    "video_face_detection_confidence",
+    "video_blur_level",
+)
+QA_FLAG_NAMES: tuple[str, ...] = MEDIA_QA_NAMES + ("modality_consistency_score", "overall_confidence")
+MEDIA_QA = TensorSpec("media_qa", "TYPE_FP32", (len(MEDIA_QA_NAMES),))
+OUT_QA_FLAGS = TensorSpec("qa_flags", "TYPE_FP32", (len(QA_FLAG_NAMES),))
+
 # Encoders (ONNX graph names == Triton tensor names).
 VIDEO_FRAMES = TensorSpec("frames", "TYPE_FP32", (3, NUM_FRAMES, *CROP_HW))
 VIDEO_ENC_OUT = TensorSpec("embedding", "TYPE_FP32", (VIDEO_EMBED_DIM,))
@@ -81,14 +93,15 @@ AUDIO_ENC_OUT = TensorSpec("embedding", "TYPE_FP32", (AUDIO_EMBED_DIM,))
 
 # Model I/O per Triton model, in config order: (inputs, outputs).
 MODEL_IO: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
-    ENSEMBLE: ((IN_VIDEO, IN_AUDIO), (OUT_PROBABILITIES,)),
-    PREPROCESS: ((IN_VIDEO, IN_AUDIO), (VIDEO_EMBEDDING, AUDIO_EMBEDDING, MODALITY_MASK)),
+    ENSEMBLE: ((IN_VIDEO, IN_AUDIO), (OUT_PROBABILITIES, OUT_QA_FLAGS)),
+    PREPROCESS: ((IN_VIDEO, IN_AUDIO), (VIDEO_EMBEDDING, AUDIO_EMBEDDING, MODALITY_MASK, MEDIA_QA)),
     VIDEO_ENCODER: ((VIDEO_FRAMES,), (VIDEO_ENC_OUT,)),
     AUDIO_ENCODER: ((AUDIO_WAVEFORM,), (AUDIO_ENC_OUT,)),
-    FUSION_HEAD: ((VIDEO_EMBEDDING, AUDIO_EMBEDDING, MODALITY_MASK), (OUT_PROBABILITIES,)),
+    FUSION_HEAD: ((VIDEO_EMBEDDING, AUDIO_EMBEDDING, MODALITY_MASK, MEDIA_QA), (OUT_PROBABILITIES, OUT_QA_FLAGS)),
 }
 
 LABELS_FILENAME = "labels.txt"
+QA_LABELS_FILENAME = "qa_flags.txt"
 ONNX_FILENAME = "model.onnx"
 TORCHSCRIPT_FILENAME = "model.pt"
 HEAD_WEIGHTS_FILENAME = "fusion_head.npz"
