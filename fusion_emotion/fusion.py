@@ -69,3 +69,30 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def score(
+    head: FusionHead, video_emb: np.ndarray, audio_emb: np.ndarray, mask: np.ndarray, media_qa: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fused probabilities [B,6] and the QA flags [B,6] (contract.QA_FLAG_NAMES order, NaN = absent).
+
+    ``modality_consistency_score`` compares the head's answers with each modality
+    alone (the other zeroed, as for a missing modality); it exists only when both
+    modalities are present.
+    """
+    from . import qa
+
+    probs = head.probabilities(video_emb, audio_emb, mask)
+    n = probs.shape[0]
+    flags = np.full((n, len(C.QA_FLAG_NAMES)), np.nan, dtype=np.float32)
+    flags[:, : len(C.MEDIA_QA_NAMES)] = media_qa
+    both = (mask[:, 0] > 0) & (mask[:, 1] > 0)
+    if both.any():
+        only_video = np.tile(np.array([[1.0, 0.0]], np.float32), (int(both.sum()), 1))
+        p_video = head.probabilities(video_emb[both], audio_emb[both], only_video)
+        p_audio = head.probabilities(video_emb[both], audio_emb[both], only_video[:, ::-1].copy())
+        flags[both, len(C.MEDIA_QA_NAMES)] = [qa.consistency(pv, pa) for pv, pa in zip(p_video, p_audio)]
+    consistency_col = len(C.MEDIA_QA_NAMES)
+    for i in range(n):
+        flags[i, consistency_col + 1] = qa.overall_confidence(probs[i], flags[i, :consistency_col], flags[i, consistency_col])
+    return probs, flags

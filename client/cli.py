@@ -1,0 +1,72 @@
+"""``fusion-emotion predict``: one file (plus optional WAV) -> the product's JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = {".wav", ".wave"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict emotions for a video (MP4/FLV/AVI) or a WAV file")
+    p.add_argument("file", type=Path, help="video (MP4/FLV/AVI) or audio (WAV) file")
+    p.add_argument("--audio", type=Path, help="WAV to use instead of the video's own audio track")
+    route = p.add_mutually_exclusive_group(required=True)
+    route.add_argument("--triton", metavar="HOST:PORT", help="Triton gRPC endpoint")
+    route.add_argument("--local", metavar="DIR", type=Path, help="run the reference pipeline in-process on a model repository")
+    route.add_argument("--url", metavar="URL", help="fusion-emotion front end, e.g. http://127.0.0.1:8080")
+    route.add_argument("--sagemaker-endpoint", metavar="NAME", help="SageMaker endpoint (boto3 invoke_endpoint)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds (default 120)")
+    p.set_defaults(func=run)
+
+
+def read_inputs(file: Path, audio: Path | None) -> tuple[bytes | None, bytes | None]:
+    data = file.read_bytes()
+    if file.suffix.lower() in AUDIO_SUFFIXES:
+        if audio is not None:
+            raise ValueError("give a video as FILE when --audio is used")
+        return None, data
+    return data, audio.read_bytes() if audio else None
+
+
+def predict(args: argparse.Namespace, video: bytes | None, audio: bytes | None) -> dict:
+    from fusion_emotion.result import result_dict
+
+    if args.local:
+        from fusion_emotion.pipeline import ReferencePipeline
+
+        probs, flags = ReferencePipeline(args.local).predict(video, audio)
+        return result_dict(probs, flags)
+    if args.triton:
+        from .triton import infer_grpc
+
+        return result_dict(*infer_grpc(args.triton, video, audio, timeout_s=args.timeout))
+    if args.url:
+        from .http import predict_url
+
+        return predict_url(args.url, video, audio, timeout=args.timeout)
+    from .http import predict_sagemaker_endpoint
+
+    return predict_sagemaker_endpoint(args.sagemaker_endpoint, video, audio)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fusion_emotion.media import MediaError
+
+    try:
+        video, audio = read_inputs(args.file, args.audio)
+        result = predict(args, video, audio)
+    except (OSError, ValueError, MediaError) as exc:
+        log.error("%s", exc)
+        return 2
+    except Exception as exc:  # server-side errors (tritonclient, HTTP) reach the user as one line
+        log.error("prediction failed: %s", exc)
+        return 1
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    return 0

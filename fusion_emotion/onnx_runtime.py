@@ -1,0 +1,43 @@
+"""onnxruntime sessions configured the same way in Triton's CPU profile and in-process."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def make_session(path: str | Path, intra_op_threads: int = 0, providers: list[str] | None = None):
+    """An inference session tuned for serving: full graph optimisation, one inter-op thread.
+
+    ``intra_op_threads`` 0 lets onnxruntime use one thread per physical core.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    if intra_op_threads > 0:
+        opts.intra_op_num_threads = intra_op_threads
+    available = ort.get_available_providers()
+    chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
+    log.info("loaded %s with %s (intra_op_threads=%s)", Path(path).name, chosen, intra_op_threads or "auto")
+    return session
+
+
+class Encoder:
+    """One ONNX encoder: float32 batch in, float32 embeddings out."""
+
+    def __init__(self, path: str | Path, intra_op_threads: int = 0) -> None:
+        self.session = make_session(path, intra_op_threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        return out

@@ -1,0 +1,31 @@
+"""The product's flat JSON result, shared by every client route and the front end."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import contract as C
+
+
+def qa_dict(qa_flags: np.ndarray | None) -> dict[str, float | None]:
+    """QA flags in contract order -> dict; NaN (not computed / modality absent) -> None."""
+    if qa_flags is None:
+        return {name: None for name in C.QA_FLAG_NAMES}
+    out: dict[str, float | None] = {}
+    for name, value in zip(C.QA_FLAG_NAMES, np.asarray(qa_flags, dtype=np.float64).reshape(-1)):
+        out[name] = None if math.isnan(value) else float(value)
+    return out
+
+
+def result_dict(probabilities: np.ndarray, qa_flags: np.ndarray | None = None) -> dict[str, Any]:
+    """``{"angry": p, …, "sad": p, "qa_flags": {…}, "dominant_emotion": label}``."""
+    probs = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    if probs.shape != (C.NUM_CLASSES,):
+        raise ValueError(f"expected {C.NUM_CLASSES} probabilities, got shape {probs.shape}")
+    out: dict[str, Any] = {label: float(p) for label, p in zip(C.LABELS, probs)}
+    out["qa_flags"] = qa_dict(qa_flags)
+    out["dominant_emotion"] = C.LABELS[int(np.argmax(probs))]
+    return out

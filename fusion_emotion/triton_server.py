@@ -1,0 +1,255 @@
+"""Run a real tritonserver on a model repository: ``fusion-emotion triton``.
+
+Locally the server is the one bundled in the ``nvidia-pytriton`` wheel (Triton
+2.51, Python backend only). Its Python-backend stub has to sit next to
+``libtriton_python.so``, find ``libpython3.X.so`` and this environment's
+site-packages; this module prepares a backend directory once and starts the
+server with that environment. ``FUSION_EMOTION_TRITONSERVER`` points at another
+binary (e.g. ``/opt/tritonserver/bin/tritonserver`` in NVIDIA's image), which is
+then used as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import contract as C
+
+log = logging.getLogger(__name__)
+
+PROFILE_CONFIG_NAME = {"gpu": None, "cpu": "cpu", "gpu_fp16": "gpu_fp16"}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Paths of the tritonserver shipped in the nvidia-pytriton wheel."""
+
+    binary: Path
+    libs: Path
+    python_backend: Path
+    stub: Path
+
+    @classmethod
+    def locate(cls) -> Bundle:
+        try:
+            import pytriton
+        except ImportError as exc:
+            raise RuntimeError("nvidia-pytriton is not installed: run `make setup`") from exc
+        root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        bundle = cls(
+            binary=root / "bin" / "tritonserver",
+            libs=root.parent.parent / "nvidia_pytriton.libs",
+            python_backend=root / "backends" / "python",
+            stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
+        )
+        for path in (bundle.binary, bundle.libs, bundle.python_backend, bundle.stub):
+            if not path.exists():
+                raise RuntimeError(f"bundled tritonserver incomplete: {path} missing")
+        return bundle
+
+    def backend_dir(self) -> Path:
+        """A backends/ directory with the stub beside libtriton_python.so (prepared once)."""
+        cache = Path(os.environ.get("FUSION_EMOTION_CACHE", Path(sys.prefix) / "share" / "fusion-emotion"))
+        target = cache / f"backends-py{sys.version_info.major}{sys.version_info.minor}"
+        python_dir = target / "python"
+        wanted = {p.name: p for p in self.python_backend.iterdir() if p.is_file()}
+        wanted[self.stub.name] = self.stub
+        if all((python_dir / n).is_file() and (python_dir / n).stat().st_size == p.stat().st_size for n, p in wanted.items()):
+            return target
+        staging = cache / f".backends-{uuid.uuid4().hex}"
+        (staging / "python").mkdir(parents=True)
+        for name, src in wanted.items():
+            shutil.copy2(src, staging / "python" / name)
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            staging.rename(target)
+        except OSError:  # another process prepared it at the same time
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+
+def server_env(bundle: Bundle | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if bundle is not None:
+        libdir = sysconfig.get_config_var("LIBDIR") or ""
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(bundle.libs), libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+        # The stub's embedded interpreter finds its prefix from `python3` on PATH: put
+        # this environment first so the stub imports this venv's packages (numpy < 2).
+        env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    return env
+
+
+@dataclass
+class ServerOptions:
+    repository: Path
+    profile: str = "cpu"
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+    host: str = "127.0.0.1"
+    extra_args: list[str] = field(default_factory=list)
+    log_verbose: int = 0
+    shm_default_bytes: int = 16 * 1024 * 1024
+    shm_growth_bytes: int = 8 * 1024 * 1024
+
+
+def build_command(opts: ServerOptions, binary: Path, backend_dir: Path | None) -> list[str]:
+    if opts.profile not in PROFILE_CONFIG_NAME:
+        raise ValueError(f"unknown profile {opts.profile!r}; choose from {', '.join(PROFILE_CONFIG_NAME)}")
+    cmd = [
+        str(binary),
+        f"--model-repository={opts.repository}",
+        f"--grpc-port={opts.grpc_port}",
+        f"--http-port={opts.http_port}",
+        f"--metrics-port={opts.metrics_port}",
+        f"--grpc-address={opts.host}",
+        f"--http-address={opts.host}",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        "--disable-auto-complete-config",
+        "--exit-timeout-secs=20",
+        f"--log-verbose={opts.log_verbose}",
+        # unique per server so several servers (tests, blue/green) never share regions
+        f"--backend-config=python,shm-region-prefix-name=fe{os.getpid()}_{uuid.uuid4().hex[:6]}_",
+        f"--backend-config=python,shm-default-byte-size={opts.shm_default_bytes}",
+        f"--backend-config=python,shm-growth-byte-size={opts.shm_growth_bytes}",
+    ]
+    if backend_dir is not None:
+        cmd.append(f"--backend-directory={backend_dir}")
+    config_name = PROFILE_CONFIG_NAME[opts.profile]
+    if config_name:
+        cmd.append(f"--model-config-name={config_name}")
+    if opts.profile == "cpu":
+        cmd.append("--allow-gpu-metrics=false")
+    return cmd + list(opts.extra_args)
+
+
+def check_repository(path: Path) -> None:
+    missing = [m for m in C.MODEL_NAMES if not (path / m / "config.pbtxt").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} is not a fusion-emotion model repository (missing {', '.join(missing)})")
+    for model in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
+        if not (path / model / "1" / C.ONNX_FILENAME).is_file():
+            raise FileNotFoundError(f"{path / model / '1' / C.ONNX_FILENAME} missing: run `fusion-emotion export` first")
+
+
+class TritonProcess:
+    """tritonserver as a child in its own process group (so no stub outlives it)."""
+
+    def __init__(self, opts: ServerOptions, log_file: Path | None = None) -> None:
+        self.opts = opts
+        self.log_file = log_file
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        check_repository(self.opts.repository)
+        override = os.environ.get("FUSION_EMOTION_TRITONSERVER")
+        bundle = None if override else Bundle.locate()
+        binary = Path(override) if override else bundle.binary
+        cmd = build_command(self.opts, binary, bundle.backend_dir() if bundle else None)
+        log.info("starting %s", " ".join(cmd))
+        out = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 - closed by the child's exit
+        self.proc = subprocess.Popen(cmd, env=server_env(bundle), stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        if out:
+            out.close()
+
+    def ready(self, timeout: float = 1.0) -> bool:
+        url = f"http://{self.opts.host}:{self.opts.http_port}/v2/health/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with code {self.proc.returncode} before becoming ready")
+            if self.ready():
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"tritonserver not ready after {timeout:.0f} s")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait for a graceful exit, then make sure nothing of the group is left."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not stop in %.0f s; killing it", timeout)
+                self.proc.kill()
+                self.proc.wait()
+        self._kill_group()
+        return self.proc.returncode
+
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "triton",
+        help="run tritonserver on a model repository in the foreground",
+        description="Run the bundled tritonserver (or $FUSION_EMOTION_TRITONSERVER) on a model repository. "
+        "Arguments after `--` go to tritonserver unchanged (e.g. -- --allow-sagemaker=true).",
+    )
+    p.add_argument("--repository", required=True, type=Path, help="model repository (from `fusion-emotion export`)")
+    p.add_argument("--profile", choices=sorted(PROFILE_CONFIG_NAME), default="cpu", help="cpu (default here), gpu, gpu_fp16")
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = ServerOptions(
+        repository=args.repository.resolve(),
+        profile=args.profile,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        host=args.host,
+        extra_args=list(args.extra),
+        log_verbose=args.log_verbose,
+    )
+    server = TritonProcess(opts)
+    try:
+        server.start()
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+
+    def forward(signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping tritonserver", signal.Signals(signum).name)
+        if server.proc and server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = server.proc.wait()
+    server.stop()
+    log.info("tritonserver exited with code %s", code)
+    return code
