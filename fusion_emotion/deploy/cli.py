@@ -1,0 +1,150 @@
+"""``package``, ``deploy`` and ``undeploy`` subcommands (SageMaker).
+
+boto3 is imported inside the handlers (through fusion_emotion.deploy.sagemaker)
+so ``fusion-emotion --help`` and the serving image stay light.
+"""
+
+# ruff: noqa: T201 - command output goes to the terminal by design
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "package",
+        help="pack a Triton model repository as a SageMaker model.tar.gz",
+        description="Write a deterministic model.tar.gz with the model folders at the top level "
+        "(SageMaker extracts it into /opt/ml/model).",
+    )
+    p.add_argument("--repository", required=True, help="Triton model repository (contains fusion_emotion/)")
+    p.add_argument("--output", default="model.tar.gz", help="tarball to write (default: model.tar.gz)")
+    p.set_defaults(func=_package)
+
+    d = subparsers.add_parser(
+        "deploy",
+        help="create a SageMaker model, endpoint config and endpoint",
+        description="Upload the model tarball (if local) and create a SageMaker endpoint serving the "
+        "fusion_emotion ensemble, optionally async and/or autoscaled. AWS credentials, region and "
+        "AWS_ENDPOINT_URL come from the standard boto3 configuration.",
+    )
+    d.add_argument("--model-data", required=True, help="model.tar.gz file or s3:// URI")
+    d.add_argument(
+        "--s3-prefix", help="s3://bucket/prefix to upload a local tarball to (<prefix>/<endpoint>/model.tar.gz)"
+    )
+    d.add_argument("--image-uri", required=True, help="serving image in ECR (docker/build-and-push.sh)")
+    d.add_argument("--role-arn", required=True, help="SageMaker execution role ARN")
+    d.add_argument("--endpoint-name", required=True)
+    d.add_argument("--instance-type", default="ml.g4dn.xlarge")
+    d.add_argument("--instance-count", type=int, default=1)
+    d.add_argument("--profile", default="gpu", help="model config profile: gpu (default), cpu or gpu_fp16")
+    d.add_argument(
+        "--autoscaling",
+        metavar="MIN:MAX:TARGET",
+        help="scale between MIN and MAX instances; TARGET is invocations per instance per minute "
+        "(real-time) or queued requests per instance (async, where MIN may be 0)",
+    )
+    d.add_argument("--async-output", metavar="S3_URI", help="make the endpoint asynchronous; results go here")
+    d.add_argument(
+        "--async-max-concurrency", type=int, default=4, help="async requests per instance at once (default 4)"
+    )
+    d.add_argument(
+        "--env", action="append", type=_env_pair, default=[], metavar="KEY=VALUE", help="extra container environment"
+    )
+    d.add_argument("--region", help="AWS region (default: the boto3 configuration)")
+    d.add_argument("--no-wait", action="store_true", help="return once creation has started")
+    d.add_argument("--wait-timeout", type=int, default=1800, help="seconds to wait for InService (default 1800)")
+    d.set_defaults(func=_deploy)
+
+    u = subparsers.add_parser(
+        "undeploy",
+        help="delete a SageMaker endpoint with its config, model and autoscaling",
+        description="Delete the autoscaling policies and target, the endpoint, its endpoint config and model. "
+        "Pieces that are already gone are reported and skipped.",
+    )
+    u.add_argument("--endpoint-name", required=True)
+    u.add_argument("--region", help="AWS region (default: the boto3 configuration)")
+    u.set_defaults(func=_undeploy)
+
+
+def _package(args: argparse.Namespace) -> int:
+    from fusion_emotion.deploy.package import PackageError, build_model_tarball
+
+    try:
+        names = build_model_tarball(args.repository, args.output)
+    except PackageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    models = sorted({n.split("/", 1)[0] for n in names})
+    print(f"wrote {args.output}: {len(names)} entries, models: {', '.join(models)}")
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from fusion_emotion.deploy import sagemaker as sm
+
+    try:
+        cfg = sm.DeployConfig(
+            model_data=args.model_data,
+            s3_prefix=args.s3_prefix,
+            image_uri=args.image_uri,
+            role_arn=args.role_arn,
+            endpoint_name=args.endpoint_name,
+            instance_type=args.instance_type,
+            instance_count=args.instance_count,
+            profile=args.profile,
+            async_output=args.async_output,
+            async_max_concurrency=args.async_max_concurrency,
+            environment=dict(args.env),
+            wait=not args.no_wait,
+            wait_timeout_s=args.wait_timeout,
+        )
+        if args.autoscaling:
+            cfg.autoscaling = sm.parse_autoscaling(args.autoscaling, allow_zero_min=args.async_output is not None)
+        sm.validate_config(cfg)
+    except sm.ArgumentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = sm.deploy(cfg, session=sm.aws_session(args.region))
+    except sm.DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"endpoint {result.endpoint_name}: {result.status}")
+    print(f"  model {result.model_name} ({result.model_data_url})")
+    print(f"  endpoint config {result.endpoint_config_name}")
+    for policy in result.scaling_policies:
+        print(f"  scaling policy {policy}")
+    return 0
+
+
+def _undeploy(args: argparse.Namespace) -> int:
+    from fusion_emotion.deploy import sagemaker as sm
+
+    try:
+        result = sm.undeploy(args.endpoint_name, session=sm.aws_session(args.region))
+    except sm.ArgumentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except sm.DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for item in result.deleted:
+        print(f"deleted {item}")
+    for item in result.missing:
+        print(f"already gone: {item}")
+    if not result.deleted:
+        print(f"nothing to delete for endpoint {args.endpoint_name}")
+    return 0

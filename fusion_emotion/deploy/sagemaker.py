@@ -1,0 +1,533 @@
+"""Create and delete the SageMaker endpoint that serves the fusion_emotion ensemble.
+
+Every client comes from one ``boto3.session.Session`` so the standard credential
+chain, region resolution and ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_<SERVICE>``
+overrides apply (the tests point them at a local moto server).
+
+Resource names: model and endpoint config are ``<endpoint>-<UTC timestamp>`` so a
+redeploy never collides with the resources still used by a live endpoint;
+undeploy finds them through DescribeEndpoint / DescribeEndpointConfig.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fusion_emotion.contract import ENSEMBLE, PROFILES
+
+log = logging.getLogger(__name__)
+
+VARIANT_NAME = "AllTraffic"
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+SERVICE_NAMESPACE = "sagemaker"
+# Environment the container reads (docker/serve and the stock SageMaker Triton image).
+ENV_DEFAULT_MODEL = "SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"
+ENV_PROFILE = "FUSION_EMOTION_PROFILE"
+# Async: how many queued requests one instance pulls at once. Triton batches
+# dynamically and preprocess decodes media on CPU; 4 keeps a g4dn.xlarge's
+# 4 vCPUs busy without piling requests into Triton's queue.
+DEFAULT_ASYNC_CONCURRENCY = 4
+# Cooldowns: scale out fast, scale in slowly (an instance takes ~5-10 min to start).
+REALTIME_SCALE_OUT_COOLDOWN = 60
+REALTIME_SCALE_IN_COOLDOWN = 300
+ASYNC_SCALE_OUT_COOLDOWN = 300
+ASYNC_SCALE_IN_COOLDOWN = 600
+DEFAULT_WAIT_TIMEOUT_S = 1800
+WAITER_DELAY_S = 30
+
+_S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(.*))?$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/[\w+=,.@\-/]{1,512}$")
+_ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+_INSTANCE_TYPE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+
+
+class DeployError(RuntimeError):
+    """A deployment step failed; the message says which and why."""
+
+
+class ArgumentError(ValueError):
+    """An argument is malformed; raised before any AWS call."""
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    bucket: str
+    key: str  # no leading slash; "" for the bucket root
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}" if self.key else f"s3://{self.bucket}"
+
+    def join(self, *parts: str) -> S3Uri:
+        key = "/".join(p.strip("/") for p in (self.key, *parts) if p.strip("/"))
+        return S3Uri(self.bucket, key)
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    min_capacity: int
+    max_capacity: int
+    target: float  # invocations per instance per minute (real-time) or backlog per instance (async)
+
+
+@dataclass
+class DeployConfig:
+    model_data: str  # local file or s3:// URI
+    image_uri: str
+    role_arn: str
+    endpoint_name: str
+    s3_prefix: str | None = None
+    instance_type: str = "ml.g4dn.xlarge"
+    instance_count: int = 1
+    profile: str = "gpu"
+    autoscaling: Autoscaling | None = None
+    async_output: str | None = None
+    async_max_concurrency: int = DEFAULT_ASYNC_CONCURRENCY
+    environment: dict[str, str] = field(default_factory=dict)
+    wait: bool = True
+    wait_timeout_s: int = DEFAULT_WAIT_TIMEOUT_S
+
+
+@dataclass
+class DeployResult:
+    endpoint_name: str
+    model_name: str
+    endpoint_config_name: str
+    model_data_url: str
+    status: str
+    scaling_policies: list[str] = field(default_factory=list)
+
+
+@dataclass
+class UndeployResult:
+    deleted: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+# --- validation -------------------------------------------------------------------
+
+
+def parse_s3_uri(uri: str, what: str = "S3 URI") -> S3Uri:
+    """``s3://bucket[/key]`` -> S3Uri; anything else is an ArgumentError naming ``what``."""
+    m = _S3_URI.match(uri or "")
+    if not m or ".." in m.group(1):
+        raise ArgumentError(f"{what} must look like s3://bucket/prefix, got {uri!r}")
+    return S3Uri(m.group(1), (m.group(2) or "").strip("/"))
+
+
+def parse_autoscaling(spec: str, *, allow_zero_min: bool = False) -> Autoscaling:
+    """``MIN:MAX:TARGET`` -> Autoscaling. Only async endpoints may scale to zero."""
+    parts = (spec or "").split(":")
+    if len(parts) != 3:
+        raise ArgumentError(f"--autoscaling must be MIN:MAX:TARGET (e.g. 1:4:100), got {spec!r}")
+    try:
+        lo, hi, target = int(parts[0]), int(parts[1]), float(parts[2])
+    except ValueError:
+        raise ArgumentError(
+            f"--autoscaling must be MIN:MAX:TARGET with integer MIN/MAX and numeric TARGET, got {spec!r}"
+        ) from None
+    floor = 0 if allow_zero_min else 1
+    if lo < floor:
+        hint = "" if allow_zero_min else " (only async endpoints, --async-output, can scale to 0)"
+        raise ArgumentError(f"--autoscaling MIN must be >= {floor}{hint}, got {lo}")
+    if hi < max(lo, 1):
+        raise ArgumentError(f"--autoscaling MAX must be >= MIN and >= 1, got {lo}:{hi}")
+    if not target > 0:
+        raise ArgumentError(f"--autoscaling TARGET must be > 0, got {parts[2]}")
+    return Autoscaling(lo, hi, target)
+
+
+def validate_role_arn(arn: str) -> str:
+    if not _ROLE_ARN.match(arn or ""):
+        raise ArgumentError(f"--role-arn must be an IAM role ARN (arn:aws:iam::123456789012:role/Name), got {arn!r}")
+    return arn
+
+
+def validate_endpoint_name(name: str) -> str:
+    if not _ENDPOINT_NAME.match(name or ""):
+        raise ArgumentError(
+            f"--endpoint-name must be 1-63 characters of letters, digits and hyphens, "
+            f"starting and ending with a letter or digit, got {name!r}"
+        )
+    return name
+
+
+def validate_config(cfg: DeployConfig) -> None:
+    """Check everything that can be checked offline, so a typo never leaves half a deployment."""
+    validate_endpoint_name(cfg.endpoint_name)
+    validate_role_arn(cfg.role_arn)
+    if not cfg.image_uri or any(c.isspace() for c in cfg.image_uri):
+        raise ArgumentError(f"--image-uri must be a container image URI, got {cfg.image_uri!r}")
+    if not _INSTANCE_TYPE.match(cfg.instance_type):
+        raise ArgumentError(
+            f"--instance-type must be a SageMaker instance type like ml.g4dn.xlarge, got {cfg.instance_type!r}"
+        )
+    if cfg.instance_count < 1:
+        raise ArgumentError(f"--instance-count must be >= 1, got {cfg.instance_count}")
+    if cfg.profile not in PROFILES:
+        raise ArgumentError(f"--profile must be one of {', '.join(PROFILES)}, got {cfg.profile!r}")
+    if cfg.model_data.startswith("s3://"):
+        parse_s3_uri(cfg.model_data, "--model-data")
+    else:
+        if not Path(cfg.model_data).is_file():
+            raise ArgumentError(f"--model-data {cfg.model_data!r} is neither an s3:// URI nor an existing file")
+        if cfg.s3_prefix is None:
+            raise ArgumentError("--s3-prefix is required to upload a local --model-data file")
+    if cfg.s3_prefix is not None:
+        parse_s3_uri(cfg.s3_prefix, "--s3-prefix")
+    if cfg.async_output is not None:
+        parse_s3_uri(cfg.async_output, "--async-output")
+        if cfg.async_max_concurrency < 1:
+            raise ArgumentError("--async-max-concurrency must be >= 1")
+    if cfg.autoscaling is not None:
+        if cfg.autoscaling.min_capacity == 0 and cfg.async_output is None:
+            raise ArgumentError("--autoscaling MIN 0 needs an async endpoint (--async-output)")
+        if not cfg.wait:
+            raise ArgumentError(
+                "--autoscaling needs the endpoint InService before the scalable target can be registered; drop --no-wait"
+            )
+    if not cfg.wait_timeout_s > 0:
+        raise ArgumentError("--wait-timeout must be > 0")
+
+
+# --- AWS plumbing ------------------------------------------------------------------
+
+
+def aws_session(region: str | None = None) -> Any:
+    """One boto3 Session: credential chain, profile, region and endpoint env vars all apply."""
+    import boto3
+
+    return boto3.session.Session(region_name=region) if region else boto3.session.Session()
+
+
+def _error_code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def _is_not_found(exc: Exception) -> bool:
+    """SageMaker reports missing resources as ValidationException 'Could not find ...'."""
+    code = _error_code(exc)
+    message = str(getattr(exc, "response", {}).get("Error", {}).get("Message", ""))
+    return code in {"ResourceNotFound", "ResourceNotFoundException", "ObjectNotFoundException", "NoSuchKey"} or (
+        code in {"ValidationException", "ValidationError"}
+        and ("Could not find" in message or "not found" in message.lower())
+    )
+
+
+def resource_names(endpoint_name: str, now: float | None = None) -> tuple[str, str]:
+    """(model name, endpoint config name), unique per deployment and within SageMaker's 63 chars."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    base = f"{endpoint_name[: 63 - len(stamp) - 1].rstrip('-')}-{stamp}"
+    return base, base
+
+
+def scaling_resource_id(endpoint_name: str) -> str:
+    return f"endpoint/{endpoint_name}/variant/{VARIANT_NAME}"
+
+
+def backlog_alarm_name(endpoint_name: str) -> str:
+    return f"{endpoint_name}-has-backlog-without-capacity"
+
+
+def upload_model_data(session: Any, path: str, prefix: S3Uri, endpoint_name: str) -> str:
+    """Upload a local tarball to <prefix>/<endpoint>/model.tar.gz and return its URI."""
+    dest = prefix.join(endpoint_name, "model.tar.gz")
+    size = os.path.getsize(path)
+    log.info("uploading %s (%d bytes) to %s", path, size, dest)
+    session.client("s3").upload_file(path, dest.bucket, dest.key)
+    return str(dest)
+
+
+def container_environment(cfg: DeployConfig) -> dict[str, str]:
+    env = {ENV_DEFAULT_MODEL: ENSEMBLE, ENV_PROFILE: cfg.profile}
+    env.update(cfg.environment)
+    return env
+
+
+def endpoint_config_request(cfg: DeployConfig, model_name: str, config_name: str) -> dict[str, Any]:
+    """The CreateEndpointConfig request: one variant, plus AsyncInferenceConfig for async endpoints."""
+    request: dict[str, Any] = {
+        "EndpointConfigName": config_name,
+        "ProductionVariants": [
+            {
+                "VariantName": VARIANT_NAME,
+                "ModelName": model_name,
+                "InstanceType": cfg.instance_type,
+                "InitialInstanceCount": cfg.instance_count,
+                "InitialVariantWeight": 1.0,
+            }
+        ],
+    }
+    if cfg.async_output is not None:
+        request["AsyncInferenceConfig"] = {
+            "OutputConfig": {"S3OutputPath": str(parse_s3_uri(cfg.async_output))},
+            "ClientConfig": {"MaxConcurrentInvocationsPerInstance": cfg.async_max_concurrency},
+        }
+    return request
+
+
+def wait_in_service(sagemaker: Any, endpoint_name: str, timeout_s: int) -> str:
+    """Bounded wait with the boto3 waiter; on failure report DescribeEndpoint's FailureReason."""
+    from botocore.exceptions import WaiterError
+
+    attempts = max(1, -(-timeout_s // WAITER_DELAY_S))
+    delay = min(WAITER_DELAY_S, timeout_s)
+    log.info("waiting up to %ss for endpoint %s to be InService", timeout_s, endpoint_name)
+    try:
+        sagemaker.get_waiter("endpoint_in_service").wait(
+            EndpointName=endpoint_name, WaiterConfig={"Delay": delay, "MaxAttempts": attempts}
+        )
+    except WaiterError as exc:
+        try:
+            desc = sagemaker.describe_endpoint(EndpointName=endpoint_name)
+            status = desc.get("EndpointStatus", "unknown")
+            reason = desc.get("FailureReason") or "no FailureReason given"
+        except Exception as describe_exc:  # report the original failure either way
+            status, reason = "unknown", f"DescribeEndpoint failed: {describe_exc}"
+        if "Max attempts exceeded" in str(exc):
+            raise DeployError(
+                f"endpoint {endpoint_name} not InService after {timeout_s}s (status {status}): {reason}"
+            ) from exc
+        raise DeployError(f"endpoint {endpoint_name} failed (status {status}): {reason}") from exc
+    return "InService"
+
+
+def configure_autoscaling(session: Any, cfg: DeployConfig) -> list[str]:
+    """Register the variant as a scalable target and attach the scaling policies; return policy names."""
+    assert cfg.autoscaling is not None
+    scaling = cfg.autoscaling
+    aas = session.client("application-autoscaling")
+    resource_id = scaling_resource_id(cfg.endpoint_name)
+    aas.register_scalable_target(
+        ServiceNamespace=SERVICE_NAMESPACE,
+        ResourceId=resource_id,
+        ScalableDimension=SCALABLE_DIMENSION,
+        MinCapacity=scaling.min_capacity,
+        MaxCapacity=scaling.max_capacity,
+    )
+    common = {"ServiceNamespace": SERVICE_NAMESPACE, "ResourceId": resource_id, "ScalableDimension": SCALABLE_DIMENSION}
+    policies: list[str] = []
+    if cfg.async_output is None:
+        name = f"{cfg.endpoint_name}-invocations-per-instance"
+        aas.put_scaling_policy(
+            PolicyName=name,
+            PolicyType="TargetTrackingScaling",
+            TargetTrackingScalingPolicyConfiguration={
+                "TargetValue": scaling.target,
+                "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
+                "ScaleOutCooldown": REALTIME_SCALE_OUT_COOLDOWN,
+                "ScaleInCooldown": REALTIME_SCALE_IN_COOLDOWN,
+            },
+            **common,
+        )
+        policies.append(name)
+    else:
+        # Async: track the queue per instance (SageMaker's documented metric for async endpoints).
+        name = f"{cfg.endpoint_name}-backlog-per-instance"
+        aas.put_scaling_policy(
+            PolicyName=name,
+            PolicyType="TargetTrackingScaling",
+            TargetTrackingScalingPolicyConfiguration={
+                "TargetValue": scaling.target,
+                "CustomizedMetricSpecification": {
+                    "MetricName": "ApproximateBacklogSizePerInstance",
+                    "Namespace": "AWS/SageMaker",
+                    "Dimensions": [{"Name": "EndpointName", "Value": cfg.endpoint_name}],
+                    "Statistic": "Average",
+                },
+                "ScaleOutCooldown": ASYNC_SCALE_OUT_COOLDOWN,
+                "ScaleInCooldown": ASYNC_SCALE_IN_COOLDOWN,
+            },
+            **common,
+        )
+        policies.append(name)
+        if scaling.min_capacity == 0:
+            # At zero instances ApproximateBacklogSizePerInstance is undefined, so target tracking
+            # alone would wait for the backlog to exceed the target; the documented fix is a step
+            # policy driven by an alarm on HasBacklogWithoutCapacity.
+            step_name = f"{cfg.endpoint_name}-scale-from-zero"
+            response = aas.put_scaling_policy(
+                PolicyName=step_name,
+                PolicyType="StepScaling",
+                StepScalingPolicyConfiguration={
+                    "AdjustmentType": "ChangeInCapacity",
+                    "MetricAggregationType": "Average",
+                    "Cooldown": ASYNC_SCALE_OUT_COOLDOWN,
+                    "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}],
+                },
+                **common,
+            )
+            policies.append(step_name)
+            session.client("cloudwatch").put_metric_alarm(
+                AlarmName=backlog_alarm_name(cfg.endpoint_name),
+                MetricName="HasBacklogWithoutCapacity",
+                Namespace="AWS/SageMaker",
+                Statistic="Average",
+                EvaluationPeriods=2,
+                DatapointsToAlarm=2,
+                Threshold=1,
+                ComparisonOperator="GreaterThanOrEqualToThreshold",
+                TreatMissingData="missing",
+                Dimensions=[{"Name": "EndpointName", "Value": cfg.endpoint_name}],
+                Period=60,
+                AlarmActions=[response["PolicyARN"]],
+            )
+    log.info(
+        "autoscaling %s: %d..%d instances, policies %s",
+        resource_id,
+        scaling.min_capacity,
+        scaling.max_capacity,
+        policies,
+    )
+    return policies
+
+
+def deploy(cfg: DeployConfig, session: Any | None = None) -> DeployResult:
+    """Upload (if local), create model, endpoint config and endpoint; optionally wait and autoscale."""
+    validate_config(cfg)
+    session = session or aws_session()
+    sagemaker = session.client("sagemaker")
+
+    if cfg.model_data.startswith("s3://"):
+        model_data_url = str(parse_s3_uri(cfg.model_data, "--model-data"))
+    else:
+        assert cfg.s3_prefix is not None
+        model_data_url = upload_model_data(session, cfg.model_data, parse_s3_uri(cfg.s3_prefix), cfg.endpoint_name)
+
+    from botocore.exceptions import ClientError
+
+    model_name, config_name = resource_names(cfg.endpoint_name)
+    created: list[tuple[str, Any, dict[str, str]]] = []
+    try:
+        log.info("creating model %s (image %s, data %s)", model_name, cfg.image_uri, model_data_url)
+        sagemaker.create_model(
+            ModelName=model_name,
+            ExecutionRoleArn=cfg.role_arn,
+            PrimaryContainer={
+                "Image": cfg.image_uri,
+                "ModelDataUrl": model_data_url,
+                "Environment": container_environment(cfg),
+            },
+        )
+        created.append((f"model {model_name}", sagemaker.delete_model, {"ModelName": model_name}))
+        log.info("creating endpoint config %s (%s x %d)", config_name, cfg.instance_type, cfg.instance_count)
+        sagemaker.create_endpoint_config(**endpoint_config_request(cfg, model_name, config_name))
+        created.append(
+            (f"endpoint config {config_name}", sagemaker.delete_endpoint_config, {"EndpointConfigName": config_name})
+        )
+        log.info("creating endpoint %s", cfg.endpoint_name)
+        sagemaker.create_endpoint(EndpointName=cfg.endpoint_name, EndpointConfigName=config_name)
+    except ClientError as exc:
+        # Roll back what this run created so a retry starts clean (the endpoint was not created).
+        for what, call, kwargs in reversed(created):
+            try:
+                call(**kwargs)
+                log.info("rolled back %s", what)
+            except ClientError as cleanup_exc:
+                log.warning("could not roll back %s: %s", what, cleanup_exc)
+        raise DeployError(f"{exc.operation_name} failed: {exc}") from exc
+
+    result = DeployResult(cfg.endpoint_name, model_name, config_name, model_data_url, status="Creating")
+    if not cfg.wait:
+        return result
+    result.status = wait_in_service(sagemaker, cfg.endpoint_name, cfg.wait_timeout_s)
+    if cfg.autoscaling is not None:
+        result.scaling_policies = configure_autoscaling(session, cfg)
+    return result
+
+
+def remove_autoscaling(session: Any, endpoint_name: str, result: UndeployResult) -> None:
+    """Delete scaling policies, the scale-from-zero alarm and the scalable target, if any."""
+    aas = session.client("application-autoscaling")
+    resource_id = scaling_resource_id(endpoint_name)
+    policies = aas.describe_scaling_policies(
+        ServiceNamespace=SERVICE_NAMESPACE, ResourceId=resource_id, ScalableDimension=SCALABLE_DIMENSION
+    ).get("ScalingPolicies", [])
+    for policy in policies:
+        if policy.get("ResourceId") != resource_id:
+            continue
+        aas.delete_scaling_policy(
+            PolicyName=policy["PolicyName"],
+            ServiceNamespace=SERVICE_NAMESPACE,
+            ResourceId=resource_id,
+            ScalableDimension=SCALABLE_DIMENSION,
+        )
+        result.deleted.append(f"scaling policy {policy['PolicyName']}")
+    # Alarms of target-tracking policies go with the policy; ours (step policy) must be deleted.
+    cloudwatch = session.client("cloudwatch")
+    alarm = backlog_alarm_name(endpoint_name)
+    if cloudwatch.describe_alarms(AlarmNames=[alarm]).get("MetricAlarms"):
+        cloudwatch.delete_alarms(AlarmNames=[alarm])
+        result.deleted.append(f"alarm {alarm}")
+    targets = aas.describe_scalable_targets(
+        ServiceNamespace=SERVICE_NAMESPACE, ResourceIds=[resource_id], ScalableDimension=SCALABLE_DIMENSION
+    ).get("ScalableTargets", [])
+    if targets:
+        aas.deregister_scalable_target(
+            ServiceNamespace=SERVICE_NAMESPACE, ResourceId=resource_id, ScalableDimension=SCALABLE_DIMENSION
+        )
+        result.deleted.append(f"scalable target {resource_id}")
+    else:
+        result.missing.append(f"scalable target {resource_id}")
+
+
+def _delete(result: UndeployResult, what: str, call: Any, **kwargs: Any) -> None:
+    from botocore.exceptions import ClientError
+
+    try:
+        call(**kwargs)
+    except ClientError as exc:
+        if not _is_not_found(exc):
+            raise DeployError(f"deleting {what} failed: {exc}") from exc
+        log.info("%s already gone", what)
+        result.missing.append(what)
+        return
+    log.info("deleted %s", what)
+    result.deleted.append(what)
+
+
+def undeploy(endpoint_name: str, session: Any | None = None) -> UndeployResult:
+    """Delete autoscaling, endpoint, endpoint config and models; pieces already gone are reported, not errors."""
+    from botocore.exceptions import ClientError
+
+    validate_endpoint_name(endpoint_name)
+    session = session or aws_session()
+    sagemaker = session.client("sagemaker")
+    result = UndeployResult()
+
+    config_name: str | None = None
+    endpoint_exists = False
+    try:
+        config_name = sagemaker.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
+        endpoint_exists = True
+    except ClientError as exc:
+        if not _is_not_found(exc):
+            raise DeployError(f"DescribeEndpoint {endpoint_name} failed: {exc}") from exc
+        result.missing.append(f"endpoint {endpoint_name}")
+
+    model_names: list[str] = []
+    if config_name is not None:
+        try:
+            desc = sagemaker.describe_endpoint_config(EndpointConfigName=config_name)
+            model_names = [v["ModelName"] for v in desc.get("ProductionVariants", []) if v.get("ModelName")]
+        except ClientError as exc:
+            if not _is_not_found(exc):
+                raise DeployError(f"DescribeEndpointConfig {config_name} failed: {exc}") from exc
+            result.missing.append(f"endpoint config {config_name}")
+            config_name = None
+
+    remove_autoscaling(session, endpoint_name, result)
+    if endpoint_exists:
+        _delete(result, f"endpoint {endpoint_name}", sagemaker.delete_endpoint, EndpointName=endpoint_name)
+    if config_name is not None:
+        _delete(
+            result, f"endpoint config {config_name}", sagemaker.delete_endpoint_config, EndpointConfigName=config_name
+        )
+    for model in dict.fromkeys(model_names):
+        _delete(result, f"model {model}", sagemaker.delete_model, ModelName=model)
+    return result

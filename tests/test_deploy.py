@@ -1,0 +1,382 @@
+"""Packaging, argument validation, and deploy/undeploy against a real local AWS API (moto server)."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from fusion_emotion.contract import ENSEMBLE, MODEL_NAMES
+from fusion_emotion.deploy import sagemaker as sm
+from fusion_emotion.deploy.package import PackageError, build_model_tarball
+
+ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/fusion-emotion:test"
+BUCKET = "fusion-models"
+
+
+# --- packaging --------------------------------------------------------------------
+
+
+@pytest.fixture()
+def repository(tmp_path: Path) -> Path:
+    repo = tmp_path / "model_repository"
+    for name in MODEL_NAMES:
+        (repo / name / "configs").mkdir(parents=True)
+        (repo / name / "config.pbtxt").write_text(f'name: "{name}"\n')
+        (repo / name / "configs" / "cpu.pbtxt").write_text(f'name: "{name}"\n# cpu\n')
+        if name != ENSEMBLE:
+            (repo / name / "1").mkdir()
+            (repo / name / "1" / "model.py").write_text("# model\n")
+    (repo / "preprocess" / "1" / "__pycache__").mkdir()
+    (repo / "preprocess" / "1" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"\0junk")
+    (repo / "preprocess" / "1" / "stale.pyc").write_bytes(b"\0junk")
+    return repo
+
+
+def test_package_layout_and_round_trip(repository: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "model.tar.gz"
+    names = build_model_tarball(repository, out)
+    assert out.is_file()
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    assert names == sorted(names)
+    top = {n.split("/", 1)[0] for n in names}
+    assert top == set(MODEL_NAMES)  # model folders at the top level, no leading directory
+    assert "config.pbtxt" not in names
+    assert f"{ENSEMBLE}/config.pbtxt" in names and "preprocess/configs/cpu.pbtxt" in names
+
+    with tarfile.open(out, "r:gz") as tar:
+        for member in tar.getmembers():
+            assert member.uid == 0 and member.gid == 0 and member.uname == "" and member.gname == ""
+            assert member.mtime == 315532800
+            assert not member.name.startswith(("/", "./"))
+        dest = tmp_path / "extracted"
+        tar.extractall(dest, filter="data")
+    for path in repository.rglob("*"):
+        rel = path.relative_to(repository)
+        if "__pycache__" in rel.parts or path.suffix == ".pyc":
+            assert not (dest / rel).exists()
+        elif path.is_file():
+            assert (dest / rel).read_bytes() == path.read_bytes()
+
+
+def test_package_is_deterministic(repository: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
+    build_model_tarball(repository, a)
+    for path in repository.rglob("*"):  # different mtimes must not change the bytes
+        path.touch()
+    build_model_tarball(repository, b)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_package_output_inside_repository_is_not_packed(repository: Path) -> None:
+    out = repository / "model.tar.gz"
+    build_model_tarball(repository, out)
+    first = out.read_bytes()
+    names = build_model_tarball(repository, out)
+    assert "model.tar.gz" not in names
+    assert out.read_bytes() == first
+
+
+def test_package_refuses_non_repository(tmp_path: Path, repository: Path) -> None:
+    with pytest.raises(PackageError, match="fusion_emotion/config.pbtxt is missing"):
+        build_model_tarball(repository / "preprocess" / "1", tmp_path / "x.tar.gz")
+    with pytest.raises(PackageError, match="config.pbtxt at its root"):
+        build_model_tarball(repository / ENSEMBLE, tmp_path / "x.tar.gz")
+    with pytest.raises(PackageError, match="not a directory"):
+        build_model_tarball(tmp_path / "missing", tmp_path / "x.tar.gz")
+
+
+def test_package_cli(repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fusion_emotion.cli import main
+
+    out = tmp_path / "model.tar.gz"
+    assert main(["package", "--repository", str(repository), "--output", str(out)]) == 0
+    assert "fusion_emotion" in capsys.readouterr().out
+    assert main(["package", "--repository", str(tmp_path), "--output", str(out)]) == 2
+    assert "not a fusion-emotion Triton model repository" in capsys.readouterr().err
+
+
+# --- argument validation ---------------------------------------------------------
+
+
+def _config(tmp_path: Path, **overrides: object) -> sm.DeployConfig:
+    tarball = tmp_path / "model.tar.gz"
+    tarball.write_bytes(b"x")
+    values: dict[str, object] = {
+        "model_data": str(tarball),
+        "s3_prefix": f"s3://{BUCKET}/deploys",
+        "image_uri": IMAGE,
+        "role_arn": ROLE,
+        "endpoint_name": "fusion-test",
+    }
+    values.update(overrides)
+    return sm.DeployConfig(**values)  # type: ignore[arg-type]
+
+
+def test_parse_s3_uri() -> None:
+    assert sm.parse_s3_uri("s3://bucket/a/b/") == sm.S3Uri("bucket", "a/b")
+    assert str(sm.parse_s3_uri("s3://bucket").join("ep", "model.tar.gz")) == "s3://bucket/ep/model.tar.gz"
+    for bad in ("bucket/key", "https://bucket/key", "s3://", "s3://B_ad/key", ""):
+        with pytest.raises(sm.ArgumentError, match="s3://bucket/prefix"):
+            sm.parse_s3_uri(bad)
+
+
+def test_parse_autoscaling() -> None:
+    assert sm.parse_autoscaling("1:4:100") == sm.Autoscaling(1, 4, 100.0)
+    assert sm.parse_autoscaling("0:2:5", allow_zero_min=True) == sm.Autoscaling(0, 2, 5.0)
+    with pytest.raises(sm.ArgumentError, match="only async"):
+        sm.parse_autoscaling("0:2:5")
+    for bad, msg in (
+        ("1:4", "MIN:MAX:TARGET"),
+        ("a:4:1", "integer"),
+        ("3:2:10", "MAX must be >= MIN"),
+        ("1:2:0", "TARGET must be > 0"),
+        ("1:2:-3", "TARGET must be > 0"),
+    ):
+        with pytest.raises(sm.ArgumentError, match=msg):
+            sm.parse_autoscaling(bad)
+
+
+def test_validate_config(tmp_path: Path) -> None:
+    sm.validate_config(_config(tmp_path))
+    sm.validate_config(_config(tmp_path, model_data="s3://b-1/x/model.tar.gz", s3_prefix=None))
+    cases = [
+        ({"role_arn": "SageMakerRole"}, "--role-arn"),
+        ({"role_arn": "arn:aws:iam::12345:role/x"}, "--role-arn"),
+        ({"endpoint_name": "bad_name"}, "--endpoint-name"),
+        ({"endpoint_name": "-x"}, "--endpoint-name"),
+        ({"instance_type": "g4dn.xlarge"}, "--instance-type"),
+        ({"instance_count": 0}, "--instance-count"),
+        ({"profile": "tpu"}, "--profile"),
+        ({"model_data": str(tmp_path / "missing.tar.gz")}, "neither an s3:// URI"),
+        ({"s3_prefix": None}, "--s3-prefix is required"),
+        ({"s3_prefix": "bucket/prefix"}, "--s3-prefix"),
+        ({"async_output": "/tmp/out"}, "--async-output"),
+        ({"autoscaling": sm.Autoscaling(0, 2, 5)}, "needs an async endpoint"),
+        ({"autoscaling": sm.Autoscaling(1, 2, 5), "wait": False}, "drop --no-wait"),
+    ]
+    for overrides, msg in cases:
+        with pytest.raises(sm.ArgumentError, match=msg):
+            sm.validate_config(_config(tmp_path, **overrides))
+
+
+def test_deploy_cli_rejects_bad_arguments_before_aws(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fusion_emotion.cli import main
+
+    tarball = tmp_path / "model.tar.gz"
+    tarball.write_bytes(b"x")
+    base = ["deploy", "--model-data", str(tarball), "--image-uri", IMAGE, "--endpoint-name", "ep"]
+    assert main([*base, "--s3-prefix", "s3://b-1/p", "--role-arn", "nope"]) == 2
+    assert "--role-arn" in capsys.readouterr().err
+    assert main([*base, "--s3-prefix", "s3://b-1/p", "--role-arn", ROLE, "--autoscaling", "1-4-100"]) == 2
+    assert "MIN:MAX:TARGET" in capsys.readouterr().err
+
+
+def test_resource_names_fit_sagemaker_limits() -> None:
+    model, config = sm.resource_names("e" * 63, now=0)
+    assert len(model) <= 63 and model.endswith("-19700101-000000") and model == config
+
+
+# --- against a local AWS API (moto server) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> str:
+    server_mod = pytest.importorskip("moto.server")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture()
+def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch):
+    """A boto3 Session that talks to moto via the standard AWS_ENDPOINT_URL variable."""
+    import boto3
+
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    session = boto3.session.Session()
+    s3 = session.client("s3")
+    if BUCKET not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
+        s3.create_bucket(Bucket=BUCKET)
+    return session
+
+
+def _describe_scaling(session, endpoint: str) -> tuple[list[dict], list[dict]]:
+    aas = session.client("application-autoscaling")
+    rid = sm.scaling_resource_id(endpoint)
+    targets = aas.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[rid])["ScalableTargets"]
+    policies = aas.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=rid)["ScalingPolicies"]
+    return targets, [p for p in policies if p["ResourceId"] == rid]
+
+
+def test_deploy_realtime_with_autoscaling_and_undeploy(aws, repository: Path, tmp_path: Path, capsys) -> None:
+    from fusion_emotion.cli import main
+
+    tarball = tmp_path / "model.tar.gz"
+    build_model_tarball(repository, tarball)
+    endpoint = "fusion-rt"
+    argv = [
+        "deploy", "--model-data", str(tarball), "--s3-prefix", f"s3://{BUCKET}/deploys",
+        "--image-uri", IMAGE, "--role-arn", ROLE, "--endpoint-name", endpoint,
+        "--instance-type", "ml.g4dn.2xlarge", "--instance-count", "2", "--autoscaling", "1:4:120",
+        "--env", "EXTRA=1",
+    ]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "InService" in capsys.readouterr().out
+
+    sagemaker, s3 = aws.client("sagemaker"), aws.client("s3")
+    head = s3.head_object(Bucket=BUCKET, Key=f"deploys/{endpoint}/model.tar.gz")
+    assert head["ContentLength"] == tarball.stat().st_size
+
+    ep = sagemaker.describe_endpoint(EndpointName=endpoint)
+    assert ep["EndpointStatus"] == "InService"
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=ep["EndpointConfigName"])
+    (variant,) = config["ProductionVariants"]
+    assert variant["VariantName"] == "AllTraffic"
+    assert variant["InstanceType"] == "ml.g4dn.2xlarge" and variant["InitialInstanceCount"] == 2
+    assert not config.get("AsyncInferenceConfig")
+    model = sagemaker.describe_model(ModelName=variant["ModelName"])
+    container = model["PrimaryContainer"]
+    assert container["Image"] == IMAGE
+    assert container["ModelDataUrl"] == f"s3://{BUCKET}/deploys/{endpoint}/model.tar.gz"
+    assert container["Environment"] == {
+        "SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": "fusion_emotion",
+        "FUSION_EMOTION_PROFILE": "gpu",
+        "EXTRA": "1",
+    }
+    assert model["ExecutionRoleArn"] == ROLE
+
+    targets, policies = _describe_scaling(aws, endpoint)
+    (target,) = targets
+    assert target["ScalableDimension"] == "sagemaker:variant:DesiredInstanceCount"
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 4)
+    (policy,) = policies
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    tt = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert tt["TargetValue"] == 120
+    assert tt["PredefinedMetricSpecification"]["PredefinedMetricType"] == "SageMakerVariantInvocationsPerInstance"
+    assert tt["ScaleInCooldown"] >= tt["ScaleOutCooldown"] > 0
+
+    assert main(["undeploy", "--endpoint-name", endpoint]) == 0
+    out = capsys.readouterr().out
+    assert f"deleted endpoint {endpoint}" in out and "deleted model" in out and "deleted scaling policy" in out
+    assert _describe_scaling(aws, endpoint) == ([], [])
+    assert not [e for e in sagemaker.list_endpoints()["Endpoints"] if e["EndpointName"] == endpoint]
+    assert not sagemaker.list_endpoint_configs(NameContains=endpoint)["EndpointConfigs"]
+    assert not sagemaker.list_models(NameContains=endpoint)["Models"]
+
+    # Second run: everything is already gone, still a clean exit.
+    assert main(["undeploy", "--endpoint-name", endpoint]) == 0
+    assert f"already gone: endpoint {endpoint}" in capsys.readouterr().out
+
+
+def test_deploy_async_scale_to_zero(aws) -> None:
+    endpoint = "fusion-async"
+    data = f"s3://{BUCKET}/prebuilt/model.tar.gz"
+    aws.client("s3").put_object(Bucket=BUCKET, Key="prebuilt/model.tar.gz", Body=b"tar")
+    cfg = sm.DeployConfig(
+        model_data=data,
+        image_uri=IMAGE,
+        role_arn=ROLE,
+        endpoint_name=endpoint,
+        instance_type="ml.m5.xlarge",
+        profile="cpu",
+        async_output=f"s3://{BUCKET}/async-out",
+        autoscaling=sm.Autoscaling(0, 3, 5),
+    )
+    result = sm.deploy(cfg, session=aws)
+    assert result.status == "InService" and result.model_data_url == data
+
+    sagemaker = aws.client("sagemaker")
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=result.endpoint_config_name)
+    assert config["AsyncInferenceConfig"] == {
+        "OutputConfig": {"S3OutputPath": f"s3://{BUCKET}/async-out"},
+        "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 4},
+    }
+    env = sagemaker.describe_model(ModelName=result.model_name)["PrimaryContainer"]["Environment"]
+    assert env["FUSION_EMOTION_PROFILE"] == "cpu"
+
+    targets, policies = _describe_scaling(aws, endpoint)
+    assert (targets[0]["MinCapacity"], targets[0]["MaxCapacity"]) == (0, 3)
+    by_type = {p["PolicyType"]: p for p in policies}
+    assert set(by_type) == {"TargetTrackingScaling", "StepScaling"}
+    metric = by_type["TargetTrackingScaling"]["TargetTrackingScalingPolicyConfiguration"][
+        "CustomizedMetricSpecification"
+    ]
+    assert metric["MetricName"] == "ApproximateBacklogSizePerInstance"
+    assert metric["Namespace"] == "AWS/SageMaker"
+    assert metric["Dimensions"] == [{"Name": "EndpointName", "Value": endpoint}]
+    step = by_type["StepScaling"]["StepScalingPolicyConfiguration"]
+    assert step["StepAdjustments"] == [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}]
+    cloudwatch = aws.client("cloudwatch")
+    (alarm,) = cloudwatch.describe_alarms(AlarmNames=[sm.backlog_alarm_name(endpoint)])["MetricAlarms"]
+    assert alarm["MetricName"] == "HasBacklogWithoutCapacity"
+    assert alarm["AlarmActions"] == [by_type["StepScaling"]["PolicyARN"]]
+
+    report = sm.undeploy(endpoint, session=aws)
+    assert f"alarm {sm.backlog_alarm_name(endpoint)}" in report.deleted
+    assert not cloudwatch.describe_alarms(AlarmNames=[sm.backlog_alarm_name(endpoint)])["MetricAlarms"]
+    assert _describe_scaling(aws, endpoint) == ([], [])
+    # The model data is the user's: undeploy leaves S3 alone.
+    aws.client("s3").head_object(Bucket=BUCKET, Key="prebuilt/model.tar.gz")
+
+
+def test_undeploy_tolerates_partial_state(aws) -> None:
+    """Endpoint config already deleted by hand: endpoint and model lookups degrade gracefully."""
+    sagemaker = aws.client("sagemaker")
+    endpoint = "fusion-partial"
+    cfg = sm.DeployConfig(
+        model_data=f"s3://{BUCKET}/prebuilt/model.tar.gz", image_uri=IMAGE, role_arn=ROLE, endpoint_name=endpoint
+    )
+    result = sm.deploy(cfg, session=aws)
+    sagemaker.delete_endpoint_config(EndpointConfigName=result.endpoint_config_name)
+    report = sm.undeploy(endpoint, session=aws)
+    assert f"endpoint {endpoint}" in report.deleted
+    assert f"endpoint config {result.endpoint_config_name}" in report.missing
+    sagemaker.delete_model(ModelName=result.model_name)
+
+
+def test_deploy_wait_failure_reports_reason(aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiter failure surfaces DescribeEndpoint's status and FailureReason."""
+    from botocore.exceptions import WaiterError
+
+    class FakeWaiter:
+        def wait(self, **kwargs: object) -> None:
+            raise WaiterError("EndpointInService", "Waiter encountered a terminal failure state", {})
+
+    sagemaker = aws.client("sagemaker")
+    endpoint = "fusion-fail"
+    cfg = sm.DeployConfig(
+        model_data=f"s3://{BUCKET}/prebuilt/model.tar.gz", image_uri=IMAGE, role_arn=ROLE, endpoint_name=endpoint
+    )
+    sm.deploy(sm.DeployConfig(**{**cfg.__dict__, "wait": False}), session=aws)
+    monkeypatch.setattr(sagemaker, "get_waiter", lambda name: FakeWaiter())
+    with pytest.raises(sm.DeployError, match=r"endpoint fusion-fail failed \(status InService\)"):
+        sm.wait_in_service(sagemaker, endpoint, 60)
+    sm.undeploy(endpoint, session=aws)
+
+
+def test_deploy_rolls_back_when_the_api_rejects_a_step(aws) -> None:
+    """CreateEndpointConfig fails (instance type not in the API enum): the model created before is removed."""
+    sagemaker = aws.client("sagemaker")
+    cfg = sm.DeployConfig(
+        model_data=f"s3://{BUCKET}/prebuilt/model.tar.gz",
+        image_uri=IMAGE,
+        role_arn=ROLE,
+        endpoint_name="fusion-rollback",
+        instance_type="ml.notatype.xlarge",
+    )
+    with pytest.raises(sm.DeployError, match="CreateEndpointConfig failed"):
+        sm.deploy(cfg, session=aws)
+    assert not sagemaker.list_models(NameContains="fusion-rollback")["Models"]
+    assert not [e for e in sagemaker.list_endpoints()["Endpoints"] if e["EndpointName"] == "fusion-rollback"]
