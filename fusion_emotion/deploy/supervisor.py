@@ -22,7 +22,7 @@ SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE / SAGEMAKER_TRITON_SHM_GROWTH_BYTE_SIZE
                                    SageMaker Triton image: fits a 64 MiB /dev/shm)
 FUSION_EMOTION_TRITON_CMD          full Triton command (shlex), overrides the above
 FUSION_EMOTION_FRONTEND_CMD        full front-end command (shlex)
-FUSION_EMOTION_FRONTEND_TRITON_URL HOST:PORT given to ``serve --triton-url``
+FUSION_EMOTION_FRONTEND_TRITON_URL HOST:PORT given to ``serve --triton-url`` (gRPC)
 FUSION_EMOTION_READY_URL           readiness URL (default Triton /v2/health/ready)
 FUSION_EMOTION_STARTUP_TIMEOUT     seconds to wait for Triton ready (default 900)
 FUSION_EMOTION_STOP_TIMEOUT        seconds for a graceful stop (default 20)
