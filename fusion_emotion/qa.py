@@ -1,0 +1,293 @@
+"""Quality flags that travel with every prediction.
+
+Cheap, pure numpy/OpenCV functions (a few tens of milliseconds per request in
+all) computed on what the decoders produce, so a client can tell a confident
+answer on good media from a guess on clipped, silent, blurred or face-less
+media. Every flag is a float in [0, 1]; NaN means "not available" (the modality
+is absent) and becomes JSON null at the clients. ``docs/qa_flags.md`` documents
+the same formulas for users.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from . import contract as C
+
+log = logging.getLogger(__name__)
+
+# --- audio ------------------------------------------------------------------------
+CLIP_THRESHOLD = 0.99
+"""|x| at or above this share of full scale counts as clipped (int16: |x| >= 32440)."""
+
+SILENCE_FRAME_S = 0.025
+SILENCE_DBFS = -40.0
+"""A 25 ms frame whose RMS level is below -40 dBFS (RMS < 0.01 of full scale) is silent."""
+
+# --- video ------------------------------------------------------------------------
+BLUR_REF_VARIANCE = 100.0
+"""Variance of the Laplacian at which blur_level is 0.5 (the classic "blurry" threshold)."""
+
+FACE_FRAMES = 4
+FACE_SCALE_FACTOR = 1.1
+FACE_MIN_NEIGHBORS = 3
+FACE_MIN_SIZE = 28
+FACE_WEIGHT_CENTER = 1.0
+FACE_WEIGHT_SCALE = 1.0
+
+# --- overall ----------------------------------------------------------------------
+CLIP_TOLERANCE = 0.1
+"""Clipping ratio at which the audio counts as unusable for overall_confidence."""
+
+_HAAR_FILE = "haarcascade_frontalface_default.xml"
+_cascade = None
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and not math.isnan(float(x))
+
+
+def _clip01(x: float) -> float:
+    return float(min(1.0, max(0.0, x)))
+
+
+# --------------------------------------------------------------------------- audio
+
+
+def clipping_ratio(samples: np.ndarray) -> float:
+    """Share of samples at (or next to) full scale: ``mean(|x| >= 0.99)``.
+
+    ``samples`` is float32 [channels, n] (or [n]) with full scale 1.0, as
+    received, before any resampling (a resampler's low-pass would smear the
+    flat tops away). All channels count. Clean speech gives 0; anything above
+    about 0.001 is audible distortion. Empty input gives 0.
+    """
+    x = np.asarray(samples)
+    if x.size == 0:
+        return 0.0
+    return _clip01(float(np.count_nonzero(np.abs(x) >= CLIP_THRESHOLD)) / x.size)
+
+
+def silence_ratio(wave: np.ndarray, rate: int) -> float:
+    """Share of 25 ms frames whose RMS level is below -40 dBFS.
+
+    ``wave`` is mono float32 [n] (full scale 1.0) at its native ``rate``; no
+    resampling is needed since the frame length follows the rate. Frames do
+    not overlap; the trailing partial frame is ignored unless the signal is
+    shorter than one frame (then the whole signal is one frame). Level in dBFS
+    is ``20*log10(rms)`` (a full-scale square wave is 0 dBFS, a full-scale sine
+    -3 dBFS), so the threshold is RMS < 0.01. Empty input gives 1.
+    """
+    x = np.asarray(wave, dtype=np.float32).reshape(-1)
+    if x.size == 0:
+        return 1.0
+    frame = max(1, int(round(SILENCE_FRAME_S * rate)))
+    count = x.size // frame
+    if count == 0:
+        frames = x[None, :]
+    else:
+        frames = x[: count * frame].reshape(count, frame)
+    mean_sq = np.einsum("ij,ij->i", frames, frames, dtype=np.float64) / frames.shape[1]
+    threshold = (10.0 ** (SILENCE_DBFS / 20.0)) ** 2
+    return _clip01(float(np.count_nonzero(mean_sq < threshold)) / frames.shape[0])
+
+
+# --------------------------------------------------------------------------- video
+
+
+def _gray(frames: np.ndarray) -> np.ndarray:
+    """uint8 RGB [T, H, W, 3] -> float32 luma [T, H, W] (BT.601 weights, as cv2.cvtColor)."""
+    return np.tensordot(frames, np.asarray([0.299, 0.587, 0.114], dtype=np.float32), axes=([-1], [0]))
+
+
+def laplacian_variance(frames: np.ndarray) -> np.ndarray:
+    """Per-frame variance of the 4-neighbour Laplacian of the grayscale frame (0..255 scale)."""
+    g = _gray(np.asarray(frames))
+    lap = g[:, 1:-1, :-2] + g[:, 1:-1, 2:] + g[:, :-2, 1:-1] + g[:, 2:, 1:-1] - 4.0 * g[:, 1:-1, 1:-1]
+    return lap.reshape(lap.shape[0], -1).var(axis=1, dtype=np.float64)
+
+
+def blur_level(frames: np.ndarray) -> float:
+    """0 = sharp ... 1 = blurred: ``1 / (1 + v / 100)`` with ``v`` the median Laplacian variance.
+
+    ``frames`` is uint8 [T, H, W, 3] RGB as produced by ``media.decode_video``
+    (128x171). ``v`` is the variance of the 4-neighbour Laplacian (kernel
+    ``[[0,1,0],[1,-4,1],[0,1,0]]``, valid region) of the BT.601 grayscale frame
+    on the 0..255 scale, median over frames. v = 100 (the usual "blurry" cut-off)
+    maps to 0.5; detailed sharp footage (v ~ 1000) to ~0.1; featureless or
+    heavily blurred footage (v < 10) to > 0.9.
+    """
+    x = np.asarray(frames)
+    if x.ndim == 3:
+        x = x[None]
+    if x.shape[0] == 0 or x.shape[1] < 3 or x.shape[2] < 3:
+        return float("nan")
+    v = float(np.median(laplacian_variance(x)))
+    return _clip01(1.0 / (1.0 + v / BLUR_REF_VARIANCE))
+
+
+def _face_cascade():  # -> cv2.CascadeClassifier
+    """OpenCV's bundled frontal-face Haar cascade, loaded once per process."""
+    global _cascade
+    if _cascade is None:
+        import cv2
+
+        path = cv2.data.haarcascades + _HAAR_FILE
+        cascade = cv2.CascadeClassifier(path)
+        if cascade.empty():
+            raise RuntimeError(f"could not load the OpenCV face cascade {path}")
+        _cascade = cascade
+    return _cascade
+
+
+def face_weights(frames: np.ndarray, max_frames: int = FACE_FRAMES) -> np.ndarray:
+    """Best Haar level weight per examined frame (-inf where no face was found)."""
+    import cv2
+
+    x = np.asarray(frames)
+    if x.ndim == 3:
+        x = x[None]
+    n = x.shape[0]
+    k = min(n, max_frames)
+    idx = ((np.arange(k) + 0.5) * n / k).astype(np.int64)
+    cascade = _face_cascade()
+    out = np.full(k, -np.inf)
+    for j, i in enumerate(idx):
+        gray = cv2.cvtColor(np.ascontiguousarray(x[i]), cv2.COLOR_RGB2GRAY)
+        _, _, weights = cascade.detectMultiScale3(
+            gray,
+            scaleFactor=FACE_SCALE_FACTOR,
+            minNeighbors=FACE_MIN_NEIGHBORS,
+            minSize=(FACE_MIN_SIZE, FACE_MIN_SIZE),
+            outputRejectLevels=True,
+        )
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if w.size:
+            out[j] = w.max()
+    return out
+
+
+def face_confidence(frames: np.ndarray) -> float:
+    """Mean over examined frames of ``sigmoid(w - 1)``, ``w`` = best face weight in the frame.
+
+    Detector: OpenCV's bundled frontal-face Haar cascade
+    (``haarcascade_frontalface_default.xml``) run by ``detectMultiScale3`` with
+    ``outputRejectLevels=True`` at the decoded 128x171 resolution (scale factor
+    1.1, minNeighbors 3, faces >= 28 px, i.e. >= 22 % of the frame height; no
+    upscaling: in head-and-shoulders emotion footage the face spans a third of
+    the frame or more). ``w`` is the last-stage level weight of the best
+    detection (clear frontal faces score ~3-6, so ~0.9-0.99); a frame without a
+    detection scores 0. To keep the cost near 15 ms, 4 of the 16 sampled
+    frames, evenly spaced, are examined. Clear frontal face throughout -> ~0.95;
+    no face (or a face smaller than 28 px, or in profile) -> 0.
+    """
+    w = face_weights(frames)
+    if w.size == 0:
+        return float("nan")
+    scores = np.where(np.isfinite(w), 1.0 / (1.0 + np.exp(-(w - FACE_WEIGHT_CENTER) / FACE_WEIGHT_SCALE)), 0.0)
+    return _clip01(float(scores.mean()))
+
+
+# --------------------------------------------------------------------------- fusion
+
+
+def _as_distribution(p: np.ndarray) -> np.ndarray | None:
+    q = np.asarray(p, dtype=np.float64).reshape(-1)
+    if q.size == 0 or not np.all(np.isfinite(q)):
+        return None
+    q = np.clip(q, 0.0, None)
+    s = q.sum()
+    return q / s if s > 0 else None
+
+
+def consistency(p_video: np.ndarray, p_audio: np.ndarray) -> float:
+    """``1 - JSD(p_video, p_audio)`` with the Jensen-Shannon divergence in bits (so in [0, 1]).
+
+    1: the two single-modality predictions agree exactly; 0: they put their
+    mass on disjoint classes. Inputs are renormalised to sum 1; NaN when either
+    is missing (None, non-finite or all zero) or the lengths differ.
+    """
+    if p_video is None or p_audio is None:
+        return float("nan")
+    p, q = _as_distribution(p_video), _as_distribution(p_audio)
+    if p is None or q is None or p.shape != q.shape:
+        return float("nan")
+    m = 0.5 * (p + q)
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
+
+    jsd = 0.5 * kl(p) + 0.5 * kl(q)
+    return _clip01(1.0 - jsd)
+
+
+def overall_confidence(p_fused: np.ndarray, media_qa: np.ndarray, consistency: float = float("nan")) -> float:
+    """The fused top-class probability tempered by media quality and modality agreement.
+
+    ``overall = max(p_fused) * Q_media * K`` where
+
+    * audio quality ``Qa = (1 - min(1, clipping / 0.1)) * min(1, (1 - silence) / 0.5)``:
+      10 % clipped samples make the audio worthless; up to half silence (normal
+      for a short utterance) costs nothing, an all-silent track gives 0;
+    * video quality ``Qv = face * min(1, (1 - blur) / 0.5)``: no face gives 0,
+      blur up to 0.5 costs nothing;
+    * ``Q_media`` is the mean of ``Qa`` and ``Qv`` over the modalities present
+      (a flag that is NaN is left out of its product; a modality with all flags
+      NaN is left out of the mean; no flags at all -> 1);
+    * ``K = consistency`` when available (both modalities present), else 1.
+
+    ``media_qa`` is ordered as ``contract.MEDIA_QA_NAMES``. NaN if ``p_fused`` is
+    not a finite probability vector.
+    """
+    p = _as_distribution(p_fused)
+    if p is None:
+        return float("nan")
+    clip, sil, face, blur = (
+        float(v) for v in np.asarray(media_qa, dtype=np.float64).reshape(-1)[: len(C.MEDIA_QA_NAMES)]
+    )
+
+    qualities: list[float] = []
+    audio_terms = []
+    if _finite(clip):
+        audio_terms.append(1.0 - min(1.0, clip / CLIP_TOLERANCE))
+    if _finite(sil):
+        audio_terms.append(min(1.0, (1.0 - sil) / 0.5))
+    if audio_terms:
+        qualities.append(float(np.prod(audio_terms)))
+    video_terms = []
+    if _finite(face):
+        video_terms.append(face)
+    if _finite(blur):
+        video_terms.append(min(1.0, (1.0 - blur) / 0.5))
+    if video_terms:
+        qualities.append(float(np.prod(video_terms)))
+    q_media = float(np.mean(qualities)) if qualities else 1.0
+    k = float(consistency) if _finite(consistency) else 1.0
+    return _clip01(float(p.max()) * _clip01(q_media) * _clip01(k))
+
+
+def media_qa(video_frames: np.ndarray | None, audio_native: np.ndarray | None, audio_rate: int | None) -> np.ndarray:
+    """The four media flags, float32 [4] in ``contract.MEDIA_QA_NAMES`` order.
+
+    ``video_frames``: uint8 [T, 128, 171, 3] from ``media.decode_video`` (None if
+    no video); ``audio_native``: float32 [channels, n] as decoded, at its native
+    ``audio_rate`` (None if no audio). Clipping counts every channel; silence
+    uses the channel mean at the native rate. Flags of an absent modality are NaN.
+    """
+    out = np.full(len(C.MEDIA_QA_NAMES), np.nan, dtype=np.float32)
+    if audio_native is not None and audio_rate:
+        a = np.asarray(audio_native, dtype=np.float32)
+        if a.ndim == 1:
+            a = a[None]
+        if a.size:
+            mono = a.mean(axis=0) if a.shape[0] > 1 else a[0]
+            out[0] = clipping_ratio(a)
+            out[1] = silence_ratio(mono, int(audio_rate))
+    if video_frames is not None and np.asarray(video_frames).size:
+        out[2] = face_confidence(video_frames)
+        out[3] = blur_level(video_frames)
+    return out
