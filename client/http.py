@@ -1,0 +1,99 @@
+"""Clients of the HTTP front end: directly (``--url``) or through a SageMaker endpoint.
+
+Both send the same ``multipart/form-data`` body (``video_file`` / ``audio_file``),
+built here so ``invoke_endpoint`` (one opaque body + content type) and httpx
+send identical bytes. Part file names are generic: users' file names never leave
+the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class FrontendError(RuntimeError):
+    """The front end answered with an error status; ``message`` is its ``error`` text."""
+
+    def __init__(self, status: int, message: str, payload: dict[str, Any] | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.payload = payload or {}
+
+
+_PARTS = (
+    ("video_file", "video", "application/octet-stream"),
+    ("audio_file", "audio.wav", "audio/wav"),
+)
+
+
+def encode_multipart(video: bytes | None, audio: bytes | None) -> tuple[bytes, str]:
+    """``(body, content_type)`` of a multipart/form-data request with the given files."""
+    if video is None and audio is None:
+        raise ValueError("need video and/or audio bytes")
+    boundary = "fusion-emotion-" + uuid.uuid4().hex
+    chunks: list[bytes] = []
+    for (field, filename, ctype), data in zip(_PARTS, (video, audio), strict=True):
+        if data is None:
+            continue
+        chunks.append(
+            (
+                f"--{boundary}\r\n"
+                f'Content-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+                f"Content-Type: {ctype}\r\n\r\n"
+            ).encode()
+        )
+        chunks.append(data)
+        chunks.append(b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+def _decode(status: int, body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if status != 200:
+        message = payload.get("error") if isinstance(payload, dict) else None
+        raise FrontendError(status, str(message or body[:200].decode("utf-8", "replace")), payload)
+    if not isinstance(payload, dict):
+        raise FrontendError(status, "response is not a JSON object")
+    return payload
+
+
+def predict_url(url: str, video: bytes | None, audio: bytes | None, timeout: float = 120.0) -> dict[str, Any]:
+    """POST the files to the front end at ``url`` (``http://HOST:PORT``, path defaults to /invocations)."""
+    import httpx
+
+    parts = urlsplit(url)
+    target = url if parts.path not in ("", "/") else url.rstrip("/") + "/invocations"
+    body, content_type = encode_multipart(video, audio)
+    resp = httpx.post(target, content=body, headers={"Content-Type": content_type}, timeout=timeout)
+    return _decode(resp.status_code, resp.content)
+
+
+def predict_sagemaker_endpoint(
+    endpoint_name: str, video: bytes | None, audio: bytes | None, *, client: Any = None, region: str | None = None
+) -> dict[str, Any]:
+    """Invoke a SageMaker endpoint running this front end (boto3 ``sagemaker-runtime``)."""
+    if client is None:
+        import boto3
+
+        client = boto3.client("sagemaker-runtime", region_name=region)
+    body, content_type = encode_multipart(video, audio)
+    try:
+        resp = client.invoke_endpoint(
+            EndpointName=endpoint_name, ContentType=content_type, Accept="application/json", Body=body
+        )
+    except client.exceptions.ModelError as exc:
+        # The container answered with an error status; SageMaker relays its status and body.
+        err = exc.response
+        status = int(err.get("OriginalStatusCode") or 500)
+        raise FrontendError(
+            status, str(err.get("OriginalMessage") or err.get("Error", {}).get("Message", ""))
+        ) from None
+    return _decode(200, resp["Body"].read())

@@ -1,0 +1,1 @@
+"""SageMaker-compatible HTTP front end (``/ping``, ``/invocations``, ``/predict``) over Triton gRPC."""

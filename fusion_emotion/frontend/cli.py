@@ -1,0 +1,81 @@
+"""``fusion-emotion serve``: the SageMaker-compatible HTTP front end (uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="run the HTTP front end (/ping, /invocations, /predict) in front of Triton",
+        description=(
+            "Every option also reads an environment variable (FUSION_EMOTION_<NAME>); "
+            "SAGEMAKER_BIND_TO_PORT overrides FUSION_EMOTION_PORT, flags override both."
+        ),
+    )
+    p.add_argument("--triton-url", help="Triton gRPC HOST:PORT [env FUSION_EMOTION_TRITON_URL, default 127.0.0.1:8001]")
+    p.add_argument("--host", help="bind address [env FUSION_EMOTION_HOST, default 0.0.0.0]")
+    p.add_argument(
+        "--port", type=int, help="bind port [env SAGEMAKER_BIND_TO_PORT / FUSION_EMOTION_PORT, default 8080]"
+    )
+    p.add_argument("--model-name", help="Triton model [env FUSION_EMOTION_MODEL_NAME, default fusion_emotion]")
+    p.add_argument(
+        "--max-body-bytes", type=int, help="request body limit [env FUSION_EMOTION_MAX_BODY_BYTES, default 6 MiB]"
+    )
+    p.add_argument(
+        "--max-s3-object-bytes",
+        type=int,
+        help="S3 object limit [env FUSION_EMOTION_MAX_S3_OBJECT_BYTES, default 100 MiB]",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        dest="request_timeout_s",
+        help="Triton deadline in seconds (504 past it) [env FUSION_EMOTION_REQUEST_TIMEOUT_S, default 55]",
+    )
+    p.add_argument(
+        "--ping-timeout",
+        type=float,
+        dest="ping_timeout_s",
+        help="health-check deadline in seconds [env FUSION_EMOTION_PING_TIMEOUT_S, default 1]",
+    )
+    p.add_argument(
+        "--s3-allowed-buckets", help="comma-separated bucket allow-list [env FUSION_EMOTION_S3_ALLOWED_BUCKETS]"
+    )
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .settings import Settings
+
+    settings = Settings.from_env(
+        triton_url=args.triton_url,
+        host=args.host,
+        port=args.port,
+        model_name=args.model_name,
+        max_body_bytes=args.max_body_bytes,
+        max_s3_object_bytes=args.max_s3_object_bytes,
+        request_timeout_s=args.request_timeout_s,
+        ping_timeout_s=args.ping_timeout_s,
+        s3_allowed_buckets=args.s3_allowed_buckets,
+    )
+    log.info("serving on %s:%d, triton at %s", settings.host, settings.port, settings.triton_url)
+    # One process, one event loop: the shared gRPC client lives in it. Our middleware
+    # writes the access log (with a request id), so uvicorn's is off; log_config=None
+    # keeps the CLI's logging setup.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_config=None,
+        timeout_keep_alive=75,  # above the 60 s idle timeout of SageMaker's / ALB's side
+    )
+    return 0

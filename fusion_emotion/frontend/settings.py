@@ -1,0 +1,96 @@
+"""Front-end settings: one frozen dataclass filled from the environment, then the CLI.
+
+SageMaker configures containers through environment variables only (it runs
+``serve`` with no flags), so every knob has one; flags given on the command line win.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .. import contract as C
+
+# SageMaker real-time InvokeEndpoint bodies are capped at 6 MiB: botocore's
+# sagemaker-runtime service model declares ``BodyBlob`` with "max": 6291456
+# (botocore/data/sagemaker-runtime/2017-05-13/service-2.json), and AWS support
+# answers 413s from endpoints with the same 6 MB real-time payload limit.
+# Anything bigger never reaches the container, so that is our default too.
+SAGEMAKER_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
+
+ENV_PREFIX = "FUSION_EMOTION_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app needs; immutable so handlers can share it without locks."""
+
+    triton_url: str = "127.0.0.1:8001"
+    host: str = "0.0.0.0"
+    port: int = 8080
+    model_name: str = C.ENSEMBLE
+    # Whole request body (multipart or JSON), checked before and while reading.
+    max_body_bytes: int = SAGEMAKER_MAX_PAYLOAD_BYTES
+    # One S3 object; S3 inputs bypass the SageMaker payload cap, Triton's own cap applies.
+    max_s3_object_bytes: int = C.MAX_INPUT_BYTES
+    # Triton deadline per inference (gRPC client_timeout); SageMaker gives containers 60 s.
+    request_timeout_s: float = 55.0
+    # /ping must answer inside 2 s even when Triton is gone.
+    ping_timeout_s: float = 1.0
+    # None = any bucket the credentials can read; otherwise only these.
+    s3_allowed_buckets: frozenset[str] | None = field(default=None)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults < environment < ``overrides`` (non-None CLI values)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+
+        def get(name: str) -> str | None:
+            raw = env.get(ENV_PREFIX + name)
+            return raw.strip() if raw is not None and raw.strip() else None
+
+        if (v := get("TRITON_URL")) is not None:
+            values["triton_url"] = v
+        if (v := get("HOST")) is not None:
+            values["host"] = v
+        if (v := get("PORT")) is not None:
+            values["port"] = int(v)
+        # SageMaker tells the container where to listen; the platform wins over our own variable.
+        if v := env.get("SAGEMAKER_BIND_TO_PORT", "").strip():
+            values["port"] = int(v)
+        if (v := get("MODEL_NAME")) is not None:
+            values["model_name"] = v
+        if (v := get("MAX_BODY_BYTES")) is not None:
+            values["max_body_bytes"] = int(v)
+        if (v := get("MAX_S3_OBJECT_BYTES")) is not None:
+            values["max_s3_object_bytes"] = int(v)
+        if (v := get("REQUEST_TIMEOUT_S")) is not None:
+            values["request_timeout_s"] = float(v)
+        if (v := get("PING_TIMEOUT_S")) is not None:
+            values["ping_timeout_s"] = float(v)
+        if (v := get("S3_ALLOWED_BUCKETS")) is not None:
+            values["s3_allowed_buckets"] = parse_bucket_list(v)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("s3_allowed_buckets"), str):
+            values["s3_allowed_buckets"] = parse_bucket_list(values["s3_allowed_buckets"])
+        return cls(**values).validated()
+
+    def validated(self) -> Settings:
+        """Reject nonsense early, at startup, instead of on the first request."""
+        if self.max_body_bytes <= 0 or self.max_s3_object_bytes <= 0:
+            raise ValueError("byte limits must be positive")
+        if self.request_timeout_s <= 0 or self.ping_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.ping_timeout_s > 1.9:
+            # /ping must answer within 2 s whatever Triton does.
+            return replace(self, ping_timeout_s=1.9)
+        return self
+
+
+def parse_bucket_list(raw: str) -> frozenset[str] | None:
+    """Comma/space separated bucket names; empty means no restriction."""
+    names = frozenset(p for p in raw.replace(",", " ").split() if p)
+    return names or None

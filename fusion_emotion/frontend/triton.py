@@ -1,0 +1,160 @@
+"""The front end's only Triton connection: one async gRPC client for the app's lifetime.
+
+gRPC multiplexes concurrent calls over one HTTP/2 channel, so a single client
+is the connection pool; creating one per request would cost a TCP + HTTP/2
+handshake each time. Triton status codes are mapped to HTTP statuses here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import contract as C
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
+
+# Media errors come back as INVALID_ARG whose message names the input ("video: ..."),
+# possibly behind ensemble/BLS prefixes, so search instead of matching the start.
+_INPUT_ERROR_RE = re.compile(r"(?:^|[\s'\"\[(:])(video|audio): (.+)", re.DOTALL)
+# Keep what reaches clients short and single-line.
+_MAX_REASON_CHARS = 300
+
+
+@dataclass
+class Prediction:
+    probabilities: np.ndarray  # float32 [6], LABELS order
+    qa_flags: np.ndarray | None  # float32 [6], QA_FLAG_NAMES order, NaN = not computed
+
+
+class MediaRejected(ApiError):
+    """Triton refused one input; ``input_name`` is the tensor ("video"/"audio")."""
+
+    def __init__(self, input_name: str, reason: str) -> None:
+        super().__init__(422, f"{input_name}: {reason}")
+        self.input_name = input_name
+        self.reason = reason
+
+
+def _status_name(exc: Exception) -> str:
+    status = getattr(exc, "status", None)
+    raw = status() if callable(status) else status
+    return str(raw or "").rsplit(".", 1)[-1].upper()
+
+
+def map_triton_error(exc: Exception) -> ApiError:
+    """Translate a tritonclient exception into the status the client should see."""
+    status = _status_name(exc)
+    message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    message = str(message or "")
+    if status == "DEADLINE_EXCEEDED" or "deadline exceeded" in message.lower():
+        return ApiError(504, "inference did not finish within the request timeout")
+    if status in {"UNAVAILABLE", "NOT_FOUND", "CANCELLED"} or not status:
+        return ApiError(503, "inference server unavailable")
+    if status == "INVALID_ARGUMENT":
+        m = _INPUT_ERROR_RE.search(message)
+        if m:
+            reason = " ".join(m.group(2).split())[:_MAX_REASON_CHARS]
+            return MediaRejected(m.group(1), reason)
+        return ApiError(422, "the model rejected the request's media")
+    if status == "RESOURCE_EXHAUSTED":
+        return ApiError(503, "inference server is overloaded")
+    return ApiError(500, "inference failed")
+
+
+class TritonGateway:
+    """Owns the shared ``tritonclient.grpc.aio`` client; start/close from the app lifespan."""
+
+    def __init__(self, url: str, model_name: str = C.ENSEMBLE) -> None:
+        self.url = url
+        self.model_name = model_name
+        self._client: Any = None
+
+    async def start(self) -> None:
+        import tritonclient.grpc.aio as grpcclient
+
+        # Must be created inside the serving event loop: grpc.aio channels bind to it.
+        self._client = grpcclient.InferenceServerClient(url=self.url)
+        log.info("triton client created")
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            raise ApiError(503, "inference server client not started")
+        return self._client
+
+    async def ready(self, timeout_s: float) -> tuple[bool, str]:
+        """Server live and model ready, answered within ``timeout_s`` whatever Triton does."""
+        try:
+            async with asyncio.timeout(timeout_s) if hasattr(asyncio, "timeout") else _null():
+                live = await self.client.is_server_live(client_timeout=timeout_s)
+                if not live:
+                    return False, "inference server is not live"
+                ready = await self.client.is_model_ready(self.model_name, client_timeout=timeout_s)
+                if not ready:
+                    return False, f"model {self.model_name} is not ready"
+                return True, "ok"
+        except (TimeoutError, asyncio.TimeoutError):
+            return False, "inference server did not answer in time"
+        except ApiError as exc:
+            return False, exc.message
+        except Exception as exc:  # any transport failure means "not ready", never a 500
+            log.debug("ping failed: %s", type(exc).__name__)
+            return False, "inference server unavailable"
+
+    async def infer(self, video: bytes | None, audio: bytes | None, timeout_s: float, request_id: str) -> Prediction:
+        """One ensemble call with only the inputs present (both are optional in the model)."""
+        import tritonclient.grpc.aio as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        inputs = []
+        for spec, data in ((C.IN_VIDEO, video), (C.IN_AUDIO, audio)):
+            if data is None:
+                continue
+            tensor = grpcclient.InferInput(spec.name, [1, *spec.dims], spec.wire_dtype)
+            tensor.set_data_from_numpy(np.array([[data]], dtype=object))
+            inputs.append(tensor)
+        outputs = [
+            grpcclient.InferRequestedOutput(C.OUT_PROBABILITIES.name),
+            grpcclient.InferRequestedOutput(C.OUT_QA_FLAGS.name),
+        ]
+        try:
+            result = await self.client.infer(
+                self.model_name,
+                inputs,
+                outputs=outputs,
+                request_id=request_id,
+                client_timeout=timeout_s,
+            )
+        except InferenceServerException as exc:
+            err = map_triton_error(exc)
+            log.warning("triton infer failed: status=%s -> %d", _status_name(exc) or "?", err.status)
+            raise err from None
+        probs = result.as_numpy(C.OUT_PROBABILITIES.name)
+        qa = result.as_numpy(C.OUT_QA_FLAGS.name)
+        if probs is None:
+            raise ApiError(500, "inference returned no probabilities")
+        probs = np.asarray(probs, dtype=np.float32).reshape(-1)[: C.NUM_CLASSES]
+        qa_flat = None if qa is None else np.asarray(qa, dtype=np.float32).reshape(-1)[: len(C.QA_FLAG_NAMES)]
+        return Prediction(probabilities=probs, qa_flags=qa_flat)
+
+
+class _null:
+    """Stand-in for ``asyncio.timeout`` on Python 3.10 (client_timeout still bounds each call)."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
