@@ -1,0 +1,108 @@
+"""Test helpers: free ports, a live tritonserver started through the real CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_ready(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@dataclass
+class TritonHandle:
+    """A tritonserver run by `fusion-emotion triton` in a child process."""
+
+    repository: Path
+    proc: subprocess.Popen
+    grpc_port: int
+    http_port: int
+    metrics_port: int
+    log_path: Path
+    extra_ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 40.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_triton(
+    repository: Path,
+    log_path: Path,
+    *,
+    profile: str = "cpu",
+    extra_args: list[str] | None = None,
+    extra_ports: dict[str, int] | None = None,
+    timeout: float = 240.0,
+) -> TritonHandle:
+    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+    cmd = [
+        sys.executable, "-m", "fusion_emotion.cli", "triton",
+        "--repository", str(repository), "--profile", profile,
+        "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
+    ]  # fmt: skip
+    if extra_args:
+        cmd += ["--", *extra_args]
+    log = open(log_path, "wb")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    handle = TritonHandle(repository, proc, grpc_port, http_port, metrics_port, log_path, extra_ports or {})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tritonserver exited early ({proc.returncode}):\n{handle.log_text()[-4000:]}")
+        if http_ready(f"http://127.0.0.1:{http_port}/v2/health/ready"):
+            return handle
+        time.sleep(0.3)
+    handle.stop()
+    raise TimeoutError(f"tritonserver not ready in {timeout} s:\n{handle.log_text()[-4000:]}")
+
+
+def stub_pids(shm_prefix_hint: str = "triton_python_backend_stub") -> list[int]:
+    """PIDs of Python-backend stub processes still alive on this machine."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if shm_prefix_hint in cmdline:
+            pids.append(int(entry.name))
+    return pids
