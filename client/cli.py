@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audio", type=Path, help="WAV to use instead of the video's own audio track")
     route = p.add_mutually_exclusive_group(required=True)
     route.add_argument("--triton", metavar="HOST:PORT", help="Triton gRPC endpoint")
-    route.add_argument("--local", metavar="DIR", type=Path, help="run the reference pipeline in-process on a model repository")
+    route.add_argument(
+        "--local", metavar="DIR", type=Path, help="run the reference pipeline in-process on a model repository"
+    )
     route.add_argument("--url", metavar="URL", help="fusion-emotion front end, e.g. http://127.0.0.1:8080")
     route.add_argument("--sagemaker-endpoint", metavar="NAME", help="SageMaker endpoint (boto3 invoke_endpoint)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds (default 120)")

@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--checkpoint", metavar="PATH", help="fusion-emotion/v1 checkpoint (.pt)")
     src.add_argument("--init", choices=["random"], help="build deterministic random (UNTRAINED) demo weights")
     p.add_argument("--seed", type=int, default=0, help="seed for --init random (default 0)")
-    p.add_argument("--hubert-pretrained", metavar="DIR", help="local Hugging Face HuBERT directory for the audio encoder")
+    p.add_argument(
+        "--hubert-pretrained", metavar="DIR", help="local Hugging Face HuBERT directory for the audio encoder"
+    )
     p.add_argument("--output", required=True, metavar="DIR", help="model repository to write")
     p.add_argument("--torchscript", action="store_true", help="also write model.pt for Triton's libtorch backend")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |ONNX - PyTorch| allowed (default 1e-4)")
@@ -41,7 +43,12 @@ def run(args: argparse.Namespace) -> int:
         if not loaded.trained:
             log.warning("%s", loaded.provenance)
         report = write_repository(
-            loaded, args.output, torchscript=args.torchscript, opset=args.opset, tolerance=args.tolerance, force=args.force
+            loaded,
+            args.output,
+            torchscript=args.torchscript,
+            opset=args.opset,
+            tolerance=args.tolerance,
+            force=args.force,
         )
     except (CheckpointError, ExportValidationError, FileExistsError, FileNotFoundError) as exc:
         log.error("%s", exc)

@@ -39,7 +39,8 @@ def _copy_templates(dest: Path) -> None:
 
 def _append_parameters(config: Path, params: dict[str, str]) -> None:
     lines = [
-        f'parameters {{ key: "{k}" value {{ string_value: "{v.replace(chr(34), chr(39))}" }} }}' for k, v in params.items()
+        f'parameters {{ key: "{k}" value {{ string_value: "{v.replace(chr(34), chr(39))}" }} }}'
+        for k, v in params.items()
     ]
     with config.open("a", encoding="utf-8") as f:
         f.write("\n# written by fusion-emotion export\n" + "\n".join(lines) + "\n")
@@ -86,7 +87,9 @@ def write_repository(
 
         labels = "\n".join(C.LABELS) + "\n"
         qa_labels = "\n".join(C.QA_FLAG_NAMES) + "\n"
-        for name in (C.ENSEMBLE, C.FUSION_HEAD):
+        for name in (C.ENSEMBLE, C.FUSION_HEAD, C.TIMELINE_MODEL):
+            if not (repo / name).is_dir():
+                continue  # the timeline model is optional in a repository
             (repo / name / C.LABELS_FILENAME).write_text(labels)
             (repo / name / C.QA_LABELS_FILENAME).write_text(qa_labels)
         params = {C.PROVENANCE_PARAMETER: loaded.provenance, "trained": "true" if loaded.trained else "false"}

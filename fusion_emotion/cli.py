@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "fusion_emotion.client.cli",  # predict
     "fusion_emotion.frontend.cli",  # serve
     "fusion_emotion.deploy.cli",  # package, deploy, undeploy
+    "fusion_emotion.bench",  # bench
 )
 
 

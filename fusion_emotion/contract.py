@@ -37,6 +37,9 @@ AUDIO_ENCODER = "audio_encoder"
 FUSION_HEAD = "fusion_head"
 MODEL_NAMES = (PREPROCESS, VIDEO_ENCODER, AUDIO_ENCODER, FUSION_HEAD, ENSEMBLE)
 PROFILES = ("cpu", "gpu", "gpu_fp16")
+# Emotion timelines (docs/timeline_evaluate.md): a separate model, so the
+# ensemble's contract above is untouched. Optional in a repository.
+TIMELINE_MODEL = "fusion_emotion_timeline"
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,12 @@ VIDEO_ENC_OUT = TensorSpec("embedding", "TYPE_FP32", (VIDEO_EMBED_DIM,))
 AUDIO_WAVEFORM = TensorSpec("waveform", "TYPE_FP32", (AUDIO_SAMPLES,))
 AUDIO_ENC_OUT = TensorSpec("embedding", "TYPE_FP32", (AUDIO_EMBED_DIM,))
 
+# Timeline model I/O: window length / hop in seconds (optional, defaults 3 / 1.5);
+# one row per window: start, end (seconds from the media start), six probabilities.
+IN_WINDOW_S = TensorSpec("window_s", "TYPE_FP32", (1,), optional=True)
+IN_HOP_S = TensorSpec("hop_s", "TYPE_FP32", (1,), optional=True)
+OUT_SEGMENTS = TensorSpec("segments", "TYPE_FP32", (-1, 2 + NUM_CLASSES))
+
 # Model I/O per Triton model, in config order: (inputs, outputs).
 MODEL_IO: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
     ENSEMBLE: ((IN_VIDEO, IN_AUDIO), (OUT_PROBABILITIES, OUT_QA_FLAGS)),
@@ -98,6 +107,7 @@ MODEL_IO: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
     VIDEO_ENCODER: ((VIDEO_FRAMES,), (VIDEO_ENC_OUT,)),
     AUDIO_ENCODER: ((AUDIO_WAVEFORM,), (AUDIO_ENC_OUT,)),
     FUSION_HEAD: ((VIDEO_EMBEDDING, AUDIO_EMBEDDING, MODALITY_MASK, MEDIA_QA), (OUT_PROBABILITIES, OUT_QA_FLAGS)),
+    TIMELINE_MODEL: ((IN_VIDEO, IN_AUDIO, IN_WINDOW_S, IN_HOP_S), (OUT_SEGMENTS, OUT_PROBABILITIES, OUT_QA_FLAGS)),
 }
 
 LABELS_FILENAME = "labels.txt"

@@ -52,9 +52,7 @@ class FusionHead:
 
     def logits(self, video_emb: np.ndarray, audio_emb: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """[B,512], [B,768], [B,2] (has_video, has_audio) -> logits [B,6]."""
-        x = np.concatenate(
-            [video_emb * mask[:, :1], audio_emb * mask[:, 1:2]], axis=1, dtype=np.float32
-        )
+        x = np.concatenate([video_emb * mask[:, :1], audio_emb * mask[:, 1:2]], axis=1, dtype=np.float32)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             x = x @ w.T + b
             if i < len(self.weights) - 1:
@@ -94,5 +92,7 @@ def score(
         flags[both, len(C.MEDIA_QA_NAMES)] = [qa.consistency(pv, pa) for pv, pa in zip(p_video, p_audio)]
     consistency_col = len(C.MEDIA_QA_NAMES)
     for i in range(n):
-        flags[i, consistency_col + 1] = qa.overall_confidence(probs[i], flags[i, :consistency_col], flags[i, consistency_col])
+        flags[i, consistency_col + 1] = qa.overall_confidence(
+            probs[i], flags[i, :consistency_col], flags[i, consistency_col]
+        )
     return probs, flags

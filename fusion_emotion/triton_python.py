@@ -69,7 +69,10 @@ def respond_batched(
     responses = []
     start = 0
     for n in sizes:
-        tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[start : start + n])) for name, out in zip(output_names, outputs)]
+        tensors = [
+            pb_utils.Tensor(name, np.ascontiguousarray(out[start : start + n]))
+            for name, out in zip(output_names, outputs)
+        ]
         responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         start += n
     return responses

@@ -67,7 +67,10 @@ class Bundle:
         python_dir = target / "python"
         wanted = {p.name: p for p in self.python_backend.iterdir() if p.is_file()}
         wanted[self.stub.name] = self.stub
-        if all((python_dir / n).is_file() and (python_dir / n).stat().st_size == p.stat().st_size for n, p in wanted.items()):
+        if all(
+            (python_dir / n).is_file() and (python_dir / n).stat().st_size == p.stat().st_size
+            for n, p in wanted.items()
+        ):
             return target
         staging = cache / f".backends-{uuid.uuid4().hex}"
         (staging / "python").mkdir(parents=True)
@@ -85,7 +88,9 @@ def server_env(bundle: Bundle | None) -> dict[str, str]:
     env = dict(os.environ)
     if bundle is not None:
         libdir = sysconfig.get_config_var("LIBDIR") or ""
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(bundle.libs), libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(bundle.libs), libdir, env.get("LD_LIBRARY_PATH", "")) if p
+        )
         # The stub's embedded interpreter finds its prefix from `python3` on PATH: put
         # this environment first so the stub imports this venv's packages (numpy < 2).
         env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
@@ -143,7 +148,9 @@ def check_repository(path: Path) -> None:
         raise FileNotFoundError(f"{path} is not a fusion-emotion model repository (missing {', '.join(missing)})")
     for model in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
         if not (path / model / "1" / C.ONNX_FILENAME).is_file():
-            raise FileNotFoundError(f"{path / model / '1' / C.ONNX_FILENAME} missing: run `fusion-emotion export` first")
+            raise FileNotFoundError(
+                f"{path / model / '1' / C.ONNX_FILENAME} missing: run `fusion-emotion export` first"
+            )
 
 
 class TritonProcess:
@@ -162,7 +169,9 @@ class TritonProcess:
         cmd = build_command(self.opts, binary, bundle.backend_dir() if bundle else None)
         log.info("starting %s", " ".join(cmd))
         out = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 - closed by the child's exit
-        self.proc = subprocess.Popen(cmd, env=server_env(bundle), stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, env=server_env(bundle), stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True
+        )
         if out:
             out.close()
 
@@ -214,7 +223,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Arguments after `--` go to tritonserver unchanged (e.g. -- --allow-sagemaker=true).",
     )
     p.add_argument("--repository", required=True, type=Path, help="model repository (from `fusion-emotion export`)")
-    p.add_argument("--profile", choices=sorted(PROFILE_CONFIG_NAME), default="cpu", help="cpu (default here), gpu, gpu_fp16")
+    p.add_argument(
+        "--profile", choices=sorted(PROFILE_CONFIG_NAME), default="cpu", help="cpu (default here), gpu, gpu_fp16"
+    )
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--metrics-port", type=int, default=8002)

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from fusion_emotion.client.triton import build_inputs, infer_grpc, requested_outputs
 from helpers import start_triton
 from tritonclient.utils import InferenceServerException
 
 from fusion_emotion import contract as C
-from fusion_emotion.client.triton import build_inputs, infer_grpc, requested_outputs
 
 pytestmark = pytest.mark.integration
 
@@ -156,8 +155,10 @@ def batching_triton(demo_repository: Path, tmp_path_factory: pytest.TempPathFact
     repo = tmp_path_factory.mktemp("batching") / "repo"
     shutil.copytree(demo_repository, repo, symlinks=True)
     cfg = repo / C.PREPROCESS / "config.pbtxt"
-    text = cfg.read_text().replace("count: 4", "count: 1").replace(
-        "max_queue_delay_microseconds: 2000", "max_queue_delay_microseconds: 1500000"
+    text = (
+        cfg.read_text()
+        .replace("count: 4", "count: 1")
+        .replace("max_queue_delay_microseconds: 2000", "max_queue_delay_microseconds: 1500000")
     )
     cfg.write_text(text)
     handle = start_triton(repo, tmp_path_factory.mktemp("batching-log") / "tritonserver.log")

@@ -26,10 +26,9 @@ class EncoderError(RuntimeError):
 class TritonPythonModel:
     def initialize(self, args):
         _, params = model_parameters(args)
-        self.limits = MediaLimits(
-            max_bytes=int(params.get("max_input_bytes", C.MAX_INPUT_BYTES)),
-            max_duration_s=float(params.get("max_duration_s", 600)),
-        )
+        # Every MediaLimits field can be set as a config parameter of the same name
+        # (max_input_bytes = max_bytes); the rest keep MediaLimits' defaults.
+        self.limits = MediaLimits.from_params(params)
         self.bls_batch = int(params.get("bls_max_batch", "8") or 8)
         self.loop = asyncio.new_event_loop()
 

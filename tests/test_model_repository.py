@@ -1,0 +1,116 @@
+"""Every config.pbtxt against Triton's model-config proto, the contract and the exported ONNX graphs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from fusion_emotion import contract as C
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "model_repository"
+CONFIG_FILES = sorted(TEMPLATES.glob("*/config.pbtxt")) + sorted(TEMPLATES.glob("*/configs/*.pbtxt"))
+ONNX_DTYPE = {onnx.TensorProto.FLOAT: "TYPE_FP32"}
+
+
+def parse(path: Path) -> mc.ModelConfig:
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def dtype_name(value: int) -> str:
+    return mc.DataType.Name(value)
+
+
+def test_all_configs_found():
+    names = {p.parent.name if p.name == "config.pbtxt" else p.parent.parent.name for p in CONFIG_FILES}
+    assert set(C.MODEL_NAMES) <= names
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(TEMPLATES)))
+def test_config_parses_and_matches_contract(path: Path):
+    cfg = parse(path)
+    model = path.parent.name if path.name == "config.pbtxt" else path.parent.parent.name
+    assert cfg.name == model
+    assert cfg.max_batch_size > 0
+    if model not in C.MODEL_IO:
+        return  # models added by other features are checked by their own tests
+    inputs, outputs = C.MODEL_IO[model]
+    assert [(i.name, dtype_name(i.data_type), tuple(i.dims), i.optional) for i in cfg.input] == [
+        (s.name, s.triton_dtype, s.dims, s.optional) for s in inputs
+    ]
+    assert [(o.name, dtype_name(o.data_type), tuple(o.dims)) for o in cfg.output] == [
+        (s.name, s.triton_dtype, s.dims) for s in outputs
+    ]
+
+
+def test_profiles():
+    for encoder in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
+        gpu = parse(TEMPLATES / encoder / "config.pbtxt")
+        assert gpu.backend == "onnxruntime"
+        assert [g.kind for g in gpu.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+        assert gpu.dynamic_batching.max_queue_delay_microseconds > 0
+        fp16 = parse(TEMPLATES / encoder / "configs" / "gpu_fp16.pbtxt")
+        accel = fp16.optimization.execution_accelerators.gpu_execution_accelerator[0]
+        assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP16"
+        cpu = parse(TEMPLATES / encoder / "configs" / "cpu.pbtxt")
+        assert cpu.backend == "python"
+        assert [g.kind for g in cpu.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+        assert (TEMPLATES / encoder / "1" / "model.py").is_file()
+        assert cpu.max_batch_size <= gpu.max_batch_size
+    for python_model in (C.PREPROCESS, C.FUSION_HEAD):
+        cfg = parse(TEMPLATES / python_model / "config.pbtxt")
+        assert cfg.backend == "python"
+        assert (TEMPLATES / python_model / "1" / "model.py").is_file()
+    assert parse(TEMPLATES / C.PREPROCESS / "config.pbtxt").instance_group[0].count >= 2
+
+
+def test_ensemble_wiring_is_consistent():
+    ens = parse(TEMPLATES / C.ENSEMBLE / "config.pbtxt")
+    assert ens.platform == "ensemble"
+    available = {i.name for i in ens.input}
+    for step in ens.ensemble_scheduling.step:
+        model = parse(TEMPLATES / step.model_name / "config.pbtxt")
+        model_inputs = {i.name: i for i in model.input}
+        model_outputs = {o.name: o for o in model.output}
+        assert set(step.input_map) <= set(model_inputs), step.model_name
+        # every required input of the step is fed
+        required = {n for n, i in model_inputs.items() if not i.optional}
+        assert required <= set(step.input_map), step.model_name
+        for key, tensor in step.input_map.items():
+            assert tensor in available, f"{step.model_name}.{key} <- {tensor} is produced by no earlier step"
+        assert set(step.output_map) <= set(model_outputs), step.model_name
+        available |= set(step.output_map.values())
+        assert ens.max_batch_size <= model.max_batch_size
+    assert {o.name for o in ens.output} <= available
+    labels = {o.name: o.label_filename for o in ens.output}
+    assert labels == {C.OUT_PROBABILITIES.name: C.LABELS_FILENAME, C.OUT_QA_FLAGS.name: C.QA_LABELS_FILENAME}
+
+
+@pytest.mark.parametrize("encoder", [C.VIDEO_ENCODER, C.AUDIO_ENCODER])
+def test_onnx_graph_matches_configs(encoder: str, demo_repository: Path):
+    model = onnx.load(str(demo_repository / encoder / "1" / C.ONNX_FILENAME), load_external_data=False)
+    graph_inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    for path in [
+        demo_repository / encoder / "config.pbtxt",
+        *sorted((demo_repository / encoder / "configs").glob("*.pbtxt")),
+    ]:
+        cfg = parse(path)
+        for cfg_tensors, graph_tensors in ((cfg.input, graph_inputs), (cfg.output, model.graph.output)):
+            assert [t.name for t in cfg_tensors] == [g.name for g in graph_tensors], path
+            for t, g in zip(cfg_tensors, graph_tensors):
+                shape = g.type.tensor_type.shape.dim
+                assert shape[0].dim_param, f"{g.name}: batch axis must be dynamic"
+                assert tuple(d.dim_value for d in shape[1:]) == tuple(t.dims), path
+                assert ONNX_DTYPE[g.type.tensor_type.elem_type] == dtype_name(t.data_type)
+
+
+def test_exported_labels_and_metadata(demo_repository: Path):
+    for model in (C.ENSEMBLE, C.FUSION_HEAD):
+        assert (demo_repository / model / C.LABELS_FILENAME).read_text().split() == list(C.LABELS)
+        assert (demo_repository / model / C.QA_LABELS_FILENAME).read_text().split() == list(C.QA_FLAG_NAMES)
+        cfg = parse(demo_repository / model / "config.pbtxt")
+        assert "UNTRAINED" in cfg.parameters[C.PROVENANCE_PARAMETER].string_value
+    assert (demo_repository / C.FUSION_HEAD / "1" / C.HEAD_WEIGHTS_FILENAME).is_file()
