@@ -15,6 +15,7 @@ max batch and the reference can call onnxruntime directly.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -193,6 +194,7 @@ class VideoTimelineDecoder:
         next_window = 0
         index = 0
         last_frame: av.VideoFrame | None = None
+        max_frames = int(self.limits.max_duration_s * 120)  # bounds decode time whatever the timestamps say
         audio_chunks: list[np.ndarray] = []
         streams = [self.vstream] + ([self.astream] if self.astream is not None else [])
         try:
@@ -205,6 +207,12 @@ class VideoTimelineDecoder:
                     for frame in packet.decode():
                         t = _frame_time(frame, index, self.fps)
                         index += 1
+                        if index > max_frames:
+                            raise MediaError(
+                                self.input_name,
+                                f"video has more than {max_frames} frames, over the decoded-frame limit",
+                                too_large=True,
+                            )
                         last_frame = frame
                         rgb = None
                         while next_target < len(order) and t + 1e-6 >= times[order[next_target]]:
@@ -394,14 +402,7 @@ def timeline_result(segments: np.ndarray, probabilities: np.ndarray, qa_flags: n
 
 def timeline_limits(max_duration_s: float = DEFAULT_MAX_DURATION_S, base: MediaLimits = DEFAULT_LIMITS) -> MediaLimits:
     """``base`` with the timeline's duration bound."""
-    return MediaLimits(
-        max_bytes=base.max_bytes,
-        max_duration_s=max_duration_s,
-        max_width=base.max_width,
-        max_height=base.max_height,
-        max_sample_rate=base.max_sample_rate,
-        max_channels=base.max_channels,
-    )
+    return dataclasses.replace(base, max_duration_s=float(max_duration_s))
 
 
 def timeline_local(

@@ -27,6 +27,8 @@ from .. import contract as C
 from .errors import ApiError
 from .s3 import S3Fetcher, S3Uri, parse_s3_uri
 from .settings import Settings
+from .timeline import JSON_KEYS as TIMELINE_KEYS
+from .timeline import merge, parse_options, timeline_request
 from .triton import MediaRejected, TritonGateway
 
 log = logging.getLogger("fusion_emotion.frontend")
@@ -285,10 +287,10 @@ def parse_json_request(body: bytes) -> dict[str, S3Uri]:
         raise ApiError(400, "malformed JSON body") from None
     if not isinstance(payload, dict):
         raise ApiError(400, "JSON body must be an object with s3_video_uri and/or s3_audio_uri")
-    unknown = sorted(set(payload) - set(JSON_FIELDS))
+    unknown = sorted(set(payload) - set(JSON_FIELDS) - set(TIMELINE_KEYS))
     if unknown:
         raise ApiError(400, f"unexpected JSON field(s) {', '.join(repr(k)[:64] for k in unknown)}")
-    uris = {k: parse_s3_uri(v, k) for k, v in payload.items() if v is not None}
+    uris = {k: parse_s3_uri(v, k) for k, v in payload.items() if k in JSON_FIELDS and v is not None}
     if not uris:
         raise ApiError(400, "no input: give s3_video_uri and/or s3_audio_uri")
     return uris
@@ -372,6 +374,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from ..result import result_dict
 
         rid = _request_id(request)
+        timeline = parse_options(dict(request.query_params))  # opt-in: ?timeline=true
         mime, params = _media_type(request)
         if mime == "multipart/form-data":
             boundary = params.get("boundary")
@@ -391,6 +394,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         elif mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json")):
             body = await read_body_limited(request, settings.max_body_bytes)
             uris = parse_json_request(body)
+            timeline = merge(timeline, parse_options({k: v for k, v in json.loads(body).items() if k in TIMELINE_KEYS}))
             for uri in uris.values():
                 fetcher.check_allowed(uri)
             keys = list(uris)
@@ -418,6 +422,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         start = time.perf_counter()
         try:
+            if timeline.enabled:
+                result = await timeline_request(gateway, video, audio, timeline, settings.request_timeout_s, rid)
+                log.info(
+                    "request_id=%s triton_ms=%.1f segments=%d",
+                    rid,
+                    (time.perf_counter() - start) * 1000,
+                    len(result["segments"]),
+                )
+                return JSONResponse(result)
             prediction = await gateway.infer(video, audio, settings.request_timeout_s, rid)
         except MediaRejected as exc:
             label = names.get(exc.input_name, exc.input_name)

@@ -1,0 +1,124 @@
+"""Opt-in emotion timelines for the front end (``?timeline=true`` or ``"timeline": true``).
+
+Calls the ``fusion_emotion_timeline`` model over the app's one shared gRPC
+client (``TritonGateway.client``); errors map to HTTP statuses exactly as for
+the main route. Window parameters are checked here first so a bad value is a
+400 naming the parameter, not a Triton round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import contract as C
+from ..media import MediaError
+from ..timeline import timeline_result, validate_params
+from .errors import ApiError
+from .triton import TritonGateway, _status_name, map_triton_error
+
+log = logging.getLogger(__name__)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+JSON_KEYS = ("timeline", "window_s", "hop_s")
+
+
+@dataclass(frozen=True)
+class TimelineOptions:
+    """What the client asked for; ``window_s``/``hop_s`` None = the model's defaults."""
+
+    enabled: bool = False
+    window_s: float | None = None
+    hop_s: float | None = None
+
+
+def _flag(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ApiError(400, f"{name} must be true or false")
+
+
+def _seconds(value: Any, name: str) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ApiError(400, f"{name} must be a number of seconds")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ApiError(400, f"{name} must be a number of seconds") from None
+    if not np.isfinite(out):
+        raise ApiError(400, f"{name} must be a finite number of seconds")
+    return out
+
+
+def parse_options(values: dict[str, Any]) -> TimelineOptions:
+    """From query parameters or JSON keys (``timeline``, ``window_s``, ``hop_s``); 400 on bad values."""
+    enabled = _flag(values.get("timeline", False), "timeline")
+    window = _seconds(values.get("window_s"), "window_s")
+    hop = _seconds(values.get("hop_s"), "hop_s")
+    if (window is not None or hop is not None) and not enabled:
+        raise ApiError(400, "window_s and hop_s need timeline=true")
+    if enabled:
+        try:
+            validate_params(window, hop)
+        except MediaError as exc:
+            raise ApiError(400, str(exc)) from None
+    return TimelineOptions(enabled, window, hop)
+
+
+def merge(a: TimelineOptions, b: TimelineOptions) -> TimelineOptions:
+    """Query and body options together (the body wins where both give a value)."""
+    return TimelineOptions(
+        a.enabled or b.enabled,
+        b.window_s if b.window_s is not None else a.window_s,
+        b.hop_s if b.hop_s is not None else a.hop_s,
+    )
+
+
+async def timeline_request(
+    gateway: TritonGateway,
+    video: bytes | None,
+    audio: bytes | None,
+    options: TimelineOptions,
+    timeout_s: float,
+    request_id: str,
+) -> dict[str, Any]:
+    """One timeline call -> the usual top-level keys plus ``"segments"`` in time order."""
+    import tritonclient.grpc.aio as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    inputs = []
+    for spec, data in ((C.IN_VIDEO, video), (C.IN_AUDIO, audio)):
+        if data is None:
+            continue
+        tensor = grpcclient.InferInput(spec.name, [1, *spec.dims], spec.wire_dtype)
+        tensor.set_data_from_numpy(np.array([[data]], dtype=object))
+        inputs.append(tensor)
+    for spec, value in ((C.IN_WINDOW_S, options.window_s), (C.IN_HOP_S, options.hop_s)):
+        if value is None:
+            continue
+        tensor = grpcclient.InferInput(spec.name, [1, 1], spec.wire_dtype)
+        tensor.set_data_from_numpy(np.array([[value]], dtype=np.float32))
+        inputs.append(tensor)
+    outputs = [grpcclient.InferRequestedOutput(s.name) for s in (C.OUT_SEGMENTS, C.OUT_PROBABILITIES, C.OUT_QA_FLAGS)]
+    try:
+        result = await gateway.client.infer(
+            C.TIMELINE_MODEL, inputs, outputs=outputs, request_id=request_id, client_timeout=timeout_s
+        )
+    except InferenceServerException as exc:
+        err = map_triton_error(exc)
+        log.warning("triton timeline failed: status=%s -> %d", _status_name(exc) or "?", err.status)
+        raise err from None
+    segments = result.as_numpy(C.OUT_SEGMENTS.name)
+    probs = result.as_numpy(C.OUT_PROBABILITIES.name)
+    if segments is None or probs is None:
+        raise ApiError(500, "inference returned no timeline")
+    qa = result.as_numpy(C.OUT_QA_FLAGS.name)
+    return timeline_result(segments[0], probs[0], None if qa is None else qa[0])

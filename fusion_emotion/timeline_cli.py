@@ -1,0 +1,178 @@
+"""``fusion-emotion timeline``: per-window emotions over a long file, as JSON (+ CSV, PNG plot).
+
+Routes: ``--triton`` (the ``fusion_emotion_timeline`` model over gRPC), ``--url``
+(the front end with ``?timeline=true``) or ``--local`` (the in-process
+reference on an exported repository). Heavy imports stay in the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import contract as C
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .timeline import DEFAULT_HOP_S, DEFAULT_WINDOW_S, MAX_WINDOW_S, MIN_HOP_S, MIN_WINDOW_S
+
+    p = sub.add_parser("timeline", help="emotion timeline (overlapping windows) of a video or WAV file")
+    p.add_argument("file", type=Path, help="video (MP4/FLV/AVI) or audio (WAV) file")
+    p.add_argument("--audio", type=Path, help="WAV to use instead of the video's own audio track")
+    route = p.add_mutually_exclusive_group(required=True)
+    route.add_argument("--triton", metavar="HOST:PORT", help="Triton gRPC endpoint")
+    route.add_argument("--url", metavar="URL", help="fusion-emotion front end, e.g. http://127.0.0.1:8080")
+    route.add_argument("--local", metavar="DIR", type=Path, help="in-process reference on a model repository")
+    p.add_argument(
+        "--window",
+        type=float,
+        help=f"window length in s, {MIN_WINDOW_S:g}-{MAX_WINDOW_S:g} (default {DEFAULT_WINDOW_S:g})",
+    )
+    p.add_argument("--hop", type=float, help=f"hop in s, {MIN_HOP_S:g}-window (default {DEFAULT_HOP_S:g})")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="write the six emotion curves over time")
+    p.add_argument("--csv", type=Path, metavar="CSV", help="write one row per window")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
+    p.set_defaults(func=run)
+
+
+def timeline_grpc(
+    url: str,
+    video: bytes | None,
+    audio: bytes | None,
+    window_s: float | None = None,
+    hop_s: float | None = None,
+    timeout_s: float = 600.0,
+) -> dict[str, Any]:
+    """One call to the timeline model over gRPC -> the product's JSON with ``segments``."""
+    import tritonclient.grpc as grpcclient
+
+    from .client.triton import build_inputs
+    from .timeline import timeline_result
+
+    inputs = build_inputs(video, audio, grpcclient)
+    for spec, value in ((C.IN_WINDOW_S, window_s), (C.IN_HOP_S, hop_s)):
+        if value is not None:
+            tensor = grpcclient.InferInput(spec.name, [1, 1], spec.wire_dtype)
+            tensor.set_data_from_numpy(np.array([[value]], dtype=np.float32))
+            inputs.append(tensor)
+    outputs = [grpcclient.InferRequestedOutput(s.name) for s in (C.OUT_SEGMENTS, C.OUT_PROBABILITIES, C.OUT_QA_FLAGS)]
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        result = client.infer(C.TIMELINE_MODEL, inputs, outputs=outputs, client_timeout=timeout_s)
+    finally:
+        client.close()
+    return timeline_result(
+        result.as_numpy(C.OUT_SEGMENTS.name)[0],
+        result.as_numpy(C.OUT_PROBABILITIES.name)[0],
+        result.as_numpy(C.OUT_QA_FLAGS.name)[0],
+    )
+
+
+def timeline_url(
+    url: str,
+    video: bytes | None,
+    audio: bytes | None,
+    window_s: float | None = None,
+    hop_s: float | None = None,
+    timeout_s: float = 600.0,
+) -> dict[str, Any]:
+    """POST the files to the front end with ``?timeline=true`` (path defaults to /invocations)."""
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    from .client.http import _decode, encode_multipart
+
+    target = url if urlsplit(url).path not in ("", "/") else url.rstrip("/") + "/invocations"
+    params: dict[str, str] = {"timeline": "true"}
+    if window_s is not None:
+        params["window_s"] = repr(float(window_s))
+    if hop_s is not None:
+        params["hop_s"] = repr(float(hop_s))
+    body, content_type = encode_multipart(video, audio)
+    resp = httpx.post(target, params=params, content=body, headers={"Content-Type": content_type}, timeout=timeout_s)
+    return _decode(resp.status_code, resp.content)
+
+
+def segments_csv(result: dict[str, Any]) -> str:
+    """One row per window: start, end, the six probabilities, dominant_emotion."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["start", "end", *C.LABELS, "dominant_emotion"])
+    for seg in result["segments"]:
+        writer.writerow([seg["start"], seg["end"], *(f"{seg[k]:.6f}" for k in C.LABELS), seg["dominant_emotion"]])
+    return out.getvalue()
+
+
+def plot_timeline(result: dict[str, Any], path: Path, title: str = "") -> None:
+    """Six probability curves at the window centres; the dominant emotion shaded around each centre."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    segs = result["segments"]
+    centres = np.array([(s["start"] + s["end"]) / 2 for s in segs], dtype=np.float64)
+    probs = np.array([[s[k] for k in C.LABELS] for s in segs], dtype=np.float64).reshape(-1, C.NUM_CLASSES)
+    colors = dict(zip(C.LABELS, plt.get_cmap("tab10").colors, strict=False))
+    fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
+    try:
+        if len(segs):
+            edges = np.concatenate([[segs[0]["start"]], (centres[1:] + centres[:-1]) / 2, [segs[-1]["end"]]])
+            for i, seg in enumerate(segs):
+                ax.axvspan(edges[i], edges[i + 1], color=colors[seg["dominant_emotion"]], alpha=0.15, lw=0)
+        for j, label in enumerate(C.LABELS):
+            ax.plot(centres, probs[:, j], marker="o", ms=3, color=colors[label], label=label)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("probability")
+        ax.set_ylim(0, 1)
+        ax.set_title(title or f"emotion timeline (clip: {result.get('dominant_emotion', '?')}); shading = dominant")
+        ax.legend(loc="upper right", ncol=3, fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def compute(args: argparse.Namespace, video: bytes | None, audio: bytes | None) -> dict[str, Any]:
+    if args.local:
+        from .pipeline import ReferencePipeline
+        from .timeline import timeline_local
+
+        return timeline_local(ReferencePipeline(args.local), video, audio, args.window, args.hop)
+    if args.triton:
+        return timeline_grpc(args.triton, video, audio, args.window, args.hop, args.timeout)
+    return timeline_url(args.url, video, audio, args.window, args.hop, args.timeout)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .client.cli import read_inputs
+    from .media import MediaError
+    from .timeline import validate_params
+
+    try:
+        validate_params(args.window, args.hop)
+        video, audio = read_inputs(args.file, args.audio)
+        result = compute(args, video, audio)
+    except (OSError, ValueError, MediaError) as exc:
+        log.error("%s", exc)
+        return 2
+    except Exception as exc:  # server-side errors (tritonclient, HTTP) reach the user as one line
+        log.error("timeline failed: %s", exc)
+        return 1
+    if args.csv:
+        args.csv.write_text(segments_csv(result))
+    if args.plot:
+        plot_timeline(result, args.plot, title=args.file.name)
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    return 0
