@@ -543,7 +543,11 @@ def test_ping_tracks_triton(live, demo_repository: Path, tmp_path: Path) -> None
 def test_sagemaker_triton_container_route(
     live, demo_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """tritonserver --allow-sagemaker=true answers /ping and /invocations itself (binary+json BYTES inputs)."""
+    """tritonserver as SageMaker's stock Triton image starts it answers /ping and /invocations itself.
+
+    Same flags as that image's `serve` script: explicit model control loading only
+    the ensemble (preprocess then loads the BLS-called encoders itself).
+    """
     from fusion_emotion.triton_server import ServerOptions, TritonProcess
 
     _, media = live
@@ -555,7 +559,12 @@ def test_sagemaker_triton_container_route(
             grpc_port=free_port(),
             http_port=free_port(),
             metrics_port=free_port(),
-            extra_args=["--allow-sagemaker=true", f"--sagemaker-port={sm_port}"],
+            extra_args=[
+                "--allow-sagemaker=true",
+                f"--sagemaker-port={sm_port}",
+                "--model-control-mode=explicit",
+                f"--load-model={C.ENSEMBLE}",
+            ],
         ),
         log_file=tmp_path / "triton-sagemaker.log",
     )
@@ -577,5 +586,7 @@ def test_sagemaker_triton_container_route(
         with pytest.raises(sagemaker_triton.SageMakerTritonError) as info:
             sagemaker_triton.invoke_url(base, media["garbage"], None, timeout=120)
         assert info.value.status == 400 and "video" in info.value.message
+        log_text = (tmp_path / "triton-sagemaker.log").read_text()
+        assert f"preprocess: loading {C.VIDEO_ENCODER} (not loaded by the server)" in log_text
     finally:
         server.stop()

@@ -31,6 +31,23 @@ class TritonPythonModel:
         self.limits = MediaLimits.from_params(params)
         self.bls_batch = int(params.get("bls_max_batch", "8") or 8)
         self.loop = asyncio.new_event_loop()
+        self.encoders_ready = False
+
+    def _ensure_encoders(self):
+        """Load the BLS-called encoders if the server did not (explicit model control).
+
+        SageMaker's stock Triton image starts `--model-control-mode=explicit
+        --load-model=fusion_emotion`, which loads the ensemble's steps but not the
+        models they call through BLS. The loading API is not available during
+        initialize, so this runs on the first execute.
+        """
+        if self.encoders_ready:
+            return
+        for name in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
+            if not pb_utils.is_model_ready(model_name=name):
+                pb_utils.Logger.log_info(f"preprocess: loading {name} (not loaded by the server)")
+                pb_utils.load_model(model_name=name)
+        self.encoders_ready = True
 
     def _request_features(self, request):
         videos = bytes_rows(request, C.IN_VIDEO.name)
@@ -90,6 +107,13 @@ class TritonPythonModel:
                 responses[i] = error_response(f"preprocess failed: {type(exc).__name__}", invalid_arg=False)
 
         rows = [row for _, feats in per_request for row in feats]
+        try:
+            self._ensure_encoders()
+        except Exception as exc:
+            log.exception("encoders unavailable")
+            for i, _ in per_request:
+                responses[i] = error_response(f"encoders unavailable: {exc}", invalid_arg=False)
+            return responses
         frames = [r.frames for r in rows if r.frames is not None]
         waves = [r.waveform for r in rows if r.waveform is not None]
         try:
