@@ -58,12 +58,32 @@ def predict(args: argparse.Namespace, video: bytes | None, audio: bytes | None) 
     return predict_sagemaker_endpoint(args.sagemaker_endpoint, video, audio)
 
 
+def weights_provenance(args: argparse.Namespace) -> str | None:
+    """The repository's weights provenance (None when the route cannot tell)."""
+    from fusion_emotion import contract as C
+
+    if args.local:
+        text = (args.local / C.ENSEMBLE / "config.pbtxt").read_text()
+        marker = f'key: "{C.PROVENANCE_PARAMETER}" value {{ string_value: "'
+        return text.split(marker, 1)[1].split('"', 1)[0] if marker in text else None
+    if args.triton:
+        import tritonclient.grpc as grpcclient
+
+        with grpcclient.InferenceServerClient(args.triton) as client:
+            params = client.get_model_config(C.ENSEMBLE, as_json=True)["config"].get("parameters", {})
+        return params.get(C.PROVENANCE_PARAMETER, {}).get("string_value")
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from fusion_emotion.media import MediaError
 
     try:
         video, audio = read_inputs(args.file, args.audio)
         result = predict(args, video, audio)
+        provenance = weights_provenance(args)
+        if provenance and provenance.startswith("UNTRAINED"):
+            log.warning("%s", provenance)
     except (OSError, ValueError, MediaError) as exc:
         log.error("%s", exc)
         return 2
