@@ -252,6 +252,9 @@ def test_frontend_timeline_opt_in(triton, media) -> None:
 def test_cli_outputs(triton, demo_repository: Path, media, tmp_path: Path, capsys) -> None:
     from fusion_emotion.cli import main
 
+    exported = demo_repository / C.TIMELINE_MODEL  # `fusion-emotion export` ships the model and its labels
+    assert (exported / "1" / "model.py").is_file()
+    assert (exported / C.LABELS_FILENAME).read_text().split() == list(C.LABELS)
     wav = tmp_path / "speech.wav"
     wav.write_bytes(media["wav16k"])
     png, table = tmp_path / "t.png", tmp_path / "t.csv"
