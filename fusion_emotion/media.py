@@ -38,7 +38,13 @@ class MediaError(ValueError):
 
 @dataclass(frozen=True)
 class MediaLimits:
-    """Bounds checked from container metadata before any heavy decoding."""
+    """Bounds checked from container metadata before any heavy decoding, then while decoding.
+
+    The one place the media limits and their defaults live (docs/reliability.md);
+    the Triton ``preprocess`` model overrides them from its config parameters
+    (``from_params``). Every refusal on these grounds is a ``MediaError`` with
+    ``too_large=True`` whose reason reads "... over the ... limit".
+    """
 
     max_bytes: int = C.MAX_INPUT_BYTES
     max_duration_s: float = 600.0
@@ -46,6 +52,32 @@ class MediaLimits:
     max_height: int = 2160
     max_sample_rate: int = 192_000
     max_channels: int = 8
+    # Decoded video frames per request: max_duration_s at this rate (bounds decode time
+    # when timestamps never reach the sampling targets or the duration is unknown).
+    max_frame_rate: float = 120.0
+    # Resized frames held at once when the duration is unknown (~64 KiB each); past it
+    # every other frame is dropped, so sampling stays uniform over time.
+    max_buffered_frames: int = 512
+    # Decoded audio values (channels x samples) per input: 600 s of 48 kHz stereo,
+    # 220 MiB as float32. Compressed silence cannot inflate past it.
+    max_audio_values: int = 600 * 48_000 * 2
+
+    @property
+    def max_frames(self) -> int:
+        return int(self.max_duration_s * self.max_frame_rate)
+
+    @classmethod
+    def from_params(cls, params: dict[str, str]) -> MediaLimits:
+        """Limits from Triton model parameters named like the fields (``max_input_bytes`` = ``max_bytes``)."""
+        values: dict[str, float | int] = {}
+        aliases = {"max_input_bytes": "max_bytes"}
+        for key, raw in params.items():
+            name = aliases.get(key, key)
+            if name not in cls.__dataclass_fields__ or raw is None or str(raw).strip() == "":
+                continue
+            kind = float if name in ("max_duration_s", "max_frame_rate") else int
+            values[name] = kind(raw)
+        return cls(**values)
 
 
 DEFAULT_LIMITS = MediaLimits()
@@ -90,6 +122,16 @@ def _open(data: bytes, input_name: str, allowed: dict[str, str], limits: MediaLi
     return container
 
 
+def _check_stream_duration(stream: av.stream.Stream, input_name: str, limits: MediaLimits) -> None:
+    """A stream may declare a longer duration than its container (or the container none at all)."""
+    if stream.duration is not None and stream.time_base is not None:
+        dur = float(stream.duration * stream.time_base)
+        if dur > limits.max_duration_s:
+            raise MediaError(
+                input_name, f"duration {dur:.1f} s is over the {limits.max_duration_s:.0f} s limit", too_large=True
+            )
+
+
 def _duration_s(container: av.container.InputContainer, stream: av.stream.Stream | None) -> float | None:
     if stream is not None and stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
@@ -99,6 +141,8 @@ def _duration_s(container: av.container.InputContainer, stream: av.stream.Stream
 
 
 def _check_audio_stream(stream: av.audio.stream.AudioStream, input_name: str, limits: MediaLimits) -> None:
+    if stream.codec_context is None:
+        raise MediaError(input_name, "audio stream has an unknown codec")
     rate = stream.codec_context.sample_rate or 0
     channels = stream.codec_context.channels or 0
     if rate <= 0:
@@ -124,6 +168,14 @@ def audio_frame_to_float(frame: av.AudioFrame) -> np.ndarray:
         out = (arr.astype(np.float32) - 128.0) / 128.0
     else:
         out = arr.astype(np.float32, copy=False)
+    return out
+
+
+def _float_audio(frame: av.AudioFrame, input_name: str) -> np.ndarray:
+    """``audio_frame_to_float`` that refuses NaN/infinity (float PCM with corrupted bytes)."""
+    out = audio_frame_to_float(frame)
+    if out.dtype.kind == "f" and frame.format.name.startswith(("flt", "dbl")) and not np.isfinite(out).all():
+        raise MediaError(input_name, "audio contains non-finite samples (NaN or infinity)")
     return out
 
 
@@ -173,26 +225,32 @@ def decode_video(
             raise MediaError(input_name, "container has no video stream")
         vstream = container.streams.video[0]
         cc = vstream.codec_context
+        if cc is None:
+            raise MediaError(input_name, "video stream has an unknown codec")
         if (cc.width or 0) > limits.max_width or (cc.height or 0) > limits.max_height:
             raise MediaError(
                 input_name,
                 f"frame size {cc.width}x{cc.height} is over the {limits.max_width}x{limits.max_height} limit",
                 too_large=True,
             )
+        _check_stream_duration(vstream, input_name, limits)
         cc.skip_frame = "NONREF"
         astream = container.streams.audio[0] if (want_audio and container.streams.audio) else None
         if astream is not None:
             _check_audio_stream(astream, input_name, limits)
+            _check_stream_duration(astream, input_name, limits)
         duration = _duration_s(container, vstream)
         fps = float(vstream.average_rate) if vstream.average_rate else 0.0
         start = float(vstream.start_time * vstream.time_base) if vstream.start_time is not None else 0.0
         targets = sample_times(duration, num_frames, start) if duration and duration > 0 else None
 
         picked: list[np.ndarray] = []
-        all_frames: list[np.ndarray] = []  # only used when the duration is unknown
+        all_frames: list[np.ndarray] = []  # only used when the duration is unknown: every `stride`-th frame
+        stride = 1
         audio_chunks: list[np.ndarray] = []
+        audio_values = 0
         sample_rate: int | None = None
-        max_unknown = int(limits.max_duration_s * 120)
+        max_frames = limits.max_frames
         index = 0
         video_done = False
         streams = [vstream] + ([astream] if astream is not None else [])
@@ -205,10 +263,18 @@ def decode_video(
                 for frame in packet.decode():
                     t = _frame_time(frame, index, fps)
                     index += 1
+                    if index > max_frames:
+                        raise MediaError(
+                            input_name,
+                            f"video has more than {max_frames} frames, over the decoded-frame limit",
+                            too_large=True,
+                        )
                     if targets is None:
-                        if len(all_frames) >= max_unknown:
-                            raise MediaError(input_name, "too many frames for a stream of unknown duration", too_large=True)
-                        all_frames.append(_resize(frame))
+                        if (index - 1) % stride == 0:
+                            all_frames.append(_resize(frame))
+                            if len(all_frames) >= limits.max_buffered_frames:
+                                all_frames = all_frames[::2]  # bounded memory, still uniform over time
+                                stride *= 2
                         continue
                     if len(picked) < num_frames and t + 1e-6 >= targets[len(picked)]:
                         rgb = _resize(frame)
@@ -218,15 +284,27 @@ def decode_video(
                         video_done = True
             else:
                 for frame in packet.decode():
-                    audio_chunks.append(audio_frame_to_float(frame))
+                    chunk = _float_audio(frame, input_name)
+                    audio_chunks.append(chunk)
+                    audio_values += chunk.size
                     sample_rate = frame.sample_rate
                     if sum(c.shape[1] for c in audio_chunks) > limits.max_duration_s * (sample_rate or 1):
-                        raise MediaError(input_name, "audio track longer than the duration limit", too_large=True)
+                        raise MediaError(
+                            input_name,
+                            f"audio track is over the {limits.max_duration_s:.0f} s limit",
+                            too_large=True,
+                        )
+                    if audio_values > limits.max_audio_values:
+                        raise MediaError(
+                            input_name,
+                            f"decoded audio is over the {limits.max_audio_values}-value limit",
+                            too_large=True,
+                        )
         if targets is None:
             if not all_frames:
                 raise MediaError(input_name, "no decodable video frames")
             picked = [all_frames[i] for i in uniform_indices(len(all_frames), num_frames)]
-            duration = len(all_frames) / fps if fps > 0 else float(len(all_frames))
+            duration = index / fps if fps > 0 else float(index)
         else:
             if not picked and index == 0:
                 raise MediaError(input_name, "no decodable video frames")
@@ -257,15 +335,22 @@ def decode_audio(data: bytes, *, limits: MediaLimits = DEFAULT_LIMITS, input_nam
             raise MediaError(input_name, "WAV has no audio stream")
         stream = container.streams.audio[0]
         _check_audio_stream(stream, input_name, limits)
+        _check_stream_duration(stream, input_name, limits)
         rate = stream.codec_context.sample_rate
         chunks = []
         total = 0
+        values = 0
         for frame in container.decode(stream):
-            chunk = audio_frame_to_float(frame)
+            chunk = _float_audio(frame, input_name)
             chunks.append(chunk)
             total += chunk.shape[1]
+            values += chunk.size
             if total > limits.max_duration_s * rate:
                 raise MediaError(input_name, f"audio is over the {limits.max_duration_s:.0f} s limit", too_large=True)
+            if values > limits.max_audio_values:
+                raise MediaError(
+                    input_name, f"decoded audio is over the {limits.max_audio_values}-value limit", too_large=True
+                )
     except MediaError:
         raise
     except (av.error.FFmpegError, ValueError, OSError, MemoryError) as exc:

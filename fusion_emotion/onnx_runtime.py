@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,11 @@ def make_session(path: str | Path, intra_op_threads: int = 0, providers: list[st
     opts.inter_op_num_threads = 1
     if intra_op_threads > 0:
         opts.intra_op_num_threads = intra_op_threads
+    # Idle intra-op threads busy-wait for work by default. Serving runs several
+    # processes (decoders, two encoders) on few cores, where a spinning thread
+    # steals the core another stage needs; blocking waits measured faster (perf/README.md).
+    spin = os.environ.get("FUSION_EMOTION_ORT_SPINNING", "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin == "1" else "0")
     available = ort.get_available_providers()
     chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
     session = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)

@@ -119,7 +119,7 @@ _ERROR_DOCS: dict[int | str, dict[str, Any]] = {
         400: "no input, malformed JSON or multipart, or a URI not of the form s3://bucket/key",
         403: "S3 object access denied (URI named)",
         404: "S3 object missing (URI named)",
-        413: "request body or S3 object over the size limit",
+        413: "request body or S3 object over the size limit, or media over a limit (duration, frame size, ...)",
         415: "content type other than multipart/form-data or application/json",
         422: "media that cannot be decoded (the offending file or URI named)",
         503: "inference server unavailable",
@@ -296,6 +296,32 @@ def parse_json_request(body: bytes) -> dict[str, S3Uri]:
     return uris
 
 
+async def _wait_for_disconnect(request: Request) -> None:
+    """Returns once the client has gone away (only call after the body has been read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[Any], request_id: str) -> Any:
+    """Await ``work`` but cancel it (and with it the gRPC call to Triton) if the client disconnects."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done() and not watcher.done():  # we were cancelled ourselves
+            task.cancel()
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    log.info("request_id=%s client disconnected; inference cancelled", request_id)
+    # 499 (nginx's "client closed request"): nobody reads it, but the access log shows it.
+    raise ApiError(499, "client closed the request")
+
+
 # --------------------------------------------------------------------------- app factory
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the Triton client is opened in the lifespan and closed at shutdown."""
@@ -431,10 +457,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     len(result["segments"]),
                 )
                 return JSONResponse(result)
-            prediction = await gateway.infer(video, audio, settings.request_timeout_s, rid)
+            prediction = await _unless_disconnected(
+                request, gateway.infer(video, audio, settings.request_timeout_s, rid), rid
+            )
         except MediaRejected as exc:
             label = names.get(exc.input_name, exc.input_name)
-            raise ApiError(422, f"{label}: {exc.reason}", input=label) from None
+            raise ApiError(exc.status, f"{label}: {exc.reason}", input=label) from None
         log.info("request_id=%s triton_ms=%.1f", rid, (time.perf_counter() - start) * 1000)
         return JSONResponse(result_dict(prediction.probabilities, prediction.qa_flags))
 

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 # Bucket names per S3 rules (3-63 chars, lowercase, digits, dots, hyphens); keys any non-empty string.
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+# S3 forbids IP-address-shaped bucket names and adjacent dots; refusing them keeps a URI
+# from ever naming a host (e.g. 169.254.169.254) instead of a bucket.
+_IP_LIKE_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NotFound", "404"}
 _DENIED_CODES = {
@@ -52,7 +55,7 @@ def parse_s3_uri(raw: Any, field_name: str) -> S3Uri:
     if not raw.startswith("s3://"):
         raise ApiError(400, f"{field_name} is not of the form s3://bucket/key: {raw!r}")
     bucket, sep, key = raw[len("s3://") :].partition("/")
-    if not sep or not key or not _BUCKET_RE.match(bucket):
+    if not sep or not key or not _BUCKET_RE.match(bucket) or _IP_LIKE_RE.match(bucket) or ".." in bucket:
         raise ApiError(400, f"{field_name} is not of the form s3://bucket/key: {raw!r}")
     return S3Uri(bucket=bucket, key=key, raw=raw)
 

@@ -33,11 +33,19 @@ class Prediction:
     qa_flags: np.ndarray | None  # float32 [6], QA_FLAG_NAMES order, NaN = not computed
 
 
+# MediaError(too_large=True) reasons all read "... over the ... limit" (fusion_emotion.media).
+_TOO_LARGE_RE = re.compile(r"\bover the .{0,80}limit\b")
+
+
 class MediaRejected(ApiError):
-    """Triton refused one input; ``input_name`` is the tensor ("video"/"audio")."""
+    """Triton refused one input; ``input_name`` is the tensor ("video"/"audio").
+
+    ``too_large``: the media is over one of the configured limits (413), not undecodable (422).
+    """
 
     def __init__(self, input_name: str, reason: str) -> None:
-        super().__init__(422, f"{input_name}: {reason}")
+        self.too_large = bool(_TOO_LARGE_RE.search(reason))
+        super().__init__(413 if self.too_large else 422, f"{input_name}: {reason}")
         self.input_name = input_name
         self.reason = reason
 

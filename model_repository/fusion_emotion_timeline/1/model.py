@@ -61,6 +61,17 @@ class TritonPythonModel:
         self.chunk = max(1, int(params.get("bls_max_batch", "8") or 8))
         self.encode_video = _bls_encoder(C.VIDEO_ENCODER, C.VIDEO_FRAMES.name)
         self.encode_audio = _bls_encoder(C.AUDIO_ENCODER, C.AUDIO_WAVEFORM.name)
+        self.encoders_ready = False
+
+    def _ensure_encoders(self):
+        """Load the BLS-called encoders if the server did not (explicit model control, as preprocess does)."""
+        if self.encoders_ready:
+            return
+        for name in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
+            if not pb_utils.is_model_ready(model_name=name):
+                pb_utils.Logger.log_info(f"{C.TIMELINE_MODEL}: loading {name} (not loaded by the server)")
+                pb_utils.load_model(model_name=name)
+        self.encoders_ready = True
 
     def _one(self, request):
         videos = bytes_rows(request, C.IN_VIDEO.name)
@@ -68,6 +79,7 @@ class TritonPythonModel:
         rows = len(videos if videos is not None else audios or [])
         if rows > 1:
             raise MediaError("request", "a timeline request carries one media file (batch of 1)")
+        self._ensure_encoders()
         timeline = compute_timeline(
             videos[0] if videos else None,
             audios[0] if audios else None,
