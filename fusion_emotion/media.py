@@ -103,7 +103,9 @@ def _open(data: bytes, input_name: str, allowed: dict[str, str], limits: MediaLi
     if not data:
         raise MediaError(input_name, "empty input (0 bytes)")
     if len(data) > limits.max_bytes:
-        raise MediaError(input_name, f"input is {len(data)} bytes, over the {limits.max_bytes}-byte limit", too_large=True)
+        raise MediaError(
+            input_name, f"input is {len(data)} bytes, over the {limits.max_bytes}-byte limit", too_large=True
+        )
     try:
         container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, ValueError, OSError) as exc:
@@ -148,9 +150,13 @@ def _check_audio_stream(stream: av.audio.stream.AudioStream, input_name: str, li
     if rate <= 0:
         raise MediaError(input_name, "audio stream has no sample rate")
     if rate > limits.max_sample_rate:
-        raise MediaError(input_name, f"sample rate {rate} Hz is over the {limits.max_sample_rate} Hz limit", too_large=True)
+        raise MediaError(
+            input_name, f"sample rate {rate} Hz is over the {limits.max_sample_rate} Hz limit", too_large=True
+        )
     if channels > limits.max_channels:
-        raise MediaError(input_name, f"{channels} audio channels is over the {limits.max_channels}-channel limit", too_large=True)
+        raise MediaError(
+            input_name, f"{channels} audio channels is over the {limits.max_channels}-channel limit", too_large=True
+        )
 
 
 def audio_frame_to_float(frame: av.AudioFrame) -> np.ndarray:
@@ -410,31 +416,3 @@ def frames_for_model(frames: np.ndarray) -> np.ndarray:
     crop = frames[:, top : top + ch, left : left + cw, :]
     x = np.transpose(crop, (3, 0, 1, 2)).astype(np.float32) * (1.0 / 255.0)
     return np.ascontiguousarray((x - _MEAN) * _INV_STD, dtype=np.float32)
-
-
-@dataclass
-class ModelInputs:
-    """What one request contributes to the encoders (None = modality absent)."""
-
-    frames: np.ndarray | None  # float32 [3, T, 112, 112]
-    waveform: np.ndarray | None  # float32 [AUDIO_SAMPLES]
-
-
-def prepare_inputs(video: bytes | None, audio: bytes | None, limits: MediaLimits = DEFAULT_LIMITS) -> ModelInputs:
-    """Both inputs of one request -> encoder inputs.
-
-    A WAV, when sent, is the audio; otherwise the video's own audio track is
-    used if it has one. At least one input must be present.
-    """
-    if video is None and audio is None:
-        raise MediaError("request", "neither 'video' nor 'audio' was sent; at least one is required")
-    frames = waveform = None
-    if audio is not None:
-        dec = decode_audio(audio, limits=limits)
-        waveform = waveform_for_model(dec.samples, dec.sample_rate)
-    if video is not None:
-        vid = decode_video(video, want_audio=audio is None, limits=limits)
-        frames = frames_for_model(vid.frames)
-        if audio is None and vid.audio is not None and vid.sample_rate:
-            waveform = waveform_for_model(vid.audio, vid.sample_rate)
-    return ModelInputs(frames, waveform)

@@ -9,6 +9,7 @@ import pytest
 
 from fusion_emotion import contract as C
 from fusion_emotion import media, synth
+from fusion_emotion.features import prepare_request
 
 
 @pytest.fixture(scope="module")
@@ -294,31 +295,31 @@ def test_limits_flag_too_large(small_mp4: bytes) -> None:
     assert err.value.too_large
 
 
-# --------------------------------------------------------------------------- prepare_inputs
+# --------------------------------------------------------------------------- prepare_request
 
 
-def test_prepare_inputs_needs_one_input() -> None:
+def test_prepare_request_needs_one_input() -> None:
     with pytest.raises(media.MediaError, match="request"):
-        media.prepare_inputs(None, None)
+        prepare_request(None, None)
 
 
-def test_prepare_inputs_uses_video_audio_track() -> None:
+def test_prepare_request_uses_video_audio_track() -> None:
     data = synth.avi(width=160, height=120, seconds=1.0, audio=synth.tone(440, 1.0, 44_100), audio_rate=44_100)
-    inp = media.prepare_inputs(data, None)
+    inp = prepare_request(data, None)
     assert inp.frames is not None and inp.frames.shape == (3, 16, 112, 112)
     assert inp.waveform is not None and inp.waveform.shape == (C.AUDIO_SAMPLES,)
     assert np.abs(inp.waveform[:15_000]).max() > 0.4
 
 
-def test_prepare_inputs_wav_overrides_track() -> None:
+def test_prepare_request_wav_overrides_track() -> None:
     video = synth.avi(width=160, height=120, seconds=1.0, audio=synth.tone(440, 1.0, 44_100), audio_rate=44_100)
     wav = synth.wav(synth.tone(1000, 0.5, 22_050, amplitude=0.2), 22_050)
-    inp = media.prepare_inputs(video, wav)
+    inp = prepare_request(video, wav)
     assert inp.waveform is not None
     assert _dominant_hz(inp.waveform[:8000], 16_000) == pytest.approx(1000, abs=5)
     assert np.all(inp.waveform[8_100:] == 0)
 
 
-def test_prepare_inputs_audio_only() -> None:
-    inp = media.prepare_inputs(None, synth.wav(synth.tone(440, 0.5, 16_000), 16_000))
+def test_prepare_request_audio_only() -> None:
+    inp = prepare_request(None, synth.wav(synth.tone(440, 0.5, 16_000), 16_000))
     assert inp.frames is None and inp.waveform is not None
