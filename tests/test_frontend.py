@@ -3,7 +3,7 @@
 Tests without the ``integration`` marker need no Triton: they cover validation,
 limits, S3 errors, /ping when Triton is absent or hung, OpenAPI and privacy.
 The integration tests use the session fixtures ``triton``, ``demo_repository``
-and ``media`` from conftest.py and skip when those are not available.
+and ``media`` from conftest.py.
 """
 
 from __future__ import annotations
@@ -403,12 +403,7 @@ def test_sagemaker_binary_json_request_layout() -> None:
 # =========================================================================== integration
 @pytest.fixture(scope="module")
 def live(request: pytest.FixtureRequest) -> tuple[Any, dict[str, bytes]]:
-    try:
-        triton = request.getfixturevalue("triton")
-        media = request.getfixturevalue("media")
-    except pytest.FixtureLookupError as exc:
-        pytest.skip(f"conftest fixture missing: {exc.argname}")
-    return triton, media
+    return request.getfixturevalue("triton"), request.getfixturevalue("media")
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ from fusion_emotion.features import prepare_request
 
 @pytest.fixture(scope="module")
 def speech48() -> np.ndarray:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng not installed")
+    assert shutil.which("espeak-ng"), "espeak-ng is required: run `make setup`"
     return synth.speech(rate=48_000)
 
 
@@ -209,8 +208,9 @@ def test_frames_for_model_normalisation() -> None:
 
 
 def test_frames_for_model_matches_torchvision() -> None:
-    torch = pytest.importorskip("torch")
-    tvf = pytest.importorskip("torchvision.transforms.functional")
+    import torch
+    import torchvision.transforms.functional as tvf
+
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, size=(16, 128, 171, 3), dtype=np.uint8)
     t = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0  # T, C, H, W

@@ -21,8 +21,7 @@ NAN = float("nan")
 
 @pytest.fixture(scope="module")
 def speech16() -> np.ndarray:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng not installed")
+    assert shutil.which("espeak-ng"), "espeak-ng is required: run `make setup`"
     return synth.speech(rate=16_000)
 
 
