@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import contract as C
+from ..client.triton import build_inputs, requested_outputs
 from .errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -126,22 +127,11 @@ class TritonGateway:
         import tritonclient.grpc.aio as grpcclient
         from tritonclient.utils import InferenceServerException
 
-        inputs = []
-        for spec, data in ((C.IN_VIDEO, video), (C.IN_AUDIO, audio)):
-            if data is None:
-                continue
-            tensor = grpcclient.InferInput(spec.name, [1, *spec.dims], spec.wire_dtype)
-            tensor.set_data_from_numpy(np.array([[data]], dtype=object))
-            inputs.append(tensor)
-        outputs = [
-            grpcclient.InferRequestedOutput(C.OUT_PROBABILITIES.name),
-            grpcclient.InferRequestedOutput(C.OUT_QA_FLAGS.name),
-        ]
         try:
             result = await self.client.infer(
                 self.model_name,
-                inputs,
-                outputs=outputs,
+                build_inputs(video, audio, grpcclient),
+                outputs=requested_outputs(grpcclient),
                 request_id=request_id,
                 client_timeout=timeout_s,
             )
