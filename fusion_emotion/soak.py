@@ -1,0 +1,471 @@
+"""Soak test: bounded mixed load on 127.0.0.1 against the real front end and tritonserver.
+
+``python -m fusion_emotion.soak`` (``make soak``: 10 minutes) starts tritonserver
+and ``fusion-emotion serve`` on free loopback ports, then keeps ``concurrency``
+clients busy with a fixed mix of good and bad requests until the time is up.
+
+Checks: every good answer equals the in-process ReferencePipeline's (computed
+once per input) within ``tolerance``; no 5xx for good inputs; bad inputs get 4xx.
+The resident memory (VmRSS from /proc) of tritonserver, each Python-backend stub
+and the front end is sampled over time and its growth after warm-up reported.
+Everything goes to a JSON file (default build/soak.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import contract as C
+
+log = logging.getLogger("fusion_emotion.soak")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- inputs
+@dataclass
+class Case:
+    name: str
+    video: bytes | None
+    audio: bytes | None
+    good: bool
+    expected: np.ndarray | None = None  # reference probabilities for good cases
+
+
+def make_cases(max_body_bytes: int) -> list[Case]:
+    from . import synth
+
+    speech48 = synth.speech(rate=48_000)
+    speech44 = synth.speech(text="It is eleven o'clock. Please sit down.", rate=44_100)
+    mp4 = synth.mp4(width=640, height=360, seconds=2.0, audio=speech48, audio_rate=48_000, video_bitrate=1_500_000)
+    wav = synth.wav(np.stack([speech44, 0.5 * speech44], axis=1), 44_100, "s16")
+    rng = np.random.default_rng(0)
+    good = [
+        Case("mp4+wav", mp4, wav, True),
+        Case("mp4", mp4, None, True),
+        Case("wav", None, wav, True),
+        Case("flv", synth.flv(seconds=1.5, audio=speech44, audio_rate=44_100), None, True),
+        Case("avi+wav", synth.avi(width=320, height=240, seconds=1.5, audio=speech44, audio_rate=44_100), wav, True),
+        Case("mp4_noaudio", synth.mp4(width=320, height=240, seconds=1.0, audio=None), None, True),
+    ]
+    bad = [
+        Case("garbage_video", rng.bytes(20_000), None, False),
+        Case("truncated_mp4", mp4[: len(mp4) // 3], None, False),
+        Case("mp4_as_audio", None, mp4, False),
+        Case("wav_header_only", None, synth.header_only_wav(), False),
+        Case("wav_as_video", wav, None, False),
+        Case("empty_audio", None, b"", False),
+        Case("over_body_limit", rng.bytes(max_body_bytes + 1), None, False),
+    ]
+    return good + bad
+
+
+def attach_reference(cases: list[Case], repository: Path) -> None:
+    from .pipeline import ReferencePipeline
+
+    ref = ReferencePipeline(repository)
+    for case in cases:
+        if case.good:
+            case.expected = ref.predict(case.video, case.audio)[0]
+
+
+# --------------------------------------------------------------------------- processes
+def _rss_kb(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def memory_sample(triton_root: int, frontend_pid: int) -> dict[str, int]:
+    """RSS in KiB: tritonserver, each stub (by model instance), the front end."""
+    sample: dict[str, int] = {}
+    for pid in _descendants(triton_root):
+        cmd = _cmdline(pid)
+        rss = _rss_kb(pid)
+        if rss is None:
+            continue
+        if "triton_python_backend_stub" in cmd:
+            parts = cmd.split()
+            model = Path(parts[1]).parent.parent.name if len(parts) > 1 else "stub"
+            key = f"stub:{model}:{pid}"
+            sample[key] = rss
+        elif "tritonserver" in cmd.split()[0] if cmd else False:
+            sample["tritonserver"] = rss
+    rss = _rss_kb(frontend_pid)
+    if rss is not None:
+        sample["frontend"] = rss
+    return sample
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@dataclass
+class Stack:
+    triton: subprocess.Popen
+    frontend: subprocess.Popen
+    base_url: str
+    logs: list[Any] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for proc in (self.frontend, self.triton):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(40)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def start_stack(
+    repository: Path, workdir: Path, max_body_bytes: int, request_timeout_s: float = 55.0, timeout_s: float = 300
+) -> Stack:
+    grpc, http, metrics, port = free_port(), free_port(), free_port(), free_port()
+    py = sys.executable
+    tlog = open(workdir / "tritonserver.log", "wb")  # noqa: SIM115 - closed in Stack.stop's caller
+    triton = subprocess.Popen(
+        [py, "-m", "fusion_emotion.cli", "triton", "--repository", str(repository), "--profile", "cpu",
+         "--grpc-port", str(grpc), "--http-port", str(http), "--metrics-port", str(metrics)],
+        stdout=tlog, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while not _http_ok(f"http://127.0.0.1:{http}/v2/health/ready"):
+        if triton.poll() is not None or time.monotonic() > deadline:
+            triton.kill()
+            raise RuntimeError(f"tritonserver did not become ready (see {workdir / 'tritonserver.log'})")
+        time.sleep(0.3)
+    flog = open(workdir / "frontend.log", "wb")  # noqa: SIM115
+    frontend = subprocess.Popen(
+        [py, "-m", "fusion_emotion.cli", "serve", "--triton-url", f"127.0.0.1:{grpc}", "--host", "127.0.0.1",
+         "--port", str(port), "--max-body-bytes", str(max_body_bytes), "--request-timeout", str(request_timeout_s)],
+        stdout=flog, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    while not _http_ok(base + "/ping"):
+        if frontend.poll() is not None or time.monotonic() > deadline:
+            frontend.kill()
+            triton.send_signal(signal.SIGTERM)
+            raise RuntimeError(f"front end did not become ready (see {workdir / 'frontend.log'})")
+        time.sleep(0.3)
+    return Stack(triton, frontend, base, [tlog, flog])
+
+
+# --------------------------------------------------------------------------- load
+def _multipart(case: Case) -> dict[str, Any]:
+    files = {}
+    if case.video is not None:
+        files["video_file"] = ("input.bin", case.video, "application/octet-stream")
+    if case.audio is not None:
+        files["audio_file"] = ("input.bin", case.audio, "application/octet-stream")
+    return {"files": files}
+
+
+async def _load(
+    base: str,
+    cases: list[Case],
+    duration_s: float,
+    concurrency: int,
+    tolerance: float,
+    seed: int,
+    http_timeout: float,
+    max_requests: int | None = None,
+) -> dict[str, Any]:
+    import httpx
+
+    stats: dict[str, Any] = {
+        "requests": 0,
+        "good": 0,
+        "bad": 0,
+        "wrong_answers": 0,
+        "good_5xx": 0,
+        "good_other_errors": 0,
+        "bad_not_4xx": 0,
+        "transport_errors": 0,
+        "status_counts": {},
+        "per_case": {},
+        "examples_of_failures": [],
+    }
+    good_weighted = [c for c in cases if c.good] * 3  # 3 good : 1 bad per draw on average when 6 good / 7 bad
+    pool = good_weighted + [c for c in cases if not c.good]
+    end = time.monotonic() + duration_s
+    budget = [max_requests or 0]
+    latencies: list[float] = []
+
+    def note_failure(text: str) -> None:
+        if len(stats["examples_of_failures"]) < 20:
+            stats["examples_of_failures"].append(text)
+
+    async def worker(wid: int, client: httpx.AsyncClient) -> None:
+        rng = random.Random(seed * 1000 + wid)
+        while time.monotonic() < end:
+            if max_requests is not None:
+                if budget[0] <= 0:
+                    return
+                budget[0] -= 1
+            case = rng.choice(pool)
+            t0 = time.monotonic()
+            try:
+                resp = await client.post(base + "/invocations", **_multipart(case), timeout=http_timeout)
+            except httpx.HTTPError as exc:
+                stats["transport_errors"] += 1
+                note_failure(f"{case.name}: transport {type(exc).__name__}")
+                continue
+            latencies.append(time.monotonic() - t0)
+            stats["requests"] += 1
+            code = resp.status_code
+            stats["status_counts"][str(code)] = stats["status_counts"].get(str(code), 0) + 1
+            per = stats["per_case"].setdefault(case.name, {})
+            per[str(code)] = per.get(str(code), 0) + 1
+            if case.good:
+                stats["good"] += 1
+                if code >= 500:
+                    stats["good_5xx"] += 1
+                    note_failure(f"{case.name}: {code} {resp.text[:200]}")
+                elif code != 200:
+                    stats["good_other_errors"] += 1
+                    note_failure(f"{case.name}: {code} {resp.text[:200]}")
+                else:
+                    body = resp.json()
+                    got = np.array([body[k] for k in C.LABELS], dtype=np.float64)
+                    if case.expected is None or not np.allclose(got, case.expected, atol=tolerance, rtol=0):
+                        stats["wrong_answers"] += 1
+                        note_failure(f"{case.name}: got {got.tolist()} want {case.expected}")
+            else:
+                stats["bad"] += 1
+                if not 400 <= code < 500:
+                    stats["bad_not_4xx"] += 1
+                    note_failure(f"{case.name}: {code} {resp.text[:200]}")
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits) as client:
+        await asyncio.gather(*(worker(i, client) for i in range(concurrency)))
+    if latencies:
+        lat = np.array(latencies)
+        stats["latency_s"] = {
+            "p50": round(float(np.percentile(lat, 50)), 3),
+            "p95": round(float(np.percentile(lat, 95)), 3),
+            "max": round(float(lat.max()), 3),
+        }
+    return stats
+
+
+def summarize_memory(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
+    """Per process: RSS after warm-up (first sample at or after ``warmup_s``), at the end, growth; plus totals."""
+    if not samples:
+        return {}
+    after = [s for s in samples if s["t"] >= warmup_s] or samples
+    first, last = after[0]["rss_kb"], samples[-1]["rss_kb"]
+    procs: dict[str, Any] = {}
+    for key in sorted(set(first) | set(last)):
+        a, b = first.get(key), last.get(key)
+        procs[key] = {
+            "start_mb": None if a is None else round(a / 1024, 1),
+            "end_mb": None if b is None else round(b / 1024, 1),
+            "growth_mb": None if a is None or b is None else round((b - a) / 1024, 1),
+            "peak_mb": round(max(s["rss_kb"].get(key, 0) for s in samples) / 1024, 1),
+        }
+    common = set(first) & set(last)
+    total_a = sum(first[k] for k in common) / 1024
+    total_b = sum(last[k] for k in common) / 1024
+    return {
+        "warmup_s": warmup_s,
+        "processes": procs,
+        "total_start_mb": round(total_a, 1),
+        "total_end_mb": round(total_b, 1),
+        "total_growth_mb": round(total_b - total_a, 1),
+        "total_growth_pct": round(100 * (total_b - total_a) / total_a, 2) if total_a else None,
+        "same_processes": set(first) == set(last),
+    }
+
+
+def run_soak(
+    repository: Path | None = None,
+    *,
+    duration_s: float = 600.0,
+    concurrency: int = 16,
+    tolerance: float = 1e-4,
+    sample_every_s: float = 5.0,
+    warmup_requests: int | None = None,
+    max_body_bytes: int = 6 * 1024 * 1024,
+    request_timeout_s: float = 55.0,
+    output: Path | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Start the stack, run the load, sample memory; returns (and writes) the report."""
+    with tempfile.TemporaryDirectory(prefix="fusion-soak-") as tmp:
+        work = Path(tmp)
+        if repository is None:
+            from .cli import main as cli_main
+
+            repository = work / "model_repository"
+            if cli_main(["export", "--init", "random", "--seed", "0", "--output", str(repository)]) != 0:
+                raise RuntimeError("export of a random-init repository failed")
+        cases = make_cases(max_body_bytes)
+        attach_reference(cases, repository)
+        stack = start_stack(repository, work, max_body_bytes, request_timeout_s)
+        samples: list[dict[str, Any]] = []
+        t_start = time.monotonic()
+        stop_sampling = asyncio.Event()
+
+        async def sampler() -> None:
+            while True:
+                samples.append(
+                    {
+                        "t": round(time.monotonic() - t_start, 1),
+                        "rss_kb": memory_sample(stack.triton.pid, stack.frontend.pid),
+                    }
+                )
+                try:
+                    await asyncio.wait_for(stop_sampling.wait(), sample_every_s)
+                    return
+                except asyncio.TimeoutError:
+                    continue
+
+        warm: dict[str, Any] = {}
+
+        async def main() -> dict[str, Any]:
+            task = asyncio.create_task(sampler())
+            try:
+                # Warm-up (not counted): every batch size and input kind once, so ONNX Runtime's
+                # arenas and the decoders reach their working size before growth is measured.
+                n_warm = 2 * concurrency if warmup_requests is None else warmup_requests
+                warm.update(
+                    await _load(
+                        stack.base_url, cases, 3600, concurrency, tolerance, seed + 1, request_timeout_s + 30, n_warm
+                    )
+                )
+                warm["ended_at_s"] = round(time.monotonic() - t_start, 1)
+                samples.append({"t": warm["ended_at_s"], "rss_kb": memory_sample(stack.triton.pid, stack.frontend.pid)})
+                return await _load(
+                    stack.base_url, cases, duration_s, concurrency, tolerance, seed, request_timeout_s + 30
+                )
+            finally:
+                stop_sampling.set()
+                await task
+
+        try:
+            stats = asyncio.run(main())
+            samples.append(
+                {
+                    "t": round(time.monotonic() - t_start, 1),
+                    "rss_kb": memory_sample(stack.triton.pid, stack.frontend.pid),
+                }
+            )
+            alive = stack.triton.poll() is None and stack.frontend.poll() is None
+        finally:
+            stack.stop()
+            for f in stack.logs:
+                f.close()
+        report = {
+            "duration_s": duration_s,
+            "concurrency": concurrency,
+            "tolerance": tolerance,
+            "request_timeout_s": request_timeout_s,
+            "cases": {c.name: "good" if c.good else "bad" for c in cases},
+            "servers_alive_at_end": alive,
+            **stats,
+            "requests_per_s": round(stats["requests"] / duration_s, 2),
+            "warmup": {k: warm.get(k) for k in ("requests", "wrong_answers", "good_5xx", "bad_not_4xx", "ended_at_s")},
+            "memory": summarize_memory(samples, warm.get("ended_at_s", 0.0)),
+            "memory_samples": samples,
+        }
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fusion_emotion.soak", description=__doc__.split("\n\n")[0])
+    p.add_argument("--repository", type=Path, help="model repository (default: export a random-init one)")
+    p.add_argument("--duration", type=float, default=600.0, help="seconds of load (default 600)")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--output", type=Path, default=Path("build/soak.json"))
+    p.add_argument("--tolerance", type=float, default=1e-4)
+    p.add_argument("--request-timeout", type=float, default=55.0, help="front end's Triton deadline (504 past it)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    report = run_soak(
+        args.repository,
+        duration_s=args.duration,
+        concurrency=args.concurrency,
+        tolerance=args.tolerance,
+        request_timeout_s=args.request_timeout,
+        output=args.output,
+    )
+    summary = {k: report[k] for k in ("requests", "good", "bad", "wrong_answers", "good_5xx", "bad_not_4xx")}
+    summary["total_growth_mb"] = report["memory"].get("total_growth_mb")
+    log.info("soak done: %s -> %s", json.dumps(summary), args.output)
+    ok = (
+        report["wrong_answers"] == 0
+        and report["good_5xx"] == 0
+        and report["good_other_errors"] == 0
+        and report["bad_not_4xx"] == 0
+        and report["transport_errors"] == 0
+        and report["servers_alive_at_end"]
+        and report["warmup"]["wrong_answers"] == 0
+        and report["warmup"]["good_5xx"] == 0
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
