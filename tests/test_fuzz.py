@@ -223,12 +223,12 @@ def fuzz_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     try:
         proc = subprocess.run(
-            [sys.executable, __file__, "worker", str(out), str(per_seed)],
+            [sys.executable, str(Path(__file__).resolve()), "worker", str(out), str(per_seed)],
             capture_output=True,
             text=True,
             timeout=budget,
             env=env,
-            cwd=ROOT,
+            cwd=out,  # hypothesis keeps its .hypothesis/ directory in the working directory
         )
     except subprocess.TimeoutExpired:
         _keep_reproducer(out)
