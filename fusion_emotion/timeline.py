@@ -18,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import av
 import numpy as np
@@ -62,6 +64,7 @@ DEFAULT_CHUNK = 8
 SEGMENT_COLUMNS = 2 + C.NUM_CLASSES  # start, end, six probabilities
 
 Encode = Callable[[np.ndarray], np.ndarray]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,56 @@ def audio_windows(mono16k: np.ndarray, windows: np.ndarray, rate: int = C.SAMPLE
         yield fit_window(piece) if piece.size else None
 
 
+_DONE = object()
+
+
+def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
+    """Iterate ``items`` in a worker thread, at most ``depth`` items ahead (bounded memory).
+
+    PyAV decodes and rescales without the GIL, so a decode pass overlaps the
+    encoder calls made by the consumer. The worker's exception is raised in
+    the consumer; a consumer that stops early stops the worker.
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    break
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer
+            put(exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=work, name="timeline-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 @dataclass
 class Timeline:
     """Windows (seconds), per-window probabilities and the clip-level result."""
@@ -328,9 +381,9 @@ def compute_timeline(
         decoder = VideoTimelineDecoder(video, params, want_audio=audio is None, limits=limits)
         windows = decoder.windows_s
         duration = decoder.duration_s
-        video_emb = _encode_chunked(
-            encode_video, (frames_for_model(f) for _, f in decoder.windows()), chunk, C.VIDEO_EMBED_DIM
-        )
+        # Decoding runs ahead in a thread while the encoders work on the previous chunk.
+        rows = (frames_for_model(f) for _, f in prefetch(decoder.windows(), depth=chunk))
+        video_emb = _encode_chunked(encode_video, rows, chunk, C.VIDEO_EMBED_DIM)
         clip_frames = decoder.clip_frames
         if audio is None and decoder.audio is not None:
             native, rate = decoder.audio, decoder.sample_rate

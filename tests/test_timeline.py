@@ -180,6 +180,30 @@ def test_one_window_is_the_clip_and_audio_only(index_clip: bytes) -> None:
     assert ve.batches == [] and np.isnan(tl.clip_qa_flags[2])  # no video work, video flags absent
 
 
+def test_prefetch_keeps_order_bounds_and_errors() -> None:
+    from fusion_emotion.timeline import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+    produced: list[int] = []
+
+    def counting():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    it = prefetch(counting(), depth=2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # the consumer stops early: so does the worker, having run at most a few items ahead
+    assert len(produced) <= 3 + 2 + 2
+
+    def failing():
+        yield 1
+        raise MediaError("video", "boom")
+
+    with pytest.raises(MediaError, match="boom"):
+        list(prefetch(failing(), depth=2))
+
+
 def test_timeline_result_orders_segments() -> None:
     seg = np.array([[1.5, 4.5, 0, 0, 0, 1, 0, 0], [0, 3, 1, 0, 0, 0, 0, 0]], np.float32)
     out = timeline_result(seg, np.full(6, 1 / 6, np.float32), None)
