@@ -36,11 +36,12 @@ from .media import (
     MediaError,
     MediaLimits,
     _check_audio_stream,
+    _check_stream_duration,
     _duration_s,
+    _float_audio,
     _frame_time,
     _open,
     _resize,
-    audio_frame_to_float,
     decode_audio,
     fit_window,
     frames_for_model,
@@ -156,16 +157,20 @@ class VideoTimelineDecoder:
             raise MediaError(name, "container has no video stream")
         self.vstream = container.streams.video[0]
         cc = self.vstream.codec_context
+        if cc is None:
+            raise MediaError(name, "video stream has an unknown codec")
         if (cc.width or 0) > limits.max_width or (cc.height or 0) > limits.max_height:
             raise MediaError(
                 name,
                 f"frame size {cc.width}x{cc.height} is over the {limits.max_width}x{limits.max_height} limit",
                 too_large=True,
             )
+        _check_stream_duration(self.vstream, name, limits)
         cc.skip_frame = "NONREF"  # as media.decode_video: the same frames are seen
         self.astream = container.streams.audio[0] if (want_audio and container.streams.audio) else None
         if self.astream is not None:
             _check_audio_stream(self.astream, name, limits)
+            _check_stream_duration(self.astream, name, limits)
         duration = _duration_s(container, self.vstream)
         if not duration or duration <= 0:
             raise MediaError(name, "the container declares no duration; timelines need one")
@@ -197,7 +202,8 @@ class VideoTimelineDecoder:
         next_window = 0
         index = 0
         last_frame: av.VideoFrame | None = None
-        max_frames = int(self.limits.max_duration_s * 120)  # bounds decode time whatever the timestamps say
+        max_frames = self.limits.max_frames  # bounds decode time whatever the timestamps say
+        audio_samples = audio_values = 0
         audio_chunks: list[np.ndarray] = []
         streams = [self.vstream] + ([self.astream] if self.astream is not None else [])
         try:
@@ -228,11 +234,22 @@ class VideoTimelineDecoder:
                             next_window += 1
                 else:
                     for frame in packet.decode():
-                        audio_chunks.append(audio_frame_to_float(frame))
+                        audio_chunk = _float_audio(frame, self.input_name)  # refuses NaN / infinity
+                        audio_chunks.append(audio_chunk)
+                        audio_samples += audio_chunk.shape[1]
+                        audio_values += audio_chunk.size
                         self.sample_rate = frame.sample_rate
-                        if sum(c.shape[1] for c in audio_chunks) > self.limits.max_duration_s * (self.sample_rate or 1):
+                        if audio_samples > self.limits.max_duration_s * (self.sample_rate or 1):
                             raise MediaError(
-                                self.input_name, "audio track longer than the duration limit", too_large=True
+                                self.input_name,
+                                f"audio track is over the {self.limits.max_duration_s:.0f} s limit",
+                                too_large=True,
+                            )
+                        if audio_values > self.limits.max_audio_values:
+                            raise MediaError(
+                                self.input_name,
+                                f"decoded audio is over the {self.limits.max_audio_values}-value limit",
+                                too_large=True,
                             )
             if index == 0 or last_frame is None:
                 raise MediaError(self.input_name, "no decodable video frames")
