@@ -33,7 +33,8 @@ from fusion_emotion.timeline import (
 
 # --------------------------------------------------------------------------- pure
 def test_params_defaults_and_bounds() -> None:
-    assert validate_params() == TimelineParams(DEFAULT_WINDOW_S, DEFAULT_HOP_S)
+    assert validate_params() == TimelineParams(DEFAULT_WINDOW_S, DEFAULT_HOP_S) == TimelineParams(4.0, 4.0)
+    assert validate_params(3.0) == TimelineParams(3.0, 3.0)
     assert validate_params(1.0) == TimelineParams(1.0, 1.0)  # default hop never exceeds the window
     assert validate_params(10.0, 0.5) == TimelineParams(10.0, 0.5)
     for window, hop, name in (
