@@ -17,7 +17,10 @@ pytestmark = pytest.mark.integration
 
 SOAK_SECONDS = float(os.environ.get("FUSION_EMOTION_SOAK_TEST_S", "60"))
 # Generous: after warm-up, RSS of tritonserver + stubs + front end together may not grow by more.
-MAX_TOTAL_GROWTH_MB = 300.0
+# ONNX Runtime's arenas in the encoder stubs grow in steps (up to ~340 MB each) whenever a new
+# batch shape peaks, then stay flat: the 10-minute soak grew 841 MB in all, 33 MB in its last
+# 5.5 minutes (docs/reliability.md). A leak per request would pass 1 GiB within the minute.
+MAX_TOTAL_GROWTH_MB = 1024.0
 
 
 @pytest.mark.timeout(900)
