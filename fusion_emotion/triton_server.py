@@ -22,6 +22,7 @@ import sysconfig
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +133,9 @@ def build_command(opts: ServerOptions, binary: Path, backend_dir: Path | None) -
         f"--backend-config=python,shm-default-byte-size={opts.shm_default_bytes}",
         f"--backend-config=python,shm-growth-byte-size={opts.shm_growth_bytes}",
     ]
+    if not any(a.startswith("--model-control-mode") for a in opts.extra_args):
+        # every model loaded at start, and each one reloadable on its own (stub watchdog)
+        cmd += ["--model-control-mode=explicit", "--load-model=*"]
     if backend_dir is not None:
         cmd.append(f"--backend-directory={backend_dir}")
     config_name = PROFILE_CONFIG_NAME[opts.profile]
@@ -208,6 +212,43 @@ class TritonProcess:
         self._kill_group()
         return self.proc.returncode
 
+    def stubs(self) -> dict[int, str]:
+        """Live Python-backend stub processes of this server -> their model's name (from /proc)."""
+        if self.proc is None:
+            return {}
+        children: dict[int, list[int]] = {}
+        cmdlines: dict[int, list[bytes]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if fields[0] == "Z":
+                    continue
+                cmdlines[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+        found: dict[int, str] = {}
+        frontier = [self.proc.pid]
+        while frontier:
+            pid = frontier.pop()
+            for child in children.get(pid, []):
+                argv = cmdlines.get(child, [])
+                if argv and argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 1:
+                    # argv[1] is <repository>/<model>/<version>/model.py
+                    found[child] = Path(argv[1].decode(errors="replace")).parents[1].name
+                frontier.append(child)
+        return found
+
+    def reload_model(self, name: str, timeout: float = 300.0) -> None:
+        """Reload one model in place (explicit model control): in-flight requests finish on the old instances."""
+        url = f"http://{self.opts.host}:{self.opts.http_port}/v2/repository/models/{name}/load"
+        req = urllib.request.Request(url, data=b"", method="POST")  # noqa: S310 - loopback only
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            if resp.status != 200:
+                raise RuntimeError(f"reloading {name} answered {resp.status}")
+
     def _kill_group(self) -> None:
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -231,6 +272,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument("--shm-default-bytes", type=int, default=16 * 1024 * 1024, help="Python-backend shm per stub")
+    p.add_argument("--shm-growth-bytes", type=int, default=8 * 1024 * 1024, help="Python-backend shm growth step")
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="model reloads after Python-backend stubs die before giving up with exit code 3 (default 3)",
+    )
     p.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
@@ -245,22 +294,70 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         extra_args=list(args.extra),
         log_verbose=args.log_verbose,
+        shm_default_bytes=args.shm_default_bytes,
+        shm_growth_bytes=args.shm_growth_bytes,
     )
     server = TritonProcess(opts)
-    try:
-        server.start()
-    except (FileNotFoundError, RuntimeError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
+    stopping = False
 
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         log.info("signal %s: stopping tritonserver", signal.Signals(signum).name)
         if server.proc and server.proc.poll() is None:
             server.proc.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    code = server.proc.wait()
+    try:
+        server.start()
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    code = watch(server, lambda: stopping, max_reloads=args.max_restarts)
     server.stop()
     log.info("tritonserver exited with code %s", code)
     return code
+
+
+def watch(server: TritonProcess, stopping: Callable[[], bool], max_reloads: int = 3, period_s: float = 1.0) -> int:
+    """Wait for tritonserver to exit, replacing Python-backend stubs that die meanwhile.
+
+    Triton 2.51 keeps a crashed stub's model instance and fails every request the
+    scheduler gives it. When a stub disappears while the server runs, its model
+    is reloaded in place (the other instances keep serving). If stubs keep dying,
+    the server is stopped and the exit code is 3, so a supervisor replaces us.
+    """
+    baseline: dict[int, str] = {}
+    reloads = 0
+    while True:
+        try:
+            return server.proc.wait(timeout=period_s)
+        except subprocess.TimeoutExpired:
+            pass
+        if stopping():
+            continue
+        if not baseline:
+            if server.ready(timeout=period_s):
+                baseline = server.stubs()
+            continue
+        current = server.stubs()
+        dead = {pid: model for pid, model in baseline.items() if pid not in current}
+        if not dead or server.proc.poll() is not None or stopping():
+            continue
+        models = sorted(set(dead.values()))
+        log.error("Python-backend stub(s) %s of %s died while tritonserver kept running", sorted(dead), models)
+        reloads += 1
+        if reloads > max_reloads:
+            log.error("stubs keep dying (%d reloads); stopping tritonserver", reloads - 1)
+            server.stop()
+            return 3
+        try:
+            for model in models:
+                log.warning("reloading %s to replace its dead stub (%d/%d)", model, reloads, max_reloads)
+                server.reload_model(model)
+        except (OSError, RuntimeError) as exc:
+            log.error("reload failed (%s); stopping tritonserver", exc)
+            server.stop()
+            return 3
+        baseline = server.stubs()

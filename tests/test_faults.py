@@ -276,19 +276,17 @@ def test_client_disconnect_cancels_inference(
 
 # --------------------------------------------------------------------------- a stub crashes
 @pytest.mark.timeout(900)
-def test_preprocess_stub_crash_affects_only_its_requests(
+def test_preprocess_stub_crash_affects_only_its_requests_then_recovers(
     private_triton: PrivateTriton, media: dict[str, bytes], reference: Any
 ) -> None:
     """Kill -9 one preprocess stub (of four) while requests are in flight.
 
-    What Triton 2.51's Python backend (the nvidia-pytriton bundle) was seen to do:
-    the dead instance answers every request the scheduler gives it with INTERNAL
-    "Stub process 'preprocess_0_N' is not healthy." (the front end's 500); the other
-    three instances keep answering correctly, the server stays live and the model
-    ready, and the stub is NOT restarted (watched for 60 s): from then on the dead
-    instance fails its share of requests. See docs/reliability.md ("stub crash").
-    This test pins the first part (only the dead instance's requests fail, nothing
-    hangs) and reports whether a restart happened, without requiring one.
+    Triton 2.51's Python backend (the nvidia-pytriton bundle) keeps a dead stub's
+    instance and answers every request given to it with INTERNAL "Stub process
+    'preprocess_0_N' is not healthy", forever. `fusion-emotion triton` watches the
+    stubs and reloads the dead stub's model in place (docs/reliability.md). So: no
+    hang, no wrong answer, failures only from the dead instance, and the service is
+    whole again by itself without a server restart.
     """
     import re
 
@@ -323,12 +321,8 @@ def test_preprocess_stub_crash_affects_only_its_requests(
         time.sleep(1.5)
         os.kill(victim, signal.SIGKILL)
         outcomes = [f.result(timeout=300) for f in futures]
-    # then one at a time: the scheduler spreads them over all instances
-    outcomes += [call(i) for i in range(8)]
-    elapsed = time.monotonic() - t0
     failed = [o for o in outcomes if o != "ok"]
-    print(f"stub kill: {len(outcomes) - len(failed)} ok, {len(failed)} failed in {elapsed:.1f} s; {set(failed)}")
-    assert outcomes.count("ok") >= 4, outcomes  # the other instances keep answering, correctly
+    print(f"stub kill: {len(outcomes) - len(failed)} ok, {len(failed)} failed in {time.monotonic() - t0:.1f} s")
     instances = set()
     for o in failed:
         m = re.search(r"Stub process '(preprocess_\d+_\d+)' is not healthy", o)
@@ -336,11 +330,19 @@ def test_preprocess_stub_crash_affects_only_its_requests(
         instances.add(m.group(1))
     assert len(instances) <= 1, instances  # only the killed instance's requests fail
 
-    client = grpcclient.InferenceServerClient(private_triton.grpc_url)
-    assert client.is_server_live() and client.is_model_ready(C.ENSEMBLE)
-    client.close()
-    now = stub_pids(private_triton.proc.pid, C.PREPROCESS)
-    print(f"stub restarted: {len(now) == len(stubs)} (stubs before {stubs}, after {now})")
+    deadline = time.monotonic() + 180
+    server_pid = tritonserver_pid(private_triton.proc.pid)
+    log_mark = "reloading preprocess to replace its dead stub"
+    while True:  # the launcher replaces the dead stub by reloading its model in place
+        text = private_triton.log_text()
+        reloaded = log_mark in text and "successfully loaded 'preprocess'" in text.split(log_mark, 1)[1]
+        if reloaded and http_ready(f"http://127.0.0.1:{private_triton.http_port}/v2/health/ready"):
+            break
+        assert time.monotonic() < deadline, text[-3000:]
+        time.sleep(0.5)
+    assert "died while tritonserver kept running" in private_triton.log_text()
+    assert [call(i) for i in range(8)] == ["ok"] * 8
+    assert tritonserver_pid(private_triton.proc.pid) == server_pid  # reloaded in place, no restart
 
 
 # --------------------------------------------------------------------------- container entrypoint

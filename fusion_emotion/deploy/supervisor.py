@@ -12,7 +12,7 @@ image, locally and in tests (which swap the commands for stand-in scripts):
 =================================  ==============================================
 FUSION_EMOTION_MODEL_DIR           model repository (default /opt/ml/model)
 FUSION_EMOTION_PROFILE             gpu (default), cpu or gpu_fp16
-FUSION_EMOTION_TRITONSERVER        tritonserver binary; unset: ``fusion-emotion triton``
+FUSION_EMOTION_TRITONSERVER        tritonserver binary run by ``fusion-emotion triton``; unset: the bundled one
 FUSION_EMOTION_GRPC_PORT           8001
 FUSION_EMOTION_HTTP_PORT           8000 (also used for the readiness probe)
 FUSION_EMOTION_METRICS_PORT        8002
@@ -102,7 +102,7 @@ def _float_env(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def triton_command(env: Mapping[str, str]) -> list[str]:
-    """The Triton command: a raw tritonserver (in the image) or ``fusion-emotion triton`` (locally)."""
+    """The Triton command: ``fusion-emotion triton`` with the container's settings."""
     if env.get("FUSION_EMOTION_TRITON_CMD"):
         return shlex.split(env["FUSION_EMOTION_TRITON_CMD"])
     model_dir = env.get("FUSION_EMOTION_MODEL_DIR") or DEFAULT_MODEL_DIR
@@ -110,29 +110,17 @@ def triton_command(env: Mapping[str, str]) -> list[str]:
     grpc = _int_env(env, "FUSION_EMOTION_GRPC_PORT", DEFAULT_GRPC_PORT)
     http = _int_env(env, "FUSION_EMOTION_HTTP_PORT", DEFAULT_HTTP_PORT)
     metrics = _int_env(env, "FUSION_EMOTION_METRICS_PORT", DEFAULT_METRICS_PORT)
-    binary = env.get("FUSION_EMOTION_TRITONSERVER")
-    if not binary:
-        return [
-            sys.executable, "-m", "fusion_emotion.cli", "triton",
-            "--repository", model_dir, "--profile", profile,
-            "--grpc-port", str(grpc), "--http-port", str(http), "--metrics-port", str(metrics),
-        ]  # fmt: skip
     shm = _int_env(env, "SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE", DEFAULT_SHM_BYTES)
     growth = _int_env(env, "SAGEMAKER_TRITON_SHM_GROWTH_BYTE_SIZE", DEFAULT_SHM_GROWTH_BYTES)
-    argv = [
-        binary,
-        f"--model-repository={model_dir}",
-        f"--grpc-port={grpc}", "--grpc-address=127.0.0.1",
-        f"--http-port={http}", "--http-address=127.0.0.1",
-        f"--metrics-port={metrics}",
-        f"--backend-config=python,shm-default-byte-size={shm}",
-        f"--backend-config=python,shm-growth-byte-size={growth}",
-        "--exit-on-error=true",
+    # Always through `fusion-emotion triton`: it runs $FUSION_EMOTION_TRITONSERVER when set
+    # (the image's binary) or the bundled one, on 127.0.0.1, and restarts tritonserver
+    # when a Python-backend stub dies (Triton 2.51 would keep failing that instance).
+    return [
+        sys.executable, "-m", "fusion_emotion.cli", "triton",
+        "--repository", model_dir, "--profile", profile,
+        "--grpc-port", str(grpc), "--http-port", str(http), "--metrics-port", str(metrics),
+        "--shm-default-bytes", str(shm), "--shm-growth-bytes", str(growth),
     ]  # fmt: skip
-    if profile != "gpu":
-        # configs/<profile>.pbtxt; Triton falls back to config.pbtxt for models without one.
-        argv.append(f"--model-config-name={profile}")
-    return argv
 
 
 def frontend_command(env: Mapping[str, str]) -> list[str]:
