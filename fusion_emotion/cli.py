@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "fusion_emotion.frontend.cli",  # serve
     "fusion_emotion.deploy.cli",  # package, deploy, undeploy
     "fusion_emotion.bench",  # bench
+    "fusion_emotion.quantize",  # quantize
     "fusion_emotion.timeline_cli",  # timeline
     "fusion_emotion.evaluate",  # evaluate
 )
