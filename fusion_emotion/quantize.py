@@ -219,6 +219,6 @@ def run(args: argparse.Namespace) -> int:
         f"int8 encoders written; drift on {report['clips']} held-out clips: max |dp| {report['max_abs_prob_diff']:.4f}, "
         f"mean {report['mean_abs_prob_diff']:.5f}, top-1 agreement {report['top1_agreement']:.0%}, "
         f"min embedding cosine {report['min_embedding_cosine']}\n"
-        f"serve it: fusion-emotion triton --repository {serving} --profile cpu\n"
+        f"serve it: fusion-emotion triton --repository {repo} --profile cpu_int8 (or {serving} --profile cpu)\n"
     )
     return 0

@@ -85,7 +85,9 @@ class OnnxEncoderModel:
         config, params = model_parameters(args)
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
-        path = Path(args["model_repository"]) / args["model_version"] / C.ONNX_FILENAME
+        # `onnx_filename` lets a profile pick another graph, e.g. cpu_int8 -> model_int8.onnx
+        filename = params.get("onnx_filename") or C.ONNX_FILENAME
+        path = Path(args["model_repository"]) / args["model_version"] / filename
         self.encoder = Encoder(path, int(params.get("intra_op_threads", "0") or 0))
         # warm up so the first real request does not pay for lazy initialisation
         dims = [int(d) for d in config["input"][0]["dims"]]

@@ -12,6 +12,7 @@ then used as is.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -30,7 +31,8 @@ from . import contract as C
 
 log = logging.getLogger(__name__)
 
-PROFILE_CONFIG_NAME = {"gpu": None, "cpu": "cpu", "gpu_fp16": "gpu_fp16"}
+# cpu_int8 exists once `fusion-emotion quantize` has written it into a repository.
+PROFILE_CONFIG_NAME = {"gpu": None, "cpu": "cpu", "gpu_fp16": "gpu_fp16", "cpu_int8": "cpu_int8"}
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def build_command(opts: ServerOptions, binary: Path, backend_dir: Path | None) -
     config_name = PROFILE_CONFIG_NAME[opts.profile]
     if config_name:
         cmd.append(f"--model-config-name={config_name}")
-    if opts.profile == "cpu":
+    if opts.profile.startswith("cpu"):
         cmd.append("--allow-gpu-metrics=false")
     return cmd + list(opts.extra_args)
 
@@ -151,10 +153,8 @@ def check_repository(path: Path) -> None:
     if missing:
         raise FileNotFoundError(f"{path} is not a fusion-emotion model repository (missing {', '.join(missing)})")
     for model in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
-        if not (path / model / "1" / C.ONNX_FILENAME).is_file():
-            raise FileNotFoundError(
-                f"{path / model / '1' / C.ONNX_FILENAME} missing: run `fusion-emotion export` first"
-            )
+        if not any((path / model / "1").glob("*.onnx")):
+            raise FileNotFoundError(f"{path / model / '1'} has no ONNX graph: run `fusion-emotion export` first")
 
 
 class TritonProcess:
@@ -241,10 +241,18 @@ class TritonProcess:
                 frontier.append(child)
         return found
 
-    def reload_model(self, name: str, timeout: float = 300.0) -> None:
-        """Reload one model in place (explicit model control): in-flight requests finish on the old instances."""
-        url = f"http://{self.opts.host}:{self.opts.http_port}/v2/repository/models/{name}/load"
-        req = urllib.request.Request(url, data=b"", method="POST")  # noqa: S310 - loopback only
+    def reload_model(self, name: str, timeout: float = 60.0) -> None:
+        """Reload one model in place (explicit model control): in-flight requests finish on the old instances.
+
+        The model's current config is sent with the load request, which makes Triton
+        reload it even though nothing on disk changed.
+        """
+        base = f"http://{self.opts.host}:{self.opts.http_port}/v2"
+        with urllib.request.urlopen(f"{base}/models/{name}/config", timeout=timeout) as resp:  # noqa: S310 - loopback
+            config = resp.read().decode()
+        body = json.dumps({"parameters": {"config": config}}).encode()
+        req = urllib.request.Request(f"{base}/repository/models/{name}/load", data=body, method="POST")  # noqa: S310
+        req.add_header("Content-Type", "application/json")
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
             if resp.status != 200:
                 raise RuntimeError(f"reloading {name} answered {resp.status}")
@@ -265,7 +273,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--repository", required=True, type=Path, help="model repository (from `fusion-emotion export`)")
     p.add_argument(
-        "--profile", choices=sorted(PROFILE_CONFIG_NAME), default="cpu", help="cpu (default here), gpu, gpu_fp16"
+        "--profile",
+        choices=sorted(PROFILE_CONFIG_NAME),
+        default="cpu",
+        help="cpu (default here), gpu, gpu_fp16, cpu_int8 (after `fusion-emotion quantize`)",
     )
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--http-port", type=int, default=8000)
@@ -325,8 +336,9 @@ def watch(server: TritonProcess, stopping: Callable[[], bool], max_reloads: int 
 
     Triton 2.51 keeps a crashed stub's model instance and fails every request the
     scheduler gives it. When a stub disappears while the server runs, its model
-    is reloaded in place (the other instances keep serving). If stubs keep dying,
-    the server is stopped and the exit code is 3, so a supervisor replaces us.
+    is reloaded in place (the other instances keep serving); if that reload does
+    not finish, tritonserver is restarted. If stubs keep dying, the server is
+    stopped and the exit code is 3, so a supervisor replaces us.
     """
     baseline: dict[int, str] = {}
     reloads = 0
@@ -356,8 +368,14 @@ def watch(server: TritonProcess, stopping: Callable[[], bool], max_reloads: int 
             for model in models:
                 log.warning("reloading %s to replace its dead stub (%d/%d)", model, reloads, max_reloads)
                 server.reload_model(model)
+            baseline = server.stubs()
         except (OSError, RuntimeError) as exc:
-            log.error("reload failed (%s); stopping tritonserver", exc)
+            # the reload did not complete in time: replace the whole server instead
+            log.error("reload failed (%s); restarting tritonserver", exc)
             server.stop()
-            return 3
-        baseline = server.stubs()
+            try:
+                server.start()
+            except (FileNotFoundError, RuntimeError, ValueError) as start_exc:
+                log.error("%s", start_exc)
+                return 2
+            baseline = {}

@@ -284,9 +284,9 @@ def test_preprocess_stub_crash_affects_only_its_requests_then_recovers(
     Triton 2.51's Python backend (the nvidia-pytriton bundle) keeps a dead stub's
     instance and answers every request given to it with INTERNAL "Stub process
     'preprocess_0_N' is not healthy", forever. `fusion-emotion triton` watches the
-    stubs and reloads the dead stub's model in place (docs/reliability.md). So: no
-    hang, no wrong answer, failures only from the dead instance, and the service is
-    whole again by itself without a server restart.
+    stubs and reloads the dead stub's model in place, or restarts tritonserver if
+    the reload stalls (docs/reliability.md). So: no hang, no wrong answer, failures
+    only from the dead instance before recovery, and the service is whole again by itself.
     """
     import re
 
@@ -331,18 +331,19 @@ def test_preprocess_stub_crash_affects_only_its_requests_then_recovers(
     assert len(instances) <= 1, instances  # only the killed instance's requests fail
 
     deadline = time.monotonic() + 180
-    server_pid = tritonserver_pid(private_triton.proc.pid)
-    log_mark = "reloading preprocess to replace its dead stub"
-    while True:  # the launcher replaces the dead stub by reloading its model in place
-        text = private_triton.log_text()
-        reloaded = log_mark in text and "successfully loaded 'preprocess'" in text.split(log_mark, 1)[1]
-        if reloaded and http_ready(f"http://127.0.0.1:{private_triton.http_port}/v2/health/ready"):
+    while True:  # the launcher replaces the dead stub (model reload, or a server restart if that stalls)
+        now = stub_pids(private_triton.proc.pid, C.PREPROCESS)
+        if victim not in now and len(now) >= len(stubs) and http_ready(
+            f"http://127.0.0.1:{private_triton.http_port}/v2/health/ready"
+        ):
             break
-        assert time.monotonic() < deadline, text[-3000:]
+        assert time.monotonic() < deadline, private_triton.log_text()[-3000:]
         time.sleep(0.5)
-    assert "died while tritonserver kept running" in private_triton.log_text()
+    text = private_triton.log_text()
+    assert "died while tritonserver kept running" in text
+    print("recovered by", "restart" if "restarting tritonserver" in text else "in-place reload")
     assert [call(i) for i in range(8)] == ["ok"] * 8
-    assert tritonserver_pid(private_triton.proc.pid) == server_pid  # reloaded in place, no restart
+    assert private_triton.proc.poll() is None  # the launcher itself kept running
 
 
 # --------------------------------------------------------------------------- container entrypoint

@@ -223,3 +223,24 @@ def test_sigterm_stops_cleanly_without_orphan_stubs(batching_triton):
     assert len(stubs) >= 4  # one per model instance: preprocess, 2 encoders, fusion_head
     assert batching_triton.stop() == 0
     assert [p for p in children if _alive(p)] == []
+
+
+def test_cpu_int8_profile_serves_the_named_graph(demo_repository: Path, tmp_path: Path, reference, media):
+    """`--profile cpu_int8` (written by `fusion-emotion quantize`) loads model_int8.onnx, not model.onnx.
+
+    The int8 graph is stood in for by the fp32 one under the int8 name, with model.onnx removed,
+    so answers equal the reference only if the profile really loads the named file.
+    """
+    from fusion_emotion import quantize
+
+    repo = tmp_path / "repo"
+    shutil.copytree(demo_repository, repo, symlinks=True)
+    for model in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
+        version = repo / model / "1"
+        (version / C.ONNX_FILENAME).rename(version / quantize.INT8_FILENAME)
+        quantize.write_int8_config(repo, model)
+    handle = start_triton(repo, tmp_path / "tritonserver.log", profile="cpu_int8")
+    try:
+        _assert_same(infer_grpc(handle.grpc_url, media["mp4"], None), reference.predict(media["mp4"], None))
+    finally:
+        handle.stop()
