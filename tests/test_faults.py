@@ -333,8 +333,10 @@ def test_preprocess_stub_crash_affects_only_its_requests_then_recovers(
     deadline = time.monotonic() + 180
     while True:  # the launcher replaces the dead stub (model reload, or a server restart if that stalls)
         now = stub_pids(private_triton.proc.pid, C.PREPROCESS)
-        if victim not in now and len(now) >= len(stubs) and http_ready(
-            f"http://127.0.0.1:{private_triton.http_port}/v2/health/ready"
+        if (
+            victim not in now
+            and len(now) >= len(stubs)
+            and http_ready(f"http://127.0.0.1:{private_triton.http_port}/v2/health/ready")
         ):
             break
         assert time.monotonic() < deadline, private_triton.log_text()[-3000:]
