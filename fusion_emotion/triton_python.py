@@ -43,6 +43,20 @@ def bytes_rows(request: Any, name: str) -> list[bytes] | None:
     return [bytes(v) if not isinstance(v, bytes) else v for v in arr.reshape(arr.shape[0], -1)[:, 0]]
 
 
+def ensure_loaded(models: Sequence[str], caller: str) -> None:
+    """Load models this one calls through BLS if the server did not (explicit model control).
+
+    SageMaker's stock Triton image starts `--model-control-mode=explicit
+    --load-model=fusion_emotion`, which loads the ensemble's steps but not the
+    models they call through BLS. The loading API is not available during
+    initialize, so callers run this on their first execute.
+    """
+    for name in models:
+        if not pb_utils.is_model_ready(model_name=name):
+            pb_utils.Logger.log_info(f"{caller}: loading {name} (not loaded by the server)")
+            pb_utils.load_model(model_name=name)
+
+
 def fp32_input(request: Any, name: str) -> np.ndarray:
     return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
 

@@ -368,7 +368,7 @@ def watch(server: TritonProcess, stopping: Callable[[], bool], max_reloads: int 
             for model in models:
                 log.warning("reloading %s to replace its dead stub (%d/%d)", model, reloads, max_reloads)
                 server.reload_model(model)
-            baseline = server.stubs()
+            baseline = wait_replaced(server, baseline, dead)
         except (OSError, RuntimeError) as exc:
             # the reload did not complete in time: replace the whole server instead
             log.error("reload failed (%s); restarting tritonserver", exc)
@@ -379,3 +379,23 @@ def watch(server: TritonProcess, stopping: Callable[[], bool], max_reloads: int 
                 log.error("%s", start_exc)
                 return 2
             baseline = {}
+
+
+def wait_replaced(
+    server: TritonProcess, baseline: dict[int, str], dead: dict[int, str], timeout: float = 20.0
+) -> dict[int, str]:
+    """The new stub set once every model with a dead stub has its full instance count again.
+
+    Triton may answer a reload of an unchanged model without creating instances;
+    raise then, so the caller falls back to a server restart.
+    """
+    wanted = {m: sum(1 for v in baseline.values() if v == m) for m in set(dead.values())}
+    deadline = time.monotonic() + timeout
+    while True:
+        current = server.stubs()
+        live = {m: sum(1 for pid, v in current.items() if v == m and pid not in dead) for m in wanted}
+        if all(live[m] >= n for m, n in wanted.items()):
+            return current
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"reload left {live} instances of {wanted}")
+        time.sleep(0.25)

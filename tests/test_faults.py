@@ -324,10 +324,14 @@ def test_preprocess_stub_crash_affects_only_its_requests_then_recovers(
     failed = [o for o in outcomes if o != "ok"]
     print(f"stub kill: {len(outcomes) - len(failed)} ok, {len(failed)} failed in {time.monotonic() - t0:.1f} s")
     instances = set()
+    restart_failures = []
     for o in failed:
         m = re.search(r"Stub process '(preprocess_\d+_\d+)' is not healthy", o)
-        assert o.startswith("StatusCode.INTERNAL") and m, o
-        instances.add(m.group(1))
+        if m:
+            assert o.startswith("StatusCode.INTERNAL"), o
+            instances.add(m.group(1))
+        else:
+            restart_failures.append(o)
     assert len(instances) <= 1, instances  # only the killed instance's requests fail
 
     deadline = time.monotonic() + 180
@@ -343,6 +347,9 @@ def test_preprocess_stub_crash_affects_only_its_requests_then_recovers(
         time.sleep(0.5)
     text = private_triton.log_text()
     assert "died while tritonserver kept running" in text
+    if restart_failures:  # other failures only while the fallback restart replaced the server
+        assert "restarting tritonserver" in text, restart_failures
+        assert all("UNAVAILABLE" in o or "not ready" in o for o in restart_failures), restart_failures
     print("recovered by", "restart" if "restarting tritonserver" in text else "in-place reload")
     assert [call(i) for i in range(8)] == ["ok"] * 8
     assert private_triton.proc.poll() is None  # the launcher itself kept running

@@ -17,7 +17,7 @@ from fusion_emotion import contract as C
 from fusion_emotion.fusion import FusionHead
 from fusion_emotion.media import MediaError, MediaLimits
 from fusion_emotion.timeline import compute_timeline, timeline_limits, validate_params
-from fusion_emotion.triton_python import bytes_rows, error_response, model_parameters
+from fusion_emotion.triton_python import bytes_rows, ensure_loaded, error_response, model_parameters
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,9 @@ class TritonPythonModel:
         self.encoders_ready = False
 
     def _ensure_encoders(self):
-        """Load the BLS-called encoders if the server did not (explicit model control, as preprocess does)."""
-        if self.encoders_ready:
-            return
-        for name in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
-            if not pb_utils.is_model_ready(model_name=name):
-                pb_utils.Logger.log_info(f"{C.TIMELINE_MODEL}: loading {name} (not loaded by the server)")
-                pb_utils.load_model(model_name=name)
-        self.encoders_ready = True
+        if not self.encoders_ready:
+            ensure_loaded((C.VIDEO_ENCODER, C.AUDIO_ENCODER), C.TIMELINE_MODEL)
+            self.encoders_ready = True
 
     def _one(self, request):
         videos = bytes_rows(request, C.IN_VIDEO.name)

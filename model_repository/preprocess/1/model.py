@@ -14,7 +14,7 @@ import triton_python_backend_utils as pb_utils
 from fusion_emotion import contract as C
 from fusion_emotion.features import RequestFeatures, prepare_request
 from fusion_emotion.media import MediaError, MediaLimits
-from fusion_emotion.triton_python import bytes_rows, error_response, model_parameters
+from fusion_emotion.triton_python import bytes_rows, ensure_loaded, error_response, model_parameters
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +34,9 @@ class TritonPythonModel:
         self.encoders_ready = False
 
     def _ensure_encoders(self):
-        """Load the BLS-called encoders if the server did not (explicit model control).
-
-        SageMaker's stock Triton image starts `--model-control-mode=explicit
-        --load-model=fusion_emotion`, which loads the ensemble's steps but not the
-        models they call through BLS. The loading API is not available during
-        initialize, so this runs on the first execute.
-        """
-        if self.encoders_ready:
-            return
-        for name in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
-            if not pb_utils.is_model_ready(model_name=name):
-                pb_utils.Logger.log_info(f"preprocess: loading {name} (not loaded by the server)")
-                pb_utils.load_model(model_name=name)
-        self.encoders_ready = True
+        if not self.encoders_ready:
+            ensure_loaded((C.VIDEO_ENCODER, C.AUDIO_ENCODER), C.PREPROCESS)
+            self.encoders_ready = True
 
     def _request_features(self, request):
         videos = bytes_rows(request, C.IN_VIDEO.name)
