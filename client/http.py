@@ -65,14 +65,23 @@ def _decode(status: int, body: bytes) -> dict[str, Any]:
     return payload
 
 
-def predict_url(url: str, video: bytes | None, audio: bytes | None, timeout: float = 120.0) -> dict[str, Any]:
-    """POST the files to the front end at ``url`` (``http://HOST:PORT``, path defaults to /invocations)."""
+def predict_url(
+    url: str,
+    video: bytes | None,
+    audio: bytes | None,
+    timeout: float = 120.0,
+    params: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """POST the files to the front end at ``url`` (``http://HOST:PORT``, path defaults to /invocations).
+
+    ``params`` become the query string (e.g. ``timeline=true``).
+    """
     import httpx
 
     parts = urlsplit(url)
     target = url if parts.path not in ("", "/") else url.rstrip("/") + "/invocations"
     body, content_type = encode_multipart(video, audio)
-    resp = httpx.post(target, content=body, headers={"Content-Type": content_type}, timeout=timeout)
+    resp = httpx.post(target, params=params, content=body, headers={"Content-Type": content_type}, timeout=timeout)
     return _decode(resp.status_code, resp.content)
 
 

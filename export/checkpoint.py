@@ -23,23 +23,11 @@ import torch
 
 from fusion_emotion import contract as C
 
-from .models import DEFAULT_CONFIG, FusionEmotionModel
+from .models import CONTRACT_CONFIG, DEFAULT_CONFIG, FusionEmotionModel
 
 log = logging.getLogger(__name__)
 
 FORMAT = "fusion-emotion/v1"
-PREFIXES = ("video_encoder.", "audio_encoder.", "fusion_head.")
-# config keys that must match the serving contract exactly
-_CONTRACT_KEYS = {
-    "num_frames": C.NUM_FRAMES,
-    "resize_hw": list(C.RESIZE_HW),
-    "crop_hw": list(C.CROP_HW),
-    "mean": list(C.KINETICS_MEAN),
-    "std": list(C.KINETICS_STD),
-    "sample_rate": C.SAMPLE_RATE,
-    "audio_window_seconds": C.AUDIO_WINDOW_SECONDS,
-    "labels": list(C.LABELS),
-}
 
 
 class CheckpointError(ValueError):
@@ -56,7 +44,7 @@ class LoadedModel:
 def _merged_config(config: dict[str, Any] | None) -> dict[str, Any]:
     merged = dict(DEFAULT_CONFIG)
     merged.update(config or {})
-    for key, expected in _CONTRACT_KEYS.items():
+    for key, expected in CONTRACT_CONFIG.items():
         got = merged[key]
         got = list(got) if isinstance(got, (list, tuple)) else got
         if isinstance(expected, list) and all(isinstance(e, float) for e in expected):

@@ -15,10 +15,9 @@ from torch import nn
 
 from fusion_emotion import contract as C
 
-DEFAULT_CONFIG: dict[str, Any] = {
-    "fusion_hidden": [256],
-    "dropout": 0.3,
-    "temperature": 1.0,
+# Preprocessing a checkpoint was trained with; serving is fixed to the contract,
+# so a checkpoint must carry exactly these values.
+CONTRACT_CONFIG: dict[str, Any] = {
     "num_frames": C.NUM_FRAMES,
     "resize_hw": list(C.RESIZE_HW),
     "crop_hw": list(C.CROP_HW),
@@ -27,6 +26,13 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "sample_rate": C.SAMPLE_RATE,
     "audio_window_seconds": C.AUDIO_WINDOW_SECONDS,
     "labels": list(C.LABELS),
+}
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "fusion_hidden": [256],
+    "dropout": 0.3,
+    "temperature": 1.0,
+    **CONTRACT_CONFIG,
     "hubert_config": {},  # overrides of transformers.HubertConfig() (= hubert-base)
 }
 

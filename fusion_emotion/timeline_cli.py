@@ -87,21 +87,14 @@ def timeline_url(
     timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """POST the files to the front end with ``?timeline=true`` (path defaults to /invocations)."""
-    from urllib.parse import urlsplit
+    from .client.http import predict_url
 
-    import httpx
-
-    from .client.http import _decode, encode_multipart
-
-    target = url if urlsplit(url).path not in ("", "/") else url.rstrip("/") + "/invocations"
     params: dict[str, str] = {"timeline": "true"}
     if window_s is not None:
         params["window_s"] = repr(float(window_s))
     if hop_s is not None:
         params["hop_s"] = repr(float(hop_s))
-    body, content_type = encode_multipart(video, audio)
-    resp = httpx.post(target, params=params, content=body, headers={"Content-Type": content_type}, timeout=timeout_s)
-    return _decode(resp.status_code, resp.content)
+    return predict_url(url, video, audio, timeout=timeout_s, params=params)
 
 
 def segments_csv(result: dict[str, Any]) -> str:
