@@ -13,7 +13,7 @@ setup:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[export,dev]"
-	$(BIN)/python -c "import fusion_emotion.triton_server as t; t.Bundle.locate().backend_dir()"
+	$(BIN)/python -c "import fusion_emotion.server.launcher as t; t.Bundle.locate().backend_dir()"
 	@echo "setup done: $(BIN)/fusion-emotion"
 
 test: lint

@@ -38,22 +38,22 @@ def read_inputs(file: Path, audio: Path | None) -> tuple[bytes | None, bytes | N
 
 
 def predict(args: argparse.Namespace, video: bytes | None, audio: bytes | None) -> dict:
-    from fusion_emotion.result import result_dict
+    from fusion_emotion.core.result import result_dict
 
     if args.local:
-        from fusion_emotion.pipeline import ReferencePipeline
+        from fusion_emotion.core.pipeline import ReferencePipeline
 
         probs, flags = ReferencePipeline(args.local).predict(video, audio)
         return result_dict(probs, flags)
     if args.triton:
-        from .triton import infer_grpc
+        from fusion_emotion.client.triton import infer_grpc
 
         return result_dict(*infer_grpc(args.triton, video, audio, timeout_s=args.timeout))
     if args.url:
-        from .http import predict_url
+        from fusion_emotion.client.http import predict_url
 
         return predict_url(args.url, video, audio, timeout=args.timeout)
-    from .http import predict_sagemaker_endpoint
+    from fusion_emotion.client.http import predict_sagemaker_endpoint
 
     return predict_sagemaker_endpoint(args.sagemaker_endpoint, video, audio)
 
@@ -76,7 +76,7 @@ def weights_provenance(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion_emotion.media import MediaError
+    from fusion_emotion.core.media import MediaError
 
     try:
         video, audio = read_inputs(args.file, args.audio)

@@ -118,7 +118,7 @@ def invoke_url(url: str, video: bytes | None, audio: bytes | None, timeout: floa
     """POST to a tritonserver SageMaker port (``http://HOST:PORT``) and return the product JSON."""
     import httpx
 
-    from fusion_emotion.result import result_dict
+    from fusion_emotion.core.result import result_dict
 
     body, headers = build_request(video, audio)
     target = url.rstrip("/") + "/invocations"
@@ -137,7 +137,7 @@ def invoke_endpoint(
     endpoint_name: str, video: bytes | None, audio: bytes | None, *, client: Any = None
 ) -> dict[str, Any]:
     """The same request through boto3 ``sagemaker-runtime`` to an endpoint on the stock Triton image."""
-    from fusion_emotion.result import result_dict
+    from fusion_emotion.core.result import result_dict
 
     if client is None:
         import boto3

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fusion_emotion.export.models import CONTRACT_CONFIG, DEFAULT_CONFIG, FusionEmotionModel
 
 from fusion_emotion import contract as C
-
-from .models import CONTRACT_CONFIG, DEFAULT_CONFIG, FusionEmotionModel
 
 log = logging.getLogger(__name__)
 

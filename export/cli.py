@@ -32,9 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError, load_checkpoint, load_hubert_pretrained, random_model
-    from .onnx_export import ExportValidationError
-    from .repository import write_repository
+    from fusion_emotion.export.checkpoint import CheckpointError, load_checkpoint, load_hubert_pretrained, random_model
+    from fusion_emotion.export.onnx_export import ExportValidationError
+    from fusion_emotion.export.repository import write_repository
 
     try:
         loaded = load_checkpoint(args.checkpoint) if args.checkpoint else random_model(args.seed)

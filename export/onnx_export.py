@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fusion_emotion import contract as C
-from fusion_emotion.fusion import FusionHead
+from fusion_emotion.core.fusion import FusionHead
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusion_emotion import contract as C
+from fusion_emotion.export.checkpoint import LoadedModel
+from fusion_emotion.export.models import AudioEmbedding
+from fusion_emotion.export.onnx_export import DEFAULT_TOLERANCE, OPSET, Check, export_encoder, export_head, require_ok
 
-from .checkpoint import LoadedModel
-from .models import AudioEmbedding
-from .onnx_export import DEFAULT_TOLERANCE, OPSET, Check, export_encoder, export_head, require_ok
+from fusion_emotion import contract as C
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,14 @@ import sys
 # Modules that register subcommands, in help order.
 COMMAND_MODULES = (
     "fusion_emotion.export.cli",  # export
-    "fusion_emotion.triton_server",  # triton
+    "fusion_emotion.server.launcher",  # triton
     "fusion_emotion.client.cli",  # predict
     "fusion_emotion.frontend.cli",  # serve
     "fusion_emotion.deploy.cli",  # package, deploy, undeploy
-    "fusion_emotion.bench",  # bench
-    "fusion_emotion.quantize",  # quantize
-    "fusion_emotion.timeline_cli",  # timeline
-    "fusion_emotion.evaluate",  # evaluate
+    "fusion_emotion.ops.bench",  # bench
+    "fusion_emotion.ops.quantize",  # quantize
+    "fusion_emotion.client.timeline_cli",  # timeline
+    "fusion_emotion.ops.evaluate",  # evaluate
 )
 
 

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from fusion_emotion.perf_inputs import decode_input_data, make_input_data
+from fusion_emotion.ops.perf_inputs import decode_input_data, make_input_data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     videos = [v.read_bytes() for v in args.video]
     if args.synth:
-        from fusion_emotion import synth
+        from fusion_emotion.ops import synth
 
         clip = synth.mp4(audio=synth.speech(rate=48_000), audio_rate=48_000)
         if args.save_clip:

@@ -1,8 +1,8 @@
-"""`make soak`: the soak test (fusion_emotion.soak) with the duration in minutes.
+"""`make soak`: the soak test (fusion_emotion.ops.soak) with the duration in minutes.
 
     python perf/soak.py --minutes 10 --concurrency 16 --output build/soak.json
 
-Any other option of ``python -m fusion_emotion.soak`` (--repository, --tolerance,
+Any other option of ``python -m fusion_emotion.ops.soak`` (--repository, --tolerance,
 --request-timeout) is passed through; exit status 1 when a check failed.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fusion_emotion.soak import main
+from fusion_emotion.ops.soak import main
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -12,8 +12,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import start_triton  # noqa: E402
 
-from fusion_emotion import synth  # noqa: E402
 from fusion_emotion.cli import main  # noqa: E402
+from fusion_emotion.ops import synth  # noqa: E402
 
 
 def run() -> int:

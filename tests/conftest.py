@@ -31,7 +31,7 @@ def triton(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def reference(demo_repository: Path):
-    from fusion_emotion.pipeline import ReferencePipeline
+    from fusion_emotion.core.pipeline import ReferencePipeline
 
     return ReferencePipeline(demo_repository)
 
@@ -41,7 +41,7 @@ def media() -> dict[str, bytes]:
     """Media the tests make themselves: real speech (espeak-ng) and a real face (astronaut)."""
     import numpy as np
 
-    from fusion_emotion import synth
+    from fusion_emotion.ops import synth
 
     speech48 = synth.speech(rate=48_000)
     speech44 = synth.speech(text="It is eleven o'clock. Please sit down.", rate=44_100)

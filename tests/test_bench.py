@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fusion_emotion import bench
 from fusion_emotion.cli import main
+from fusion_emotion.ops import bench
 
 LATENCY_KEYS = {"avg", "min", "max", "p50", "p90", "p95", "p99"}
 
@@ -226,7 +226,7 @@ def test_stages_cover_the_lean_pipeline(demo_repository, media):
 def test_int8_profile_files(tmp_path: Path):
     """quantize's config and hard-linked serving copy (the slow quantization itself is not run here)."""
     from fusion_emotion import contract as C
-    from fusion_emotion import quantize
+    from fusion_emotion.ops import quantize
 
     repo = tmp_path / "repo"
     for model in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):

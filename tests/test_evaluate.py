@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fusion_emotion import contract as C
-from fusion_emotion import synth
-from fusion_emotion.evaluate import (
+from fusion_emotion.ops import synth
+from fusion_emotion.ops.evaluate import (
     LabelledFile,
     Progress,
     Skipped,

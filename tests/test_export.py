@@ -20,7 +20,7 @@ from fusion_emotion.export.checkpoint import (
 from fusion_emotion.export.onnx_export import ExportValidationError, export_head, require_ok
 
 from fusion_emotion import contract as C
-from fusion_emotion.fusion import FusionHead
+from fusion_emotion.core.fusion import FusionHead
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_head_export_matches_torch_and_validation_fails_loudly(model_a, tmp_path
 
 def test_exported_repository_runs_like_pytorch(demo_repository: Path, model_a):
     """The exported ONNX + numpy head reproduce the PyTorch model end to end."""
-    from fusion_emotion.pipeline import ReferencePipeline
+    from fusion_emotion.core.pipeline import ReferencePipeline
 
     rng = np.random.default_rng(3)
     frames = rng.standard_normal((2, *C.VIDEO_FRAMES.dims), dtype=np.float32)
@@ -141,8 +141,8 @@ def test_serving_never_imports_torch(tmp_path):
         "        if name.split('.')[0] in {'torch', 'torchvision', 'transformers'}:\n"
         "            raise ImportError('serving must not import ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import fusion_emotion.media, fusion_emotion.features, fusion_emotion.fusion, fusion_emotion.qa\n"
-        "import fusion_emotion.pipeline, fusion_emotion.triton_server, fusion_emotion.result, fusion_emotion.cli\n"
+        "import fusion_emotion.core.media, fusion_emotion.core.features, fusion_emotion.core.fusion, fusion_emotion.core.qa\n"
+        "import fusion_emotion.core.pipeline, fusion_emotion.server.launcher, fusion_emotion.core.result, fusion_emotion.cli\n"
         "import fusion_emotion.client.triton, fusion_emotion.frontend.app\n"
         "from fusion_emotion.cli import build_parser; build_parser()\n"
         "assert not any(m.split('.')[0] in {'torch', 'torchvision', 'transformers'} for m in sys.modules)\n"

@@ -514,7 +514,7 @@ def test_privacy_success_paths(live, s3: Any, fresh_tmp: Path, caplog: pytest.Lo
 @pytest.mark.integration
 def test_ping_tracks_triton(live, demo_repository: Path, tmp_path: Path) -> None:
     """A private tritonserver: /ping 200 while it runs, 503 within 2 s once it is gone."""
-    from fusion_emotion.triton_server import ServerOptions, TritonProcess
+    from fusion_emotion.server.launcher import ServerOptions, TritonProcess
 
     grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
     server = TritonProcess(
@@ -543,7 +543,7 @@ def test_sagemaker_triton_container_route(
     Same flags as that image's `serve` script: explicit model control loading only
     the ensemble (preprocess then loads the BLS-called encoders itself).
     """
-    from fusion_emotion.triton_server import ServerOptions, TritonProcess
+    from fusion_emotion.server.launcher import ServerOptions, TritonProcess
 
     _, media = live
     sm_port = free_port()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fusion_emotion import contract as C
-from fusion_emotion.fusion import FusionHead, score, softmax
-from fusion_emotion.result import result_dict
+from fusion_emotion.core.fusion import FusionHead, score, softmax
+from fusion_emotion.core.result import result_dict
 
 
 def _head(seed: int = 0, temperature: float = 1.0) -> FusionHead:

@@ -47,7 +47,7 @@ def examples_per_seed() -> int:
 # --------------------------------------------------------------------------- seeds and mutations
 def make_seeds() -> dict[str, bytes]:
     """Small but real files of every accepted container (with audio tracks) and two WAV codings."""
-    from fusion_emotion import synth
+    from fusion_emotion.ops import synth
 
     tone22 = synth.tone(330, 1.0, 22_050)
     tone16 = synth.tone(440, 0.5, 16_000)
@@ -116,8 +116,8 @@ def run_worker(out_dir: Path, per_seed: int) -> int:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from fusion_emotion import media
-    from fusion_emotion.features import prepare_request
+    from fusion_emotion.core import media
+    from fusion_emotion.core.features import prepare_request
 
     seeds = make_seeds()
     corpus = out_dir / "corpus"

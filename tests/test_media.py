@@ -1,4 +1,4 @@
-"""Unit tests of fusion_emotion.media on synthetic media (no Triton)."""
+"""Unit tests of fusion_emotion.core.media on synthetic media (no Triton)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from fusion_emotion import contract as C
-from fusion_emotion import media, synth
-from fusion_emotion.features import prepare_request
+from fusion_emotion.core import media
+from fusion_emotion.core.features import prepare_request
+from fusion_emotion.ops import synth
 
 
 @pytest.fixture(scope="module")

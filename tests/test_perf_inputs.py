@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fusion_emotion.perf_inputs import (
+from fusion_emotion.ops.perf_inputs import (
     decode_input_data,
     deserialize_bytes_tensor,
     make_input_data,

@@ -1,6 +1,6 @@
-"""Unit tests of the quality flags (fusion_emotion.qa), through the real decoders.
+"""Unit tests of the quality flags (fusion_emotion.core.qa), through the real decoders.
 
-Media go synth -> encoded bytes -> fusion_emotion.media.decode_* -> qa, exactly
+Media go synth -> encoded bytes -> fusion_emotion.core.media.decode_* -> qa, exactly
 the path a served request takes.
 """
 
@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from fusion_emotion import contract as C
-from fusion_emotion import media, qa, synth
+from fusion_emotion.core import media, qa
+from fusion_emotion.ops import synth
 
 NAN = float("nan")
 

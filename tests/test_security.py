@@ -80,7 +80,7 @@ def test_dockerfile_runtime_user_is_not_root() -> None:
 
 @pytest.mark.integration
 def test_bomb_refused_with_413_and_triton_log_has_no_names(triton: Any, media: dict[str, bytes]) -> None:
-    from fusion_emotion import synth
+    from fusion_emotion.ops import synth
 
     bomb = synth.mp4(width=7680, height=4320, fps=5, seconds=0.2, audio=None, video_bitrate=500_000)
     with run_frontend(Settings(triton_url=triton.grpc_url, request_timeout_s=120)) as base:

@@ -1,6 +1,6 @@
 """The one-minute soak: mixed good and bad load at concurrency 16 through the real front end.
 
-``make soak`` runs the same thing for 10 minutes (``python -m fusion_emotion.soak``).
+``make soak`` runs the same thing for 10 minutes (``python -m fusion_emotion.ops.soak``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fusion_emotion.soak import run_soak
+from fusion_emotion.ops.soak import run_soak
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 from fusion_emotion import contract as C
-from fusion_emotion import synth
-from fusion_emotion.features import prepare_request
-from fusion_emotion.fusion import FusionHead, score
-from fusion_emotion.media import MediaError, decode_video, sample_times
-from fusion_emotion.timeline import (
+from fusion_emotion.core.features import prepare_request
+from fusion_emotion.core.fusion import FusionHead, score
+from fusion_emotion.core.media import MediaError, decode_video, sample_times
+from fusion_emotion.core.timeline import (
     DEFAULT_HOP_S,
     DEFAULT_WINDOW_S,
     TimelineParams,
@@ -29,6 +28,7 @@ from fusion_emotion.timeline import (
     validate_params,
     window_frame_times,
 )
+from fusion_emotion.ops import synth
 
 
 # --------------------------------------------------------------------------- pure
@@ -182,7 +182,7 @@ def test_one_window_is_the_clip_and_audio_only(index_clip: bytes) -> None:
 
 
 def test_prefetch_keeps_order_bounds_and_errors() -> None:
-    from fusion_emotion.timeline import prefetch
+    from fusion_emotion.core.timeline import prefetch
 
     assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
     produced: list[int] = []
@@ -228,11 +228,11 @@ def _assert_same_timeline(got: dict, want: dict) -> None:
 
 @pytest.mark.integration
 def test_triton_timeline_matches_reference(triton, reference, media) -> None:
+    from fusion_emotion.client.timeline_cli import timeline_grpc
     from fusion_emotion.client.triton import infer_grpc
     from tritonclient.utils import InferenceServerException
 
-    from fusion_emotion.timeline import timeline_local
-    from fusion_emotion.timeline_cli import timeline_grpc
+    from fusion_emotion.core.timeline import timeline_local
 
     got = timeline_grpc(triton.grpc_url, media["mp4"], None, 2.0, 1.0)
     want = timeline_local(reference, media["mp4"], None, 2.0, 1.0)
@@ -250,10 +250,10 @@ def test_triton_timeline_matches_reference(triton, reference, media) -> None:
 @pytest.mark.integration
 def test_frontend_timeline_opt_in(triton, media) -> None:
     import httpx
+    from fusion_emotion.client.timeline_cli import timeline_grpc
     from test_frontend import run_frontend
 
     from fusion_emotion.frontend.settings import Settings
-    from fusion_emotion.timeline_cli import timeline_grpc
 
     wav = media["wav16k"]
     with run_frontend(Settings(triton_url=triton.grpc_url, request_timeout_s=120)) as base:

@@ -231,7 +231,7 @@ def test_cpu_int8_profile_serves_the_named_graph(demo_repository: Path, tmp_path
     The int8 graph is stood in for by the fp32 one under the int8 name, with model.onnx removed,
     so answers equal the reference only if the profile really loads the named file.
     """
-    from fusion_emotion import quantize
+    from fusion_emotion.ops import quantize
 
     repo = tmp_path / "repo"
     shutil.copytree(demo_repository, repo, symlinks=True)

@@ -23,13 +23,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import contract as C
-from .errors import ApiError
-from .s3 import S3Fetcher, S3Uri, parse_s3_uri
-from .settings import Settings
-from .timeline import JSON_KEYS as TIMELINE_KEYS
-from .timeline import merge, parse_options, timeline_request
-from .triton import MediaRejected, TritonGateway
+from fusion_emotion import contract as C
+from fusion_emotion.frontend.errors import ApiError
+from fusion_emotion.frontend.s3 import S3Fetcher, S3Uri, parse_s3_uri
+from fusion_emotion.frontend.settings import Settings
+from fusion_emotion.frontend.timeline import JSON_KEYS as TIMELINE_KEYS
+from fusion_emotion.frontend.timeline import merge, parse_options, timeline_request
+from fusion_emotion.frontend.triton import MediaRejected, TritonGateway
 
 log = logging.getLogger("fusion_emotion.frontend")
 
@@ -397,7 +397,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse({"error": "internal error", "request_id": _request_id(request)}, status_code=500)
 
     async def _invoke(request: Request) -> JSONResponse:
-        from ..result import result_dict
+        from fusion_emotion.core.result import result_dict
 
         rid = _request_id(request)
         timeline = parse_options(dict(request.query_params))  # opt-in: ?timeline=true

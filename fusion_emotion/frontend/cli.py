@@ -52,8 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import create_app
-    from .settings import Settings
+    from fusion_emotion.frontend.app import create_app
+    from fusion_emotion.frontend.settings import Settings
 
     settings = Settings.from_env(
         triton_url=args.triton_url,

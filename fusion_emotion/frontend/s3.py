@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ApiError
+from fusion_emotion.frontend.errors import ApiError
 
 log = logging.getLogger(__name__)
 

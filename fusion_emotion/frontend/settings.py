@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .. import contract as C
+from fusion_emotion import contract as C
 
 # SageMaker real-time InvokeEndpoint bodies are capped at 6 MiB: botocore's
 # sagemaker-runtime service model declares ``BodyBlob`` with "max": 6291456

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import contract as C
-from ..media import MediaError
-from ..timeline import timeline_result, validate_params
-from .errors import ApiError
-from .triton import TritonGateway, _status_name, map_triton_error
+from fusion_emotion import contract as C
+from fusion_emotion.core.media import MediaError
+from fusion_emotion.core.timeline import timeline_result, validate_params
+from fusion_emotion.frontend.errors import ApiError
+from fusion_emotion.frontend.triton import TritonGateway, _status_name, map_triton_error
 
 log = logging.getLogger(__name__)
 

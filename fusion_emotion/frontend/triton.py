@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import contract as C
-from ..client.triton import build_inputs, requested_outputs
-from .errors import ApiError
+from fusion_emotion import contract as C
+from fusion_emotion.client.triton import build_inputs, requested_outputs
+from fusion_emotion.frontend.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Prediction:
     qa_flags: np.ndarray | None  # float32 [6], QA_FLAG_NAMES order, NaN = not computed
 
 
-# MediaError(too_large=True) reasons all read "... over the ... limit" (fusion_emotion.media).
+# MediaError(too_large=True) reasons all read "... over the ... limit" (fusion_emotion.core.media).
 _TOO_LARGE_RE = re.compile(r"\bover the .{0,80}limit\b")
 
 

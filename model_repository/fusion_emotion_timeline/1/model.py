@@ -1,6 +1,6 @@
 """fusion_emotion_timeline: container bytes -> per-window probabilities + the clip-level result.
 
-All numerics live in fusion_emotion.timeline (shared with the in-process
+All numerics live in fusion_emotion.core.timeline (shared with the in-process
 reference); this adapter only supplies BLS-backed encoders and moves tensors.
 Each request is decoded once and its windows reach the encoders in chunks of
 ``bls_max_batch`` rows (the encoders' max batch), so memory stays bounded.
@@ -14,10 +14,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from fusion_emotion import contract as C
-from fusion_emotion.fusion import FusionHead
-from fusion_emotion.media import MediaError, MediaLimits
-from fusion_emotion.timeline import compute_timeline, timeline_limits, validate_params
-from fusion_emotion.triton_python import bytes_rows, ensure_loaded, error_response, model_parameters
+from fusion_emotion.core.fusion import FusionHead
+from fusion_emotion.core.media import MediaError, MediaLimits
+from fusion_emotion.core.timeline import compute_timeline, timeline_limits, validate_params
+from fusion_emotion.server.python_model import bytes_rows, ensure_loaded, error_response, model_parameters
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from fusion_emotion import contract as C
-from fusion_emotion.fusion import FusionHead, score
-from fusion_emotion.triton_python import respond_batched
+from fusion_emotion.core.fusion import FusionHead, score
+from fusion_emotion.server.python_model import respond_batched
 
 INPUTS = [C.VIDEO_EMBEDDING.name, C.AUDIO_EMBEDDING.name, C.MODALITY_MASK.name, C.MEDIA_QA.name]
 OUTPUTS = [C.OUT_PROBABILITIES.name, C.OUT_QA_FLAGS.name]

@@ -1,6 +1,6 @@
 """preprocess: container bytes -> encoder inputs -> embeddings.
 
-Decoding is pure (fusion_emotion.media); the encoders are called through BLS
+Decoding is pure (fusion_emotion.core.media); the encoders are called through BLS
 with one batch per modality for the whole execute, and only for the rows that
 have that modality, so an audio-only request costs no video-encoder work.
 """
@@ -12,9 +12,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from fusion_emotion import contract as C
-from fusion_emotion.features import RequestFeatures, prepare_request
-from fusion_emotion.media import MediaError, MediaLimits
-from fusion_emotion.triton_python import bytes_rows, ensure_loaded, error_response, model_parameters
+from fusion_emotion.core.features import RequestFeatures, prepare_request
+from fusion_emotion.core.media import MediaError, MediaLimits
+from fusion_emotion.server.python_model import bytes_rows, ensure_loaded, error_response, model_parameters
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import qa
-from .media import (
+from fusion_emotion.core import qa
+from fusion_emotion.core.media import (
     DEFAULT_LIMITS,
     MediaError,
     MediaLimits,

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from . import contract as C
-from .onnx_runtime import Encoder
+from fusion_emotion import contract as C
+from fusion_emotion.core.onnx_runtime import Encoder
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Soak test: bounded mixed load on 127.0.0.1 against the real front end and tritonserver.
 
-``python -m fusion_emotion.soak`` (``make soak``: 10 minutes) starts tritonserver
+``python -m fusion_emotion.ops.soak`` (``make soak``: 10 minutes) starts tritonserver
 and ``fusion-emotion serve`` on free loopback ports, then keeps ``concurrency``
 clients busy with a fixed mix of good and bad requests until the time is up.
 
@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from . import contract as C
+from fusion_emotion import contract as C
 
-log = logging.getLogger("fusion_emotion.soak")
+log = logging.getLogger("fusion_emotion.ops.soak")
 
 
 def free_port() -> int:
@@ -54,7 +54,7 @@ class Case:
 
 
 def make_cases(max_body_bytes: int) -> list[Case]:
-    from . import synth
+    from fusion_emotion.ops import synth
 
     speech48 = synth.speech(rate=48_000)
     speech44 = synth.speech(text="It is eleven o'clock. Please sit down.", rate=44_100)
@@ -82,7 +82,7 @@ def make_cases(max_body_bytes: int) -> list[Case]:
 
 
 def attach_reference(cases: list[Case], repository: Path) -> None:
-    from .pipeline import ReferencePipeline
+    from fusion_emotion.core.pipeline import ReferencePipeline
 
     ref = ReferencePipeline(repository)
     for case in cases:
@@ -351,7 +351,7 @@ def run_soak(
     with tempfile.TemporaryDirectory(prefix="fusion-soak-") as tmp:
         work = Path(tmp)
         if repository is None:
-            from .cli import main as cli_main
+            from fusion_emotion.cli import main as cli_main
 
             repository = work / "model_repository"
             if cli_main(["export", "--init", "random", "--seed", "0", "--output", str(repository)]) != 0:
@@ -432,7 +432,7 @@ def run_soak(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fusion_emotion.soak", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fusion_emotion.ops.soak", description=__doc__.split("\n\n")[0])
     p.add_argument("--repository", type=Path, help="model repository (default: export a random-init one)")
     p.add_argument("--duration", type=float, default=600.0, help="seconds of load (default 600)")
     p.add_argument("--concurrency", type=int, default=16)

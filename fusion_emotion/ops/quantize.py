@@ -3,7 +3,7 @@
 Why: on CPU the two encoders are about 70 % of a request's compute; int8 kernels
 (VNNI/AVX2) cut that by 2-3x. onnxruntime's static quantization (QDQ format) needs
 activation ranges from representative inputs, so the tool generates its own
-calibration set with ``fusion_emotion.synth`` (speech + face clips, several seeds,
+calibration set with ``fusion_emotion.ops.synth`` (speech + face clips, several seeds,
 texts and resolutions) run through the real preprocessing, and then measures
 how far the probabilities move from fp32 on held-out clips.
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from . import contract as C
+from fusion_emotion import contract as C
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ _TEXTS = (
 
 def synth_clips(count: int, offset: int = 0) -> Iterator[bytes]:
     """RAVDESS/CREMA-D-like clips (speech + moving face), different per index."""
-    from . import synth
+    from fusion_emotion.ops import synth
 
     for i in range(offset, offset + count):
         text = _TEXTS[i % len(_TEXTS)]
@@ -143,7 +143,7 @@ def serving_copy(repo: Path, out: Path) -> None:
 
 def drift_report(repo: Path, int8_repo: Path, clips: list[bytes]) -> dict[str, Any]:
     """fp32 vs int8 probabilities on held-out clips: max/mean |diff|, top-1 agreement."""
-    from .pipeline import ReferencePipeline
+    from fusion_emotion.core.pipeline import ReferencePipeline
 
     fp32, int8 = ReferencePipeline(repo), ReferencePipeline(int8_repo)
     diffs, agree, per_clip = [], 0, []
@@ -188,7 +188,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .features import prepare_request
+    from fusion_emotion.core.features import prepare_request
 
     repo: Path = args.repository
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from . import contract as C
+from fusion_emotion import contract as C
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import contract as C
-from .features import RequestFeatures, prepare_request
-from .fusion import FusionHead, score
-from .media import DEFAULT_LIMITS, MediaLimits
-from .onnx_runtime import Encoder
+from fusion_emotion import contract as C
+from fusion_emotion.core.features import RequestFeatures, prepare_request
+from fusion_emotion.core.fusion import FusionHead, score
+from fusion_emotion.core.media import DEFAULT_LIMITS, MediaLimits
+from fusion_emotion.core.onnx_runtime import Encoder
 
 log = logging.getLogger(__name__)
 

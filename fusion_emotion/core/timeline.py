@@ -27,10 +27,10 @@ from typing import Any, TypeVar
 import av
 import numpy as np
 
-from . import contract as C
-from . import qa
-from .fusion import FusionHead, score
-from .media import (
+from fusion_emotion import contract as C
+from fusion_emotion.core import qa
+from fusion_emotion.core.fusion import FusionHead, score
+from fusion_emotion.core.media import (
     DEFAULT_LIMITS,
     VIDEO_FORMATS,
     MediaError,
@@ -458,7 +458,7 @@ def compute_timeline(
 
 def timeline_result(segments: np.ndarray, probabilities: np.ndarray, qa_flags: np.ndarray | None) -> dict[str, Any]:
     """The product's JSON (``result.result_dict``) plus ``"segments"`` in time order."""
-    from .result import result_dict
+    from fusion_emotion.core.result import result_dict
 
     out = result_dict(probabilities, qa_flags)
     rows = np.asarray(segments, dtype=np.float64).reshape(-1, SEGMENT_COLUMNS)

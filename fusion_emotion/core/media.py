@@ -17,7 +17,7 @@ import av
 import numpy as np
 from scipy.signal import resample_poly
 
-from . import contract as C
+from fusion_emotion import contract as C
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from . import contract as C
+from fusion_emotion import contract as C
 
 log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .timeline import DEFAULT_HOP_S, DEFAULT_WINDOW_S, MAX_WINDOW_S, MIN_HOP_S, MIN_WINDOW_S
+    from fusion_emotion.core.timeline import DEFAULT_HOP_S, DEFAULT_WINDOW_S, MAX_WINDOW_S, MIN_HOP_S, MIN_WINDOW_S
 
     p = sub.add_parser("timeline", help="emotion timeline (overlapping windows) of a video or WAV file")
     p.add_argument("file", type=Path, help="video (MP4/FLV/AVI) or audio (WAV) file")
@@ -55,9 +55,9 @@ def timeline_grpc(
 ) -> dict[str, Any]:
     """One call to the timeline model over gRPC -> the product's JSON with ``segments``."""
     import tritonclient.grpc as grpcclient
+    from fusion_emotion.client.triton import build_inputs
 
-    from .client.triton import build_inputs
-    from .timeline import timeline_result
+    from fusion_emotion.core.timeline import timeline_result
 
     inputs = build_inputs(video, audio, grpcclient)
     for spec, value in ((C.IN_WINDOW_S, window_s), (C.IN_HOP_S, hop_s)):
@@ -87,7 +87,7 @@ def timeline_url(
     timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """POST the files to the front end with ``?timeline=true`` (path defaults to /invocations)."""
-    from .client.http import predict_url
+    from fusion_emotion.client.http import predict_url
 
     params: dict[str, str] = {"timeline": "true"}
     if window_s is not None:
@@ -139,8 +139,8 @@ def plot_timeline(result: dict[str, Any], path: Path, title: str = "") -> None:
 
 def compute(args: argparse.Namespace, video: bytes | None, audio: bytes | None) -> dict[str, Any]:
     if args.local:
-        from .pipeline import ReferencePipeline
-        from .timeline import timeline_local
+        from fusion_emotion.core.pipeline import ReferencePipeline
+        from fusion_emotion.core.timeline import timeline_local
 
         return timeline_local(ReferencePipeline(args.local), video, audio, args.window, args.hop)
     if args.triton:
@@ -149,9 +149,10 @@ def compute(args: argparse.Namespace, video: bytes | None, audio: bytes | None) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from .client.cli import read_inputs
-    from .media import MediaError
-    from .timeline import validate_params
+    from fusion_emotion.client.cli import read_inputs
+
+    from fusion_emotion.core.media import MediaError
+    from fusion_emotion.core.timeline import validate_params
 
     try:
         validate_params(args.window, args.hop)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import contract as C
+from fusion_emotion import contract as C
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from . import contract as C
+from fusion_emotion import contract as C
 
 _LEN = struct.Struct("<I")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import contract as C
+from fusion_emotion import contract as C
 
 
 @dataclass
@@ -78,7 +78,7 @@ def score(
     alone (the other zeroed, as for a missing modality); it exists only when both
     modalities are present.
     """
-    from . import qa
+    from fusion_emotion.core import qa
 
     probs = head.probabilities(video_emb, audio_emb, mask)
     n = probs.shape[0]

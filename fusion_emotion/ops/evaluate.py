@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import contract as C
+from fusion_emotion import contract as C
 
 log = logging.getLogger(__name__)
 
@@ -308,14 +308,14 @@ def summary_table(report: dict[str, Any]) -> str:
 def make_predictor(args: argparse.Namespace) -> PredictFn:
     """A thread-safe ``predict(video, audio) -> probabilities`` for the chosen route."""
     if args.local:
-        from .pipeline import ReferencePipeline
+        from fusion_emotion.core.pipeline import ReferencePipeline
 
         pipeline = ReferencePipeline(args.local)
         return lambda video, audio: pipeline.predict(video, audio)[0]
     if args.triton:
         import tritonclient.grpc as grpcclient
 
-        from .client.triton import infer_grpc
+        from fusion_emotion.client.triton import infer_grpc
 
         local = threading.local()
 
@@ -325,7 +325,7 @@ def make_predictor(args: argparse.Namespace) -> PredictFn:
             return infer_grpc(args.triton, video, audio, timeout_s=args.timeout, client=local.client)[0]
 
         return predict_triton
-    from .client.http import predict_url
+    from fusion_emotion.client.http import predict_url
 
     def predict_http(video: bytes | None, audio: bytes | None) -> np.ndarray:
         result = predict_url(args.url, video, audio, timeout=args.timeout)

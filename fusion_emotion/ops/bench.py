@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from . import contract as C
+from fusion_emotion import contract as C
 
 log = logging.getLogger(__name__)
 
@@ -386,7 +386,7 @@ class HttpTarget(RemoteTarget):
     def __init__(self, url: str, video: bytes | None, audio: bytes | None, concurrency: int, timeout_s: float = 120.0):
         import httpx
 
-        from .client.http import _decode, encode_multipart
+        from fusion_emotion.client.http import _decode, encode_multipart
 
         parts = url.rstrip("/")
         self.url = parts if parts.count("/") > 2 else parts + "/invocations"
@@ -412,7 +412,7 @@ class TritonTarget(RemoteTarget):
     def __init__(self, url: str, video: bytes | None, audio: bytes | None, timeout_s: float = 120.0) -> None:
         import tritonclient.grpc as grpcclient
 
-        from .client.triton import build_inputs, requested_outputs
+        from fusion_emotion.client.triton import build_inputs, requested_outputs
 
         self.name = f"triton {url}"
         self.triton_url = url
@@ -451,7 +451,7 @@ class SageMakerTarget(RemoteTarget):
         import boto3
         from botocore.config import Config
 
-        from .client.http import predict_sagemaker_endpoint
+        from fusion_emotion.client.http import predict_sagemaker_endpoint
 
         self.name = f"sagemaker {endpoint}"
         self.endpoint, self.video, self.audio = endpoint, video, audio
@@ -466,7 +466,7 @@ class LocalTarget(Target):
     """The lean pipeline in-process: same preprocessing, encoders and head, no server."""
 
     def __init__(self, repository: str | Path, video: bytes | None, audio: bytes | None, intra_op_threads: int = 0):
-        from .pipeline import ReferencePipeline
+        from fusion_emotion.core.pipeline import ReferencePipeline
 
         self.name = f"local {repository}"
         self.pipeline = ReferencePipeline(repository, intra_op_threads=intra_op_threads)
@@ -488,8 +488,8 @@ class BaselineTarget(Target):
     def __init__(self, video: bytes | None, audio: bytes | None, seed: int = 0, checkpoint: str | None = None) -> None:
         import torch
 
-        from .export.checkpoint import load_checkpoint, random_model
-        from .export.models import AudioEmbedding
+        from fusion_emotion.export.checkpoint import load_checkpoint, random_model
+        from fusion_emotion.export.models import AudioEmbedding
 
         self.torch = torch
         loaded = load_checkpoint(checkpoint) if checkpoint else random_model(seed)
@@ -505,7 +505,7 @@ class BaselineTarget(Target):
         """Every video frame as a full-resolution RGB array, and the whole audio track."""
         import av
 
-        from .media import audio_frame_to_float
+        from fusion_emotion.core.media import audio_frame_to_float
 
         frames: list[np.ndarray] = []
         chunks: list[np.ndarray] = []
@@ -526,7 +526,7 @@ class BaselineTarget(Target):
 
     def preprocess_video(self, frames: list[np.ndarray]) -> Any:
         torch = self.torch
-        from .media import crop_box, uniform_indices
+        from fusion_emotion.core.media import crop_box, uniform_indices
 
         idx = uniform_indices(len(frames), C.NUM_FRAMES)
         clip = torch.from_numpy(np.stack([frames[i] for i in idx])).permute(0, 3, 1, 2).float() / 255.0
@@ -539,7 +539,7 @@ class BaselineTarget(Target):
 
     def predict(self, video: bytes | None, audio: bytes | None) -> np.ndarray:
         torch = self.torch
-        from .media import decode_audio, waveform_for_model
+        from fusion_emotion.core.media import decode_audio, waveform_for_model
 
         v = torch.zeros(1, C.VIDEO_EMBED_DIM)
         a = torch.zeros(1, C.AUDIO_EMBED_DIM)
@@ -588,9 +588,9 @@ def measure_stages(
     ``cpu_ms`` is process CPU time, so a stage that uses both cores shows
     cpu_ms > wall_ms; the sum of cpu_ms is what one request costs the machine.
     """
-    from . import qa
-    from .media import decode_audio, decode_video, frames_for_model, waveform_for_model
-    from .pipeline import ReferencePipeline
+    from fusion_emotion.core import qa
+    from fusion_emotion.core.media import decode_audio, decode_video, frames_for_model, waveform_for_model
+    from fusion_emotion.core.pipeline import ReferencePipeline
 
     pipe = ReferencePipeline(repository)
     stages: dict[str, dict[str, float]] = {}
@@ -605,7 +605,7 @@ def measure_stages(
     stages["waveform_for_model"], wave = _timed(lambda: waveform_for_model(native, rate), repeats)
     stages["video_encoder"], v = _timed(lambda: pipe.video_encoder(frames[None]), repeats)
     stages["audio_encoder"], a = _timed(lambda: pipe.audio_encoder(wave[None]), repeats)
-    from .fusion import score
+    from fusion_emotion.core.fusion import score
 
     mask = np.ones((1, 2), np.float32)
     stages["fusion_head"], _ = _timed(lambda: score(pipe.head, v, a, mask, media_qa[None].astype(np.float32)), repeats)

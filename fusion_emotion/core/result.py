@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from . import contract as C
+from fusion_emotion import contract as C
 
 
 def qa_dict(qa_flags: np.ndarray | None) -> dict[str, float | None]:

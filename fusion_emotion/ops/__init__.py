@@ -1,0 +1,1 @@
+"""Operations tools: benchmarks, soak, quantisation, evaluation, perf inputs, test media."""
