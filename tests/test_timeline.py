@@ -20,7 +20,7 @@ from fusion_emotion.core.timeline import (
     DEFAULT_HOP_S,
     DEFAULT_WINDOW_S,
     TimelineParams,
-    VideoTimelineDecoder,
+    WindowFrames,
     compute_timeline,
     plan_windows,
     timeline_limits,
@@ -98,7 +98,7 @@ def index_clip() -> bytes:
 
 
 def test_single_pass_decoder_samples_each_window(index_clip: bytes) -> None:
-    dec = VideoTimelineDecoder(index_clip, TimelineParams(2.0, 1.0))
+    dec = WindowFrames(index_clip, TimelineParams(2.0, 1.0))
     np.testing.assert_allclose(dec.windows_s, [[0, 2], [1, 3], [2, 4], [3, 5]])
     got = list(dec.windows())
     assert [i for i, _ in got] == [0, 1, 2, 3]
@@ -119,7 +119,7 @@ def test_single_pass_decoder_samples_each_window(index_clip: bytes) -> None:
 
 def test_duration_bound_is_a_clear_too_large_error(index_clip: bytes) -> None:
     with pytest.raises(MediaError) as err:
-        VideoTimelineDecoder(index_clip, TimelineParams(), limits=timeline_limits(4.0))
+        WindowFrames(index_clip, TimelineParams(), limits=timeline_limits(4.0))
     assert err.value.too_large and "limit" in str(err.value)
 
 

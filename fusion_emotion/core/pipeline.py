@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from fusion_emotion import contract as C
-from fusion_emotion.core.features import RequestFeatures, prepare_request
-from fusion_emotion.core.fusion import FusionHead, score
+from fusion_emotion.core.features import RequestFeatures, prepare_request, score_features
+from fusion_emotion.core.fusion import FusionHead
 from fusion_emotion.core.media import DEFAULT_LIMITS, MediaLimits
 from fusion_emotion.core.onnx_runtime import Encoder
 
@@ -33,15 +33,9 @@ class ReferencePipeline:
 
     def run_features(self, feats: RequestFeatures) -> tuple[np.ndarray, np.ndarray]:
         """-> (probabilities [6], qa_flags [6])."""
-        v = np.zeros((1, C.VIDEO_EMBED_DIM), np.float32)
-        a = np.zeros((1, C.AUDIO_EMBED_DIM), np.float32)
-        mask = np.zeros((1, 2), np.float32)
-        if feats.frames is not None:
-            v, mask[0, 0] = self.video_encoder(feats.frames[None]), 1.0
-        if feats.waveform is not None:
-            a, mask[0, 1] = self.audio_encoder(feats.waveform[None]), 1.0
-        probs, flags = score(self.head, v, a, mask, feats.media_qa[None].astype(np.float32))
-        return probs[0], flags[0]
+        v = self.video_encoder(feats.frames[None]) if feats.frames is not None else None
+        a = self.audio_encoder(feats.waveform[None]) if feats.waveform is not None else None
+        return score_features(self.head, feats, v, a)
 
     def predict(self, video: bytes | None, audio: bytes | None) -> tuple[np.ndarray, np.ndarray]:
         return self.run_features(self.features(video, audio))

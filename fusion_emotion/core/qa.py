@@ -270,7 +270,12 @@ def overall_confidence(p_fused: np.ndarray, media_qa: np.ndarray, consistency: f
     return _clip01(float(p.max()) * _clip01(q_media) * _clip01(k))
 
 
-def media_qa(video_frames: np.ndarray | None, audio_native: np.ndarray | None, audio_rate: int | None) -> np.ndarray:
+def media_qa(
+    video_frames: np.ndarray | None,
+    audio_native: np.ndarray | None,
+    audio_rate: int | None,
+    qa_frames: np.ndarray | None = None,
+) -> np.ndarray:
     """The four media flags, float32 [4] in ``contract.MEDIA_QA_NAMES`` order.
 
     ``video_frames``: uint8 [T, 128, 171, 3] from ``media.decode_video`` (None if
@@ -288,6 +293,6 @@ def media_qa(video_frames: np.ndarray | None, audio_native: np.ndarray | None, a
             out[0] = clipping_ratio(a)
             out[1] = silence_ratio(mono, int(audio_rate))
     if video_frames is not None and np.asarray(video_frames).size:
-        out[2] = face_confidence(video_frames)
+        out[2] = face_confidence(qa_frames if qa_frames is not None and np.asarray(qa_frames).size else video_frames)
         out[3] = blur_level(video_frames)
     return out

@@ -24,32 +24,27 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import av
 import numpy as np
 
 from fusion_emotion import contract as C
-from fusion_emotion.core import qa
-from fusion_emotion.core.fusion import FusionHead, score
+from fusion_emotion.core.features import clip_features, score_features
+from fusion_emotion.core.fusion import FusionHead
 from fusion_emotion.core.media import (
     DEFAULT_LIMITS,
-    VIDEO_FORMATS,
+    QA_FRAME_SLOTS,
+    Cancel,
     MediaError,
     MediaLimits,
-    _check_audio_stream,
-    _check_stream_duration,
-    _duration_s,
-    _float_audio,
-    _frame_time,
-    _open,
-    _resize,
+    VideoDecoder,
     decode_audio,
     fit_window,
     frames_for_model,
-    resample,
+    resample_range,
+    resampled_length,
     sample_times,
     to_mono,
-    waveform_for_model,
 )
+from fusion_emotion.errors import ErrorKind
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +62,8 @@ DEFAULT_MAX_DURATION_S = 600.0
 """Longest media a timeline is computed for (seconds); longer media is refused as too large."""
 DEFAULT_CHUNK = 8
 """Windows per encoder call: the encoders' max batch in the CPU profile."""
+DEFAULT_MAX_WINDOWS = 150
+"""Windows one request may ask for: 600 s at the default 4 s windows. Each is a full pass of both encoders."""
 SEGMENT_COLUMNS = 2 + C.NUM_CLASSES  # start, end, six probabilities
 
 Encode = Callable[[np.ndarray], np.ndarray]
@@ -85,13 +82,17 @@ def validate_params(window_s: float | None = None, hop_s: float | None = None) -
     """Defaults for missing values; MediaError (an INVALID_ARG in Triton) outside the documented bounds."""
     window = DEFAULT_WINDOW_S if window_s is None or math.isnan(window_s) else float(window_s)
     if not MIN_WINDOW_S <= window <= MAX_WINDOW_S:
-        raise MediaError("window_s", f"{window:g} s is outside [{MIN_WINDOW_S:g}, {MAX_WINDOW_S:g}] s")
+        raise MediaError(
+            "window_s", f"{window:g} s is outside [{MIN_WINDOW_S:g}, {MAX_WINDOW_S:g}] s", kind=ErrorKind.BAD_REQUEST
+        )
     if hop_s is None or math.isnan(hop_s):
         hop = min(DEFAULT_HOP_S, window)
     else:
         hop = float(hop_s)
     if not MIN_HOP_S <= hop <= window:
-        raise MediaError("hop_s", f"{hop:g} s is outside [{MIN_HOP_S:g} s, window_s = {window:g} s]")
+        raise MediaError(
+            "hop_s", f"{hop:g} s is outside [{MIN_HOP_S:g} s, window_s = {window:g} s]", kind=ErrorKind.BAD_REQUEST
+        )
     return TimelineParams(window, hop)
 
 
@@ -123,13 +124,12 @@ def window_frame_times(windows: np.ndarray, offset_s: float = 0.0, num: int = C.
     return np.stack([sample_times(float(e - s), num, float(s) + offset_s) for s, e in windows])
 
 
-class VideoTimelineDecoder:
-    """One sequential decode pass serving every window plus the clip-level sample.
+class WindowFrames:
+    """Every window's 16 frames plus the clip-level sample, from one pass of the shared :class:`VideoDecoder`.
 
-    Iterate :meth:`windows` to receive ``(index, uint8 [16, 128, 171, 3])`` in
-    window order, each as soon as its frames are decoded; afterwards
-    ``clip_frames``, ``audio`` and ``sample_rate`` hold the clip-level frames
-    (exactly what ``media.decode_video`` samples) and the audio track.
+    Iterate :meth:`windows` to receive ``(index, uint8 [16, 128, 171, 3])`` in window order, each as soon as
+    its frames are decoded; afterwards ``clip_frames``, ``qa_frames``, ``audio`` and ``sample_rate`` hold the
+    clip-level sample (exactly what ``media.decode_video`` returns) and the audio track.
     """
 
     def __init__(
@@ -141,155 +141,67 @@ class VideoTimelineDecoder:
         limits: MediaLimits = DEFAULT_LIMITS,
         input_name: str = "video",
         num_frames: int = C.NUM_FRAMES,
+        max_windows: int | None = None,
+        cancel: Cancel | None = None,
     ) -> None:
-        self.input_name = input_name
-        self.limits = limits
         self.num_frames = num_frames
-        self.container = _open(data, input_name, VIDEO_FORMATS, limits)
-        try:
-            self._probe(want_audio)
-        except BaseException:
-            self.container.close()
-            raise
+        self.decoder = VideoDecoder(data, want_audio=want_audio, limits=limits, input_name=input_name, cancel=cancel)
+        self.duration_s = float(self.decoder.duration_s)
         self.windows_s = plan_windows(self.duration_s, params)
+        check_window_count(len(self.windows_s), max_windows)
         self.clip_frames: np.ndarray | None = None
+        self.qa_frames: np.ndarray | None = None
         self.audio: np.ndarray | None = None
         self.sample_rate: int | None = None
-
-    def _probe(self, want_audio: bool) -> None:
-        container, limits, name = self.container, self.limits, self.input_name
-        if not container.streams.video:
-            raise MediaError(name, "container has no video stream")
-        self.vstream = container.streams.video[0]
-        cc = self.vstream.codec_context
-        if cc is None:
-            raise MediaError(name, "video stream has an unknown codec")
-        if (cc.width or 0) > limits.max_width or (cc.height or 0) > limits.max_height:
-            raise MediaError(
-                name,
-                f"frame size {cc.width}x{cc.height} is over the {limits.max_width}x{limits.max_height} limit",
-                too_large=True,
-            )
-        _check_stream_duration(self.vstream, name, limits)
-        cc.skip_frame = "NONREF"  # as media.decode_video: the same frames are seen
-        self.astream = container.streams.audio[0] if (want_audio and container.streams.audio) else None
-        if self.astream is not None:
-            _check_audio_stream(self.astream, name, limits)
-            _check_stream_duration(self.astream, name, limits)
-        duration = _duration_s(container, self.vstream)
-        if not duration or duration <= 0:
-            raise MediaError(name, "the container declares no duration; timelines need one")
-        if duration > limits.max_duration_s:
-            raise MediaError(
-                name,
-                f"duration {duration:.1f} s is over the {limits.max_duration_s:.0f} s timeline limit",
-                too_large=True,
-            )
-        self.duration_s = float(duration)
-        self.fps = float(self.vstream.average_rate) if self.vstream.average_rate else 0.0
-        vs = self.vstream
-        self.start_s = float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
 
     def windows(self) -> Iterator[tuple[int, np.ndarray]]:
         """Decode once; yield each window's frames in window order."""
         n, num = len(self.windows_s), self.num_frames
-        # Slot owners: 0..n-1 are the windows, n is the clip-level sample.
+        # Slots: window w owns [w*num, (w+1)*num); the clip-level sample owns the last num.
         times = np.concatenate(
-            [
-                window_frame_times(self.windows_s, self.start_s, num).reshape(-1),
-                sample_times(self.duration_s, num, self.start_s),
-            ]
+            [window_frame_times(self.windows_s, self.decoder.start_s, num).reshape(-1), self.decoder.clip_times(num)]
         )
-        owners = np.concatenate([np.repeat(np.arange(n), num), np.full(num, n)])
-        order = np.argsort(times, kind="stable")
-        slots: list[list[np.ndarray]] = [[] for _ in range(n + 1)]
-        next_target = 0
+        clip_base = n * num
+        qa_slots = [clip_base + s for s in QA_FRAME_SLOTS] if num == C.NUM_FRAMES else []
+        slots: list[np.ndarray | None] = [None] * len(times)
+        filled = np.zeros(n + 1, dtype=np.int64)
+        qa: dict[int, np.ndarray] = {}
         next_window = 0
-        index = 0
-        last_frame: av.VideoFrame | None = None
-        max_frames = self.limits.max_frames  # bounds decode time whatever the timestamps say
-        audio_samples = audio_values = 0
-        audio_chunks: list[np.ndarray] = []
-        streams = [self.vstream] + ([self.astream] if self.astream is not None else [])
-        try:
-            for packet in self.container.demux(*streams):
-                if packet.stream is self.vstream:
-                    if next_target == len(order):
-                        if self.astream is None:
-                            break
-                        continue
-                    for frame in packet.decode():
-                        t = _frame_time(frame, index, self.fps)
-                        index += 1
-                        if index > max_frames:
-                            raise MediaError(
-                                self.input_name,
-                                f"video has more than {max_frames} frames, over the decoded-frame limit",
-                                too_large=True,
-                            )
-                        last_frame = frame
-                        rgb = None
-                        while next_target < len(order) and t + 1e-6 >= times[order[next_target]]:
-                            rgb = _resize(frame) if rgb is None else rgb
-                            slots[owners[order[next_target]]].append(rgb)
-                            next_target += 1
-                        while next_window < n and len(slots[next_window]) == num:
-                            yield next_window, np.stack(slots[next_window])
-                            slots[next_window] = []
-                            next_window += 1
-                else:
-                    for frame in packet.decode():
-                        audio_chunk = _float_audio(frame, self.input_name)  # refuses NaN / infinity
-                        audio_chunks.append(audio_chunk)
-                        audio_samples += audio_chunk.shape[1]
-                        audio_values += audio_chunk.size
-                        self.sample_rate = frame.sample_rate
-                        if audio_samples > self.limits.max_duration_s * (self.sample_rate or 1):
-                            raise MediaError(
-                                self.input_name,
-                                f"audio track is over the {self.limits.max_duration_s:.0f} s limit",
-                                too_large=True,
-                            )
-                        if audio_values > self.limits.max_audio_values:
-                            raise MediaError(
-                                self.input_name,
-                                f"decoded audio is over the {self.limits.max_audio_values}-value limit",
-                                too_large=True,
-                            )
-            if index == 0 or last_frame is None:
-                raise MediaError(self.input_name, "no decodable video frames")
-            if not slots[n]:
-                raise MediaError(self.input_name, "no video frames inside the declared duration")
-            tail = _resize(last_frame)
-            # Stream ended early: hold each sample's last frame (as media.decode_video does).
-            for owner in range(n + 1):
-                if len(slots[owner]) < num:
-                    hold = slots[owner][-1] if slots[owner] else tail
-                    slots[owner].extend([hold] * (num - len(slots[owner])))
-            while next_window < n:
-                yield next_window, np.stack(slots[next_window])
-                slots[next_window] = []
+        for slot, rgb, qa_rgb in self.decoder.sample(times, qa_slots):
+            slots[slot] = rgb
+            filled[slot // num] += 1
+            if qa_rgb is not None:
+                qa[slot] = qa_rgb
+            while next_window < n and filled[next_window] == num:
+                start = next_window * num
+                yield next_window, np.stack(slots[start : start + num])  # type: ignore[arg-type]
+                slots[start : start + num] = [None] * num  # bounded memory: done windows are dropped
                 next_window += 1
-        except MediaError:
-            raise
-        except (av.error.FFmpegError, ValueError, OSError, MemoryError) as exc:
-            raise MediaError(self.input_name, f"decoding failed ({type(exc).__name__})") from None
-        finally:
-            self.container.close()
-        self.clip_frames = np.stack(slots[n])
-        audio = np.concatenate(audio_chunks, axis=1) if audio_chunks else None
-        if audio is None or audio.shape[1] == 0:
-            self.audio, self.sample_rate = None, None
-        else:
-            self.audio = audio
+        self.clip_frames = np.stack(slots[clip_base:])  # type: ignore[arg-type]
+        if qa_slots and len(qa) == len(qa_slots):
+            self.qa_frames = np.stack([qa[s] for s in qa_slots])
+        self.audio, self.sample_rate = self.decoder.audio, self.decoder.sample_rate
 
 
-def audio_windows(mono16k: np.ndarray, windows: np.ndarray, rate: int = C.SAMPLE_RATE) -> Iterator[np.ndarray | None]:
-    """Each window's slice of the 16 kHz track brought to the encoder window; None where it has no audio."""
+def check_window_count(count: int, max_windows: int | None) -> None:
+    """Every window is a full pass of both encoders: the count a caller may ask for is capped (413)."""
+    if max_windows is not None and count > max_windows:
+        raise MediaError(
+            "request",
+            f"{count} timeline windows requested, over the {max_windows}-window limit (use a longer hop_s)",
+            kind=ErrorKind.TOO_LARGE,
+        )
+
+
+def audio_windows(mono: np.ndarray, rate: int, windows: np.ndarray) -> Iterator[np.ndarray | None]:
+    """Each window's span of the track at 16 kHz, brought to the encoder window; None where it has no audio.
+
+    ``mono`` is at its native ``rate``: only each window's span is resampled (``media.resample_range``).
+    """
+    total = resampled_length(mono.shape[0], rate)
     for s, e in windows:
-        a, b = int(round(s * rate)), int(round(e * rate))
-        piece = mono16k[a:b]
-        yield fit_window(piece) if piece.size else None
+        a, b = int(round(s * C.SAMPLE_RATE)), int(round(e * C.SAMPLE_RATE))
+        yield fit_window(resample_range(mono, rate, a, b)) if a < min(b, total) else None
 
 
 _DONE = object()
@@ -357,17 +269,25 @@ class Timeline:
         return np.concatenate([self.windows.astype(np.float32), self.probabilities.astype(np.float32)], axis=1)
 
 
-def _encode_chunked(encode: Encode, rows: Iterator[np.ndarray], chunk: int, dim: int) -> np.ndarray:
-    """Run ``encode`` over an iterator of rows in batches of at most ``chunk`` rows."""
+def _encode_chunked(
+    encode: Encode, rows: Iterator[np.ndarray], chunk: int, dim: int, cancel: Cancel | None = None
+) -> np.ndarray:
+    """Run ``encode`` over an iterator of rows in batches of at most ``chunk`` rows (cancellable between them)."""
     out: list[np.ndarray] = []
     batch: list[np.ndarray] = []
+
+    def flush() -> None:
+        if cancel is not None and cancel():
+            raise MediaError("request", "request cancelled", kind=ErrorKind.CANCELLED)
+        out.append(np.asarray(encode(np.stack(batch)), dtype=np.float32))
+        batch.clear()
+
     for row in rows:
         batch.append(row)
         if len(batch) == chunk:
-            out.append(np.asarray(encode(np.stack(batch)), dtype=np.float32))
-            batch = []
+            flush()
     if batch:
-        out.append(np.asarray(encode(np.stack(batch)), dtype=np.float32))
+        flush()
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
 
@@ -381,79 +301,75 @@ def compute_timeline(
     head: FusionHead,
     limits: MediaLimits = DEFAULT_LIMITS,
     chunk: int = DEFAULT_CHUNK,
+    max_windows: int | None = DEFAULT_MAX_WINDOWS,
+    cancel: Cancel | None = None,
 ) -> Timeline:
     """Decode once, encode the windows (and the clip) in chunks, score with the fusion head.
 
-    A WAV, when sent, is the audio; otherwise the video's own track is used.
-    The clip-level result is computed exactly as the ``fusion_emotion`` model
-    does. When a single window spans the whole media, it is the clip.
+    A WAV, when sent, is the audio; otherwise the video's own track is used. The clip-level result is
+    computed exactly as the ``fusion_emotion`` model does (``features.prepare_request`` features). When a
+    single window spans the whole media, it is the clip. ``cancel`` is polled while decoding and between
+    encoder calls; more than ``max_windows`` windows are refused before any work.
     """
     if video is None and audio is None:
-        raise MediaError("request", "neither 'video' nor 'audio' was sent; at least one is required")
+        raise MediaError(
+            "request", "neither 'video' nor 'audio' was sent; at least one is required", kind=ErrorKind.BAD_REQUEST
+        )
     if chunk < 1:
         raise ValueError("chunk must be >= 1")
     native: np.ndarray | None = None
     rate: int | None = None
     if audio is not None:
-        dec = decode_audio(audio, limits=limits)
+        dec = decode_audio(audio, limits=limits, cancel=cancel)
         native, rate = dec.samples, dec.sample_rate
-    clip_frames: np.ndarray | None = None
-    video_emb: np.ndarray | None = None
+    clip_frames = qa_frames = video_emb = None
     if video is not None:
-        decoder = VideoTimelineDecoder(video, params, want_audio=audio is None, limits=limits)
-        windows = decoder.windows_s
-        duration = decoder.duration_s
+        frames = WindowFrames(
+            video, params, want_audio=audio is None, limits=limits, max_windows=max_windows, cancel=cancel
+        )
+        windows, duration = frames.windows_s, frames.duration_s
         # Decoding runs ahead in a thread while the encoders work on the previous chunk.
-        rows = (frames_for_model(f) for _, f in prefetch(decoder.windows(), depth=chunk))
-        video_emb = _encode_chunked(encode_video, rows, chunk, C.VIDEO_EMBED_DIM)
-        clip_frames = decoder.clip_frames
-        if audio is None and decoder.audio is not None:
-            native, rate = decoder.audio, decoder.sample_rate
+        rows = (frames_for_model(f) for _, f in prefetch(frames.windows(), depth=chunk))
+        video_emb = _encode_chunked(encode_video, rows, chunk, C.VIDEO_EMBED_DIM, cancel)
+        clip_frames, qa_frames = frames.clip_frames, frames.qa_frames
+        if audio is None and frames.audio is not None:
+            native, rate = frames.audio, frames.sample_rate
     else:
         assert native is not None and rate
         duration = native.shape[1] / rate
-        if duration > limits.max_duration_s:
-            raise MediaError("audio", f"audio is over the {limits.max_duration_s:.0f} s limit", too_large=True)
         windows = plan_windows(duration, params)
+        check_window_count(len(windows), max_windows)
     n = len(windows)
     whole = n == 1 and windows[0, 0] == 0.0 and abs(windows[0, 1] - duration) < 1e-9
     has_audio = np.zeros(n, dtype=bool)
     audio_emb = np.zeros((n, C.AUDIO_EMBED_DIM), np.float32)
-    clip_wave = None
-    if native is not None and rate:
-        clip_wave = waveform_for_model(native, rate)
+    feats = clip_features(clip_frames, qa_frames, native, rate)
+    if feats.waveform is not None and native is not None and rate:
         if whole:  # the one window is the clip: the same input as the fusion_emotion model
             has_audio[0] = True
-            audio_emb[:1] = encode_audio(clip_wave[None])
+            audio_emb[:1] = encode_audio(feats.waveform[None])
         else:
-            mono16k = resample(to_mono(native), rate)
-            has_audio = np.array([w is not None for w in audio_windows(mono16k, windows)])
+            mono = to_mono(native)
+            has_audio = np.array([w is not None for w in audio_windows(mono, rate, windows)])
             if has_audio.any():
-                rows = (w for w in audio_windows(mono16k, windows) if w is not None)
-                audio_emb[has_audio] = _encode_chunked(encode_audio, rows, chunk, C.AUDIO_EMBED_DIM)
+                rows = (w for w in audio_windows(mono, rate, windows) if w is not None)
+                audio_emb[has_audio] = _encode_chunked(encode_audio, rows, chunk, C.AUDIO_EMBED_DIM, cancel)
 
-    # Clip level: the same features as features.prepare_request.
-    media_qa = qa.media_qa(clip_frames, native, rate)
-    clip_v = np.zeros((1, C.VIDEO_EMBED_DIM), np.float32)
-    clip_a = np.zeros((1, C.AUDIO_EMBED_DIM), np.float32)
-    clip_mask = np.zeros((1, 2), np.float32)
-    if clip_frames is not None:
-        clip_mask[0, 0] = 1.0
-        clip_v = video_emb[:1] if whole and video_emb is not None else encode_video(frames_for_model(clip_frames)[None])
-    if clip_wave is not None:
-        clip_mask[0, 1] = 1.0
-        clip_a = audio_emb[:1] if whole else encode_audio(clip_wave[None])
-    clip_probs, clip_flags = score(
-        head, np.asarray(clip_v, np.float32), np.asarray(clip_a, np.float32), clip_mask, media_qa[None]
-    )
+    # Clip level: what the fusion_emotion model computes for the same request.
+    clip_v = clip_a = None
+    if feats.frames is not None:
+        clip_v = video_emb[:1] if whole and video_emb is not None else encode_video(feats.frames[None])
+    if feats.waveform is not None:
+        clip_a = audio_emb[:1] if whole else encode_audio(feats.waveform[None])
+    clip_probs, clip_flags = score_features(head, feats, clip_v, clip_a)
 
     mask = np.stack([np.full(n, video_emb is not None, np.float32), has_audio.astype(np.float32)], axis=1)
     v = video_emb if video_emb is not None else np.zeros((n, C.VIDEO_EMBED_DIM), np.float32)
     probs = head.probabilities(v, audio_emb, mask) if n else np.zeros((0, C.NUM_CLASSES), np.float32)
     if whole:
-        probs = clip_probs.copy()
+        probs = clip_probs[None].copy()
     log.debug("timeline: %d windows over %.2f s", n, duration)
-    return Timeline(windows, probs, clip_probs[0], clip_flags[0], float(duration))
+    return Timeline(windows, probs, clip_probs, clip_flags, float(duration))
 
 
 def timeline_result(segments: np.ndarray, probabilities: np.ndarray, qa_flags: np.ndarray | None) -> dict[str, Any]:

@@ -189,7 +189,7 @@ def _request_id(request: Request) -> str:
 
 
 def _error(exc: ApiError, request: Request) -> JSONResponse:
-    return JSONResponse(exc.body(_request_id(request)), status_code=exc.status)
+    return JSONResponse(exc.body(_request_id(request)), status_code=exc.status, headers=exc.headers or None)
 
 
 def _media_type(request: Request) -> tuple[str, dict[str, str]]:
@@ -449,7 +449,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         start = time.perf_counter()
         try:
             if timeline.enabled:
-                result = await timeline_request(gateway, video, audio, timeline, settings.request_timeout_s, rid)
+                result = await _unless_disconnected(
+                    request, timeline_request(gateway, video, audio, timeline, settings.request_timeout_s, rid), rid
+                )
                 log.info(
                     "request_id=%s triton_ms=%.1f segments=%d",
                     rid,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,15 +16,10 @@ import numpy as np
 
 from fusion_emotion import contract as C
 from fusion_emotion.client.triton import build_inputs, requested_outputs
+from fusion_emotion.errors import ErrorKind, parse_wire
 from fusion_emotion.frontend.errors import ApiError
 
 log = logging.getLogger(__name__)
-
-# Media errors come back as INVALID_ARG whose message names the input ("video: ..."),
-# possibly behind ensemble/BLS prefixes, so search instead of matching the start.
-_INPUT_ERROR_RE = re.compile(r"(?:^|[\s'\"\[(:])(video|audio): (.+)", re.DOTALL)
-# Keep what reaches clients short and single-line.
-_MAX_REASON_CHARS = 300
 
 
 @dataclass
@@ -34,21 +28,18 @@ class Prediction:
     qa_flags: np.ndarray | None  # float32 [6], QA_FLAG_NAMES order, NaN = not computed
 
 
-# MediaError(too_large=True) reasons all read "... over the ... limit" (fusion_emotion.core.media).
-_TOO_LARGE_RE = re.compile(r"\bover the .{0,80}limit\b")
-
-
 class MediaRejected(ApiError):
-    """Triton refused one input; ``input_name`` is the tensor ("video"/"audio").
+    """Triton refused one input; ``input_name`` is the tensor ("video"/"audio"), the status follows the kind."""
 
-    ``too_large``: the media is over one of the configured limits (413), not undecodable (422).
-    """
-
-    def __init__(self, input_name: str, reason: str) -> None:
-        self.too_large = bool(_TOO_LARGE_RE.search(reason))
-        super().__init__(413 if self.too_large else 422, f"{input_name}: {reason}")
+    def __init__(self, input_name: str, reason: str, kind: ErrorKind) -> None:
+        super().__init__(kind.http_status, f"{input_name}: {reason}")
         self.input_name = input_name
         self.reason = reason
+        self.kind = kind
+
+    @property
+    def too_large(self) -> bool:
+        return self.kind is ErrorKind.TOO_LARGE
 
 
 def _status_name(exc: Exception) -> str:
@@ -58,22 +49,34 @@ def _status_name(exc: Exception) -> str:
 
 
 def map_triton_error(exc: Exception) -> ApiError:
-    """Translate a tritonclient exception into the status the client should see."""
+    """Translate a tritonclient exception into the status the client should see.
+
+    Our models tag every error with its kind (fusion_emotion.errors); the status follows that tag, never the
+    wording. Untagged errors come from Triton itself (transport, deadline, its own validation).
+    """
     status = _status_name(exc)
     message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
-    message = str(message or "")
-    if status == "DEADLINE_EXCEEDED" or "deadline exceeded" in message.lower():
+    wire = parse_wire(str(message or ""))
+    if wire is not None:
+        if wire.kind.client_error and wire.subject in (C.IN_VIDEO.name, C.IN_AUDIO.name):
+            return MediaRejected(wire.subject, wire.reason, wire.kind)
+        if wire.kind.client_error:
+            return ApiError(wire.http_status, f"{wire.subject}: {wire.reason}")
+        if wire.kind is ErrorKind.OVERLOADED:
+            return ApiError(503, "inference server is overloaded", headers={"Retry-After": "1"})
+        if wire.kind is ErrorKind.CANCELLED:
+            return ApiError(499, "request cancelled")
+        if wire.kind is ErrorKind.DEADLINE:
+            return ApiError(504, "inference did not finish within the request timeout")
+        return ApiError(500, "inference failed")
+    if status == "DEADLINE_EXCEEDED" or "deadline exceeded" in str(message).lower():
         return ApiError(504, "inference did not finish within the request timeout")
     if status in {"UNAVAILABLE", "NOT_FOUND", "CANCELLED"} or not status:
         return ApiError(503, "inference server unavailable")
-    if status == "INVALID_ARGUMENT":
-        m = _INPUT_ERROR_RE.search(message)
-        if m:
-            reason = " ".join(m.group(2).split())[:_MAX_REASON_CHARS]
-            return MediaRejected(m.group(1), reason)
-        return ApiError(422, "the model rejected the request's media")
     if status == "RESOURCE_EXHAUSTED":
-        return ApiError(503, "inference server is overloaded")
+        return ApiError(503, "inference server is overloaded", headers={"Retry-After": "1"})
+    if status == "INVALID_ARGUMENT":
+        return ApiError(422, "the inference server refused the request's inputs")
     return ApiError(500, "inference failed")
 
 

@@ -262,10 +262,11 @@ def _encode(
     seed: int,
     blur_sigma: float,
     audio_format: str,
+    container_options: dict[str, str] | None = None,
 ) -> bytes:
     """Mux synthetic frames and an optional mono track into ``fmt``, interleaved by time."""
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format=fmt) as out:
+    with av.open(buf, mode="w", format=fmt, container_options=container_options or {}) as out:
         vs = out.add_stream(vcodec, rate=Fraction(fps), options=video_options or {})
         vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
         vs.bit_rate = video_bitrate
@@ -425,3 +426,95 @@ def avi(
         blur_sigma=blur_sigma,
         audio_format="s16",
     )
+
+
+def mkv(
+    width: int = 1280,
+    height: int = 720,
+    fps: int = 30,
+    seconds: float = 2.0,
+    audio: np.ndarray | None = None,
+    audio_rate: int = RAVDESS_AUDIO_RATE,
+    video_bitrate: int = 4_000_000,
+    kind: FrameKind = "face",
+    seed: int = 0,
+) -> bytes:
+    """Matroska: H.264 (libx264) + mono AAC, as screen and camera recorders write it."""
+    return _encode(
+        "matroska",
+        "libx264",
+        "aac",
+        width=width,
+        height=height,
+        fps=fps,
+        seconds=seconds,
+        audio=audio,
+        audio_rate=audio_rate,
+        video_bitrate=video_bitrate,
+        video_options={"preset": "veryfast"},
+        kind=kind,
+        seed=seed,
+        blur_sigma=0.0,
+        audio_format="fltp",
+    )
+
+
+def webm(
+    width: int = 640,
+    height: int = 480,
+    fps: int = 30,
+    seconds: float = 2.0,
+    audio: np.ndarray | None = None,
+    audio_rate: int = 48_000,
+    video_bitrate: int = 1_000_000,
+    kind: FrameKind = "face",
+    seed: int = 0,
+    live: bool = False,
+) -> bytes:
+    """WebM: VP8 + mono Opus (48 kHz), as browsers' MediaRecorder writes it.
+
+    ``live=True`` writes no duration and no cues, exactly like a browser recording made by MediaRecorder.
+    """
+    if audio is not None and audio_rate != 48_000:
+        raise ValueError("Opus in WebM is 48 kHz here")
+    return _encode(
+        "webm",
+        "libvpx",
+        "libopus",
+        width=width,
+        height=height,
+        fps=fps,
+        seconds=seconds,
+        audio=audio,
+        audio_rate=audio_rate,
+        video_bitrate=video_bitrate,
+        video_options={"deadline": "realtime", "cpu-used": "8"},
+        kind=kind,
+        seed=seed,
+        blur_sigma=0.0,
+        audio_format="flt",
+        container_options={"live": "1"} if live else None,
+    )
+
+
+def remux(data: bytes, fmt: str) -> bytes:
+    """The same encoded streams in another container (no re-encoding), e.g. MP4 -> "matroska" or "avi"."""
+    from av.bitstream import BitStreamFilterContext
+
+    out_buf = io.BytesIO()
+    with av.open(io.BytesIO(data)) as src, av.open(out_buf, mode="w", format=fmt) as dst:
+        mapping = {s.index: dst.add_stream_from_template(s) for s in src.streams if s.type in ("video", "audio")}
+        # AVI carries H.264 in Annex B form (start codes), MP4/MKV in avcC form.
+        bsf = {
+            s.index: BitStreamFilterContext("h264_mp4toannexb", s)
+            for s in src.streams
+            if fmt == "avi" and s.index in mapping and s.codec_context.name == "h264"
+        }
+        for packet in src.demux(*[s for s in src.streams if s.index in mapping]):
+            if packet.dts is None:
+                continue
+            index = packet.stream.index
+            for out_packet in bsf[index].filter(packet) if index in bsf else [packet]:
+                out_packet.stream = mapping[index]
+                dst.mux(out_packet)
+    return out_buf.getvalue()

@@ -18,6 +18,7 @@ import triton_python_backend_utils as pb_utils
 
 from fusion_emotion import contract as C
 from fusion_emotion.core.onnx_runtime import Encoder
+from fusion_emotion.errors import ErrorKind, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,31 @@ def model_parameters(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, st
     return config, params
 
 
-def error_response(message: str, invalid_arg: bool = True) -> Any:
-    code = pb_utils.TritonError.INVALID_ARG if invalid_arg else pb_utils.TritonError.INTERNAL
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
+_TRITON_CODE = {
+    ErrorKind.BAD_REQUEST: "INVALID_ARG",
+    ErrorKind.INVALID_MEDIA: "INVALID_ARG",
+    ErrorKind.TOO_LARGE: "INVALID_ARG",
+    ErrorKind.CANCELLED: "CANCELLED",
+    ErrorKind.DEADLINE: "UNAVAILABLE",
+    ErrorKind.OVERLOADED: "UNAVAILABLE",
+    ErrorKind.INTERNAL: "INTERNAL",
+}
+
+
+def error_response(error: ServingError) -> Any:
+    """One request's error: Triton's code from the kind, the kind itself in the message's tag."""
+    code = getattr(pb_utils.TritonError, _TRITON_CODE[error.kind])
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(error.wire(), code))
+
+
+def internal_error(what: str, exc: BaseException) -> ServingError:
+    """An unexpected failure: logged with its traceback here, reported to the client without internals."""
+    log.exception("%s failed", what)
+    return ServingError(ErrorKind.INTERNAL, what, f"failed ({type(exc).__name__})")
+
+
+def as_serving_error(what: str, exc: BaseException) -> ServingError:
+    return exc if isinstance(exc, ServingError) else internal_error(what, exc)
 
 
 def bytes_rows(request: Any, name: str) -> list[bytes] | None:
@@ -43,22 +66,16 @@ def bytes_rows(request: Any, name: str) -> list[bytes] | None:
     return [bytes(v) if not isinstance(v, bytes) else v for v in arr.reshape(arr.shape[0], -1)[:, 0]]
 
 
-def ensure_loaded(models: Sequence[str], caller: str) -> None:
-    """Load models this one calls through BLS if the server did not (explicit model control).
-
-    SageMaker's stock Triton image starts `--model-control-mode=explicit
-    --load-model=fusion_emotion`, which loads the ensemble's steps but not the
-    models they call through BLS. The loading API is not available during
-    initialize, so callers run this on their first execute.
-    """
-    for name in models:
-        if not pb_utils.is_model_ready(model_name=name):
-            pb_utils.Logger.log_info(f"{caller}: loading {name} (not loaded by the server)")
-            pb_utils.load_model(model_name=name)
+def cancel_check(request: Any) -> Callable[[], bool]:
+    """A callable the decoders poll: true once Triton marks the request cancelled (client gone, deadline)."""
+    return request.is_cancelled
 
 
 def fp32_input(request: Any, name: str) -> np.ndarray:
-    return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise ServingError(ErrorKind.BAD_REQUEST, name, "input is missing")
+    return tensor.as_numpy()
 
 
 def respond_batched(
@@ -69,25 +86,36 @@ def respond_batched(
 ) -> list[Any]:
     """Concatenate every request's rows, run ``fn`` once, split the outputs back.
 
-    One response per request, always: if the batched call fails, each request
-    gets an error response instead of taking the others down silently.
+    One response per request, always: a request whose inputs cannot be read gets its own error and the
+    others go on; if the batched call fails, each request in it gets an error response.
     """
-    inputs = [[fp32_input(r, n) for n in input_names] for r in requests]
-    sizes = [rows[0].shape[0] for rows in inputs]
+    responses: list[Any] = [None] * len(requests)
+    good: list[int] = []
+    inputs: list[list[np.ndarray]] = []
+    for i, request in enumerate(requests):
+        try:
+            inputs.append([fp32_input(request, n) for n in input_names])
+            good.append(i)
+        except Exception as exc:  # one request must not take the batch down
+            responses[i] = error_response(as_serving_error("input", exc))
+    if not good:
+        return responses
     try:
-        stacked = [np.concatenate([rows[i] for rows in inputs]) for i in range(len(input_names))]
+        stacked = [np.concatenate([rows[k] for rows in inputs]) for k in range(len(input_names))]
         outputs = fn(*stacked)
-    except Exception as exc:  # one failure must not lose the batch's responses
-        log.exception("batched execution failed")
-        return [error_response(f"execution failed: {type(exc).__name__}", invalid_arg=False) for _ in requests]
-    responses = []
+    except Exception as exc:  # every request in the batch gets an answer
+        error = as_serving_error("batched execution", exc)
+        for i in good:
+            responses[i] = error_response(error)
+        return responses
     start = 0
-    for n in sizes:
+    for i, rows in zip(good, inputs, strict=True):
+        n = rows[0].shape[0]
         tensors = [
             pb_utils.Tensor(name, np.ascontiguousarray(out[start : start + n]))
             for name, out in zip(output_names, outputs)
         ]
-        responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
         start += n
     return responses
 

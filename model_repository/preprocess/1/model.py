@@ -1,12 +1,15 @@
-"""preprocess: container bytes -> encoder inputs -> embeddings.
+"""preprocess: container bytes -> encoder inputs -> embeddings (encoders called through BLS).
 
-Decoding is pure (fusion_emotion.core.media); the encoders are called through BLS
-with one batch per modality for the whole execute, and only for the rows that
-have that modality, so an audio-only request costs no video-encoder work.
+A thin adapter: decoding, features and QA live in fusion_emotion.core (shared with the in-process
+reference), every encoder call goes through fusion_emotion.server.bls. The requests of a batch are decoded
+concurrently in threads (PyAV and numpy release the GIL), then each modality's rows reach its encoder
+together; a modality no request sent costs no encoder work. One response per request, always: a request
+that fails gets its own error and the rest of the batch goes on.
 """
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -14,104 +17,90 @@ import triton_python_backend_utils as pb_utils
 from fusion_emotion import contract as C
 from fusion_emotion.core.features import RequestFeatures, prepare_request
 from fusion_emotion.core.media import MediaError, MediaLimits
-from fusion_emotion.server.python_model import bytes_rows, ensure_loaded, error_response, model_parameters
+from fusion_emotion.errors import ErrorKind, ServingError
+from fusion_emotion.server.bls import BlsEncoder, Callees
+from fusion_emotion.server.python_model import (
+    as_serving_error,
+    bytes_rows,
+    cancel_check,
+    error_response,
+    model_parameters,
+)
 
 log = logging.getLogger(__name__)
 
 
-class EncoderError(RuntimeError):
-    pass
+def _cancelled() -> ServingError:
+    return ServingError(ErrorKind.CANCELLED, "request", "request cancelled")
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        _, params = model_parameters(args)
+        config, params = model_parameters(args)
         # Every MediaLimits field can be set as a config parameter of the same name
         # (max_input_bytes = max_bytes); the rest keep MediaLimits' defaults.
         self.limits = MediaLimits.from_params(params)
-        self.bls_batch = int(params.get("bls_max_batch", "8") or 8)
-        self.loop = asyncio.new_event_loop()
-        self.encoders_ready = False
+        bls_batch = int(params.get("bls_max_batch", "8") or 8)
+        self.video = BlsEncoder(C.VIDEO_ENCODER, C.VIDEO_FRAMES.name, C.VIDEO_ENC_OUT.name, bls_batch)
+        self.audio = BlsEncoder(C.AUDIO_ENCODER, C.AUDIO_WAVEFORM.name, C.AUDIO_ENC_OUT.name, bls_batch)
+        self.pool = ThreadPoolExecutor(max(1, int(config.get("max_batch_size", 1) or 1)), "decode")
+        self.callees = Callees((C.VIDEO_ENCODER, C.AUDIO_ENCODER), C.PREPROCESS)
 
-    def _ensure_encoders(self):
-        if not self.encoders_ready:
-            ensure_loaded((C.VIDEO_ENCODER, C.AUDIO_ENCODER), C.PREPROCESS)
-            self.encoders_ready = True
-
-    def _request_features(self, request):
+    def _features(self, request) -> list[RequestFeatures]:
         videos = bytes_rows(request, C.IN_VIDEO.name)
         audios = bytes_rows(request, C.IN_AUDIO.name)
         if videos is None and audios is None:
-            raise MediaError("request", "neither 'video' nor 'audio' was sent; at least one is required")
+            raise MediaError(
+                "request", "neither 'video' nor 'audio' was sent; at least one is required", kind=ErrorKind.BAD_REQUEST
+            )
         if videos is not None and audios is not None and len(videos) != len(audios):
-            raise MediaError("request", f"'video' has {len(videos)} rows but 'audio' has {len(audios)}")
+            raise MediaError(
+                "request", f"'video' has {len(videos)} rows but 'audio' has {len(audios)}", kind=ErrorKind.BAD_REQUEST
+            )
+        cancel = cancel_check(request)
         n = len(videos if videos is not None else audios)
         return [
             prepare_request(
                 videos[i] if videos is not None else None,
                 audios[i] if audios is not None else None,
                 self.limits,
+                cancel=cancel,
             )
             for i in range(n)
         ]
 
-    async def _bls(self, model, input_name, batch):
-        chunks = [batch[i : i + self.bls_batch] for i in range(0, len(batch), self.bls_batch)]
-        requests = [
-            pb_utils.InferenceRequest(
-                model_name=model,
-                requested_output_names=["embedding"],
-                inputs=[pb_utils.Tensor(input_name, np.ascontiguousarray(chunk))],
-            )
-            for chunk in chunks
-        ]
-        outputs = []
-        for response in await asyncio.gather(*(r.async_exec() for r in requests)):
-            if response.has_error():
-                raise EncoderError(f"{model}: {response.error().message()}")
-            outputs.append(pb_utils.get_output_tensor_by_name(response, "embedding").as_numpy())
-        return np.concatenate(outputs)
-
-    async def _encode(self, frames, waves):
-        jobs = []
-        if frames:
-            jobs.append(self._bls(C.VIDEO_ENCODER, C.VIDEO_FRAMES.name, np.stack(frames)))
-        if waves:
-            jobs.append(self._bls(C.AUDIO_ENCODER, C.AUDIO_WAVEFORM.name, np.stack(waves)))
-        results = await asyncio.gather(*jobs)
-        video = results.pop(0) if frames else None
-        audio = results.pop(0) if waves else None
-        return video, audio
-
-    def execute(self, requests):
+    async def execute(self, requests):
         responses = [None] * len(requests)
+        loop = asyncio.get_running_loop()
+        decoded = await asyncio.gather(
+            *(loop.run_in_executor(self.pool, self._features, r) for r in requests), return_exceptions=True
+        )
         per_request: list[tuple[int, list[RequestFeatures]]] = []
-        for i, request in enumerate(requests):
-            try:
-                per_request.append((i, self._request_features(request)))
-            except MediaError as exc:
-                responses[i] = error_response(str(exc))
-            except Exception as exc:  # never let one request take the batch down
-                log.exception("preprocess failed")
-                responses[i] = error_response(f"preprocess failed: {type(exc).__name__}", invalid_arg=False)
-
+        for i, (request, result) in enumerate(zip(requests, decoded)):
+            if isinstance(result, BaseException):
+                responses[i] = error_response(as_serving_error("preprocess", result))
+            elif request.is_cancelled():
+                responses[i] = error_response(_cancelled())
+            else:
+                per_request.append((i, result))
         rows = [row for _, feats in per_request for row in feats]
-        try:
-            self._ensure_encoders()
-        except Exception as exc:
-            log.exception("encoders unavailable")
-            for i, _ in per_request:
-                responses[i] = error_response(f"encoders unavailable: {exc}", invalid_arg=False)
-            return responses
         frames = [r.frames for r in rows if r.frames is not None]
         waves = [r.waveform for r in rows if r.waveform is not None]
         try:
-            video_emb, audio_emb = self.loop.run_until_complete(self._encode(frames, waves)) if rows else (None, None)
-        except Exception as exc:
-            log.exception("encoder call failed")
+            self.callees.ensure()
+            jobs = []
+            if frames:
+                jobs.append(self.video.encode_async(np.stack(frames)))
+            if waves:
+                jobs.append(self.audio.encode_async(np.stack(waves)))
+            results = list(await asyncio.gather(*jobs))
+        except Exception as exc:  # every request of the batch gets an answer
+            error = as_serving_error("encoder", exc)
             for i, _ in per_request:
-                responses[i] = error_response(f"encoder failed: {exc}", invalid_arg=False)
+                responses[i] = error_response(error)
             return responses
+        video_emb = results.pop(0) if frames else None
+        audio_emb = results.pop(0) if waves else None
 
         vi = ai = 0
         for i, feats in per_request:
@@ -138,4 +127,4 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
-        self.loop.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
