@@ -20,6 +20,7 @@ import httpx
 import pytest
 from test_frontend import PLANTED_KEY, PLANTED_NAME, assert_error, multipart, run_frontend
 
+from fusion_emotion.errors import ErrorKind, ServingError
 from fusion_emotion.frontend.errors import ApiError
 from fusion_emotion.frontend.s3 import parse_s3_uri
 from fusion_emotion.frontend.settings import Settings
@@ -65,10 +66,15 @@ def test_too_large_media_errors_map_to_413() -> None:
         def message(self) -> str:
             return self._m
 
-    big = map_triton_error(FakeTritonError("in ensemble: video: frame size 7680x4320 is over the 3840x2160 limit"))
+    too_large = ServingError(ErrorKind.TOO_LARGE, "video", "frame size 7680x4320 is over the 3840x2160 limit")
+    big = map_triton_error(FakeTritonError(f"in ensemble: {too_large.wire()}"))
     assert isinstance(big, MediaRejected) and big.status == 413 and big.too_large
-    bad = map_triton_error(FakeTritonError("video: not a decodable media file (InvalidDataError)"))
+    invalid = ServingError(ErrorKind.INVALID_MEDIA, "video", "not a decodable media file (InvalidDataError)")
+    bad = map_triton_error(FakeTritonError(invalid.wire()))
     assert isinstance(bad, MediaRejected) and bad.status == 422 and not bad.too_large
+    # the status follows the kind's tag, not the wording: an untagged "over the limit" is no 413
+    untagged = map_triton_error(FakeTritonError("video: frame size 7680x4320 is over the 3840x2160 limit"))
+    assert not isinstance(untagged, MediaRejected) and untagged.status == 422
 
 
 def test_dockerfile_runtime_user_is_not_root() -> None:

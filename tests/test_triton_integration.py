@@ -151,16 +151,17 @@ def test_request_with_batch_of_rows(triton, reference, media):
 
 @pytest.fixture(scope="module")
 def batching_triton(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One preprocess instance with a long queue delay: concurrent requests share one execute."""
+    """One preprocess instance with dynamic batching and a long queue delay: concurrent requests share one execute.
+
+    The shipped config has no dynamic batching (decoding gains nothing from it); the model must still answer
+    every request of a batch on its own, as it does for a multi-row request or a user's batching config.
+    """
     repo = tmp_path_factory.mktemp("batching") / "repo"
     shutil.copytree(demo_repository, repo, symlinks=True)
     cfg = repo / C.PREPROCESS / "config.pbtxt"
-    text = (
-        cfg.read_text()
-        .replace("count: 4", "count: 1")
-        .replace("max_queue_delay_microseconds: 2000", "max_queue_delay_microseconds: 1500000")
-    )
-    cfg.write_text(text)
+    text = cfg.read_text().replace("count: 4", "count: 1")
+    assert "dynamic_batching" not in text
+    cfg.write_text(text + "dynamic_batching { max_queue_delay_microseconds: 1500000 }\n")
     handle = start_triton(repo, tmp_path_factory.mktemp("batching-log") / "tritonserver.log")
     yield handle
     handle.stop()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -302,12 +303,24 @@ def _decode_failed(input_name: str, exc: BaseException) -> MediaError:
 _DECODE_EXCEPTIONS = (av.error.FFmpegError, ValueError, OSError, MemoryError, EOFError)
 
 
+@contextmanager
+def _decoding(container: av.container.InputContainer, input_name: str) -> Iterator[av.container.InputContainer]:
+    """Decode inside: FFmpeg and numpy failures become a MediaError naming the input; the container is closed."""
+    try:
+        yield container
+    except MediaError:
+        raise
+    except _DECODE_EXCEPTIONS as exc:
+        raise _decode_failed(input_name, exc) from None
+    finally:
+        container.close()
+
+
 def decode_audio(
     data: bytes, *, limits: MediaLimits = DEFAULT_LIMITS, input_name: str = "audio", cancel: Cancel | None = None
 ) -> DecodedAudio:
     """Decode a WAV file (any PCM width, any common rate, mono or multichannel)."""
-    container = _open(data, input_name, AUDIO_FORMATS, limits)
-    try:
+    with _decoding(_open(data, input_name, AUDIO_FORMATS, limits), input_name) as container:
         if not container.streams.audio:
             raise MediaError(input_name, "WAV has no audio stream")
         stream = container.streams.audio[0]
@@ -318,12 +331,6 @@ def decode_audio(
             _poll(n, cancel, input_name, limits)
             for frame in packet.decode():
                 acc.add(frame)
-    except MediaError:
-        raise
-    except _DECODE_EXCEPTIONS as exc:
-        raise _decode_failed(input_name, exc) from None
-    finally:
-        container.close()
     samples, rate = acc.result()
     if samples is None or rate is None:
         raise MediaError(input_name, "WAV contains no audio samples (header only?)")
@@ -473,7 +480,7 @@ class VideoDecoder:
         limits, name = self.limits, self.input_name
         container = self._container or _open(self.data, name, VIDEO_FORMATS, limits)
         self._container = None
-        try:
+        with _decoding(container, name):
             vstream = container.streams.video[0]
             vstream.codec_context.skip_frame = "NONREF"
             # The decoder refuses frames over the pixel budget itself, whatever the header declared.
@@ -500,12 +507,6 @@ class VideoDecoder:
                 elif acc is not None:
                     for frame in packet.decode():
                         acc.add(frame)
-        except MediaError:
-            raise
-        except _DECODE_EXCEPTIONS as exc:
-            raise _decode_failed(name, exc) from None
-        finally:
-            container.close()
         if acc is not None:
             self.audio, self.sample_rate = acc.result()
 

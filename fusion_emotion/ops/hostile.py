@@ -20,19 +20,26 @@ import numpy as np
 from fusion_emotion.ops import synth
 
 
+def _with_tiny_video(out: av.container.OutputContainer, add_audio: Callable[[], av.stream.Stream]) -> av.stream.Stream:
+    """A 16x16 one-frame MJPEG video stream (the video part of an audio attack), then the audio stream.
+
+    Every stream must exist before the first packet is muxed (the header is written then).
+    """
+    vs = out.add_stream("mjpeg", rate=Fraction(1))
+    vs.width, vs.height, vs.pix_fmt = 16, 16, "yuvj420p"
+    audio = add_audio()
+    frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+    frame.pts = 0
+    for packet in [*vs.encode(frame), *vs.encode(None)]:
+        out.mux(packet)
+    return audio
+
+
 def _pcm_avi(samples_per_packet: int, packets: int, rate: int = 8_000) -> bytes:
     """AVI with a tiny video stream and a PCM track cut into ``samples_per_packet``-sample packets."""
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="avi") as out:
-        vs = out.add_stream("mjpeg", rate=Fraction(1))
-        vs.width, vs.height, vs.pix_fmt = 16, 16, "yuvj420p"
-        a = out.add_stream("pcm_s16le", rate=rate, layout="mono")
-        frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
-        frame.pts = 0
-        for p in vs.encode(frame):
-            out.mux(p)
-        for p in vs.encode(None):
-            out.mux(p)
+        a = _with_tiny_video(out, lambda: out.add_stream("pcm_s16le", rate=rate, layout="mono"))
         chunk = (np.sin(np.arange(samples_per_packet) * 0.1) * 1000).astype(np.int16)[None]
         for i in range(packets):
             af = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
@@ -119,15 +126,7 @@ def _audio_switch_avi(first: tuple[int, str], second: tuple[int, str], seconds: 
         packets += _mp2_packets(synth.tone(440.0, seconds / 2, rate, 0.3), rate, layout)
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="avi") as out:
-        vs = out.add_stream("mjpeg", rate=Fraction(1))
-        vs.width, vs.height, vs.pix_fmt = 16, 16, "yuvj420p"
-        a = out.add_stream("mp2", rate=first[0], layout=first[1])
-        frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
-        frame.pts = 0
-        for p in vs.encode(frame):
-            out.mux(p)
-        for p in vs.encode(None):
-            out.mux(p)
+        a = _with_tiny_video(out, lambda: out.add_stream("mp2", rate=first[0], layout=first[1]))
         for i, data in enumerate(packets):
             packet = av.Packet(data)
             packet.stream = a

@@ -18,6 +18,7 @@ import shutil
 import struct
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
@@ -245,10 +246,27 @@ def _face_transform(width: int, height: int, progress: float) -> np.ndarray:
 # --------------------------------------------------------------------------- containers
 
 
+@dataclass(frozen=True)
+class _Container:
+    """How one container is written: muxer, codecs, sample format and options."""
+
+    fmt: str
+    vcodec: str
+    acodec: str
+    audio_format: str
+    video_options: dict[str, str] | None = None
+    container_options: dict[str, str] | None = None
+
+
+_MP4 = _Container("mp4", "libx264", "aac", "fltp", {"preset": "veryfast"})
+_FLV = _Container("flv", "flv", "libmp3lame", "fltp")
+_AVI = _Container("avi", "mpeg4", "pcm_s16le", "s16")
+_MKV = _Container("matroska", "libx264", "aac", "fltp", {"preset": "veryfast"})
+_WEBM = _Container("webm", "libvpx", "libopus", "flt", {"deadline": "realtime", "cpu-used": "8"})
+
+
 def _encode(
-    fmt: str,
-    vcodec: str,
-    acodec: str | None,
+    spec: _Container,
     *,
     width: int,
     height: int,
@@ -257,14 +275,18 @@ def _encode(
     audio: np.ndarray | None,
     audio_rate: int,
     video_bitrate: int,
-    video_options: dict[str, str] | None,
     kind: FrameKind,
     seed: int,
-    blur_sigma: float,
-    audio_format: str,
-    container_options: dict[str, str] | None = None,
+    blur_sigma: float = 0.0,
+    live: bool = False,
 ) -> bytes:
-    """Mux synthetic frames and an optional mono track into ``fmt``, interleaved by time."""
+    """Mux synthetic frames and an optional mono track into ``spec``'s container, interleaved by time.
+
+    ``live`` writes no duration and no cues (Matroska/WebM), as a browser's MediaRecorder does.
+    """
+    fmt, vcodec, acodec, audio_format = spec.fmt, spec.vcodec, spec.acodec, spec.audio_format
+    video_options = spec.video_options
+    container_options = {"live": "1"} if live else spec.container_options
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=fmt, container_options=container_options or {}) as out:
         vs = out.add_stream(vcodec, rate=Fraction(fps), options=video_options or {})
@@ -340,23 +362,7 @@ def mp4(
 
     ``audio`` is float32 mono at ``audio_rate``; None gives a file without an audio track.
     """
-    return _encode(
-        "mp4",
-        "libx264",
-        "aac",
-        width=width,
-        height=height,
-        fps=fps,
-        seconds=seconds,
-        audio=audio,
-        audio_rate=audio_rate,
-        video_bitrate=video_bitrate,
-        video_options={"preset": "veryfast"},
-        kind=kind,
-        seed=seed,
-        blur_sigma=blur_sigma,
-        audio_format="fltp",
-    )
+    return _encode(_MP4, **locals())
 
 
 def flv(
@@ -377,23 +383,7 @@ def flv(
     """
     if audio is not None and audio_rate not in (44_100, 22_050, 11_025):
         raise ValueError(f"FLV/MP3 audio must be 44100, 22050 or 11025 Hz, not {audio_rate}")
-    return _encode(
-        "flv",
-        "flv",
-        "libmp3lame",
-        width=width,
-        height=height,
-        fps=fps,
-        seconds=seconds,
-        audio=audio,
-        audio_rate=audio_rate,
-        video_bitrate=video_bitrate,
-        video_options=None,
-        kind=kind,
-        seed=seed,
-        blur_sigma=blur_sigma,
-        audio_format="fltp",
-    )
+    return _encode(_FLV, **locals())
 
 
 def avi(
@@ -409,23 +399,7 @@ def avi(
     blur_sigma: float = 0.0,
 ) -> bytes:
     """AVI: MPEG-4 Part 2 ("mpeg4") video + 16-bit PCM audio."""
-    return _encode(
-        "avi",
-        "mpeg4",
-        "pcm_s16le",
-        width=width,
-        height=height,
-        fps=fps,
-        seconds=seconds,
-        audio=audio,
-        audio_rate=audio_rate,
-        video_bitrate=video_bitrate,
-        video_options=None,
-        kind=kind,
-        seed=seed,
-        blur_sigma=blur_sigma,
-        audio_format="s16",
-    )
+    return _encode(_AVI, **locals())
 
 
 def mkv(
@@ -440,23 +414,7 @@ def mkv(
     seed: int = 0,
 ) -> bytes:
     """Matroska: H.264 (libx264) + mono AAC, as screen and camera recorders write it."""
-    return _encode(
-        "matroska",
-        "libx264",
-        "aac",
-        width=width,
-        height=height,
-        fps=fps,
-        seconds=seconds,
-        audio=audio,
-        audio_rate=audio_rate,
-        video_bitrate=video_bitrate,
-        video_options={"preset": "veryfast"},
-        kind=kind,
-        seed=seed,
-        blur_sigma=0.0,
-        audio_format="fltp",
-    )
+    return _encode(_MKV, **locals())
 
 
 def webm(
@@ -477,24 +435,7 @@ def webm(
     """
     if audio is not None and audio_rate != 48_000:
         raise ValueError("Opus in WebM is 48 kHz here")
-    return _encode(
-        "webm",
-        "libvpx",
-        "libopus",
-        width=width,
-        height=height,
-        fps=fps,
-        seconds=seconds,
-        audio=audio,
-        audio_rate=audio_rate,
-        video_bitrate=video_bitrate,
-        video_options={"deadline": "realtime", "cpu-used": "8"},
-        kind=kind,
-        seed=seed,
-        blur_sigma=0.0,
-        audio_format="flt",
-        container_options={"live": "1"} if live else None,
-    )
+    return _encode(_WEBM, **locals())
 
 
 def remux(data: bytes, fmt: str) -> bytes:
