@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import pytest
 
 from fusion_emotion.cli import main
 from fusion_emotion.ops import bench
+from fusion_emotion.server.procs import free_port
 
 LATENCY_KEYS = {"avg", "min", "max", "p50", "p90", "p95", "p99"}
 
@@ -150,19 +150,13 @@ def test_bench_triton_json(triton, media, tmp_path: Path, capsys):
     assert "req/s" in capsys.readouterr().out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def frontend(triton) -> Iterator[str]:
     uvicorn = pytest.importorskip("uvicorn")
     from fusion_emotion.frontend.app import create_app
     from fusion_emotion.frontend.settings import Settings
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(Settings(triton_url=triton.grpc_url, request_timeout_s=120)),

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from fusion_emotion import contract as C
+from fusion_emotion.server import procs
 
 log = logging.getLogger(__name__)
 
@@ -318,37 +319,6 @@ class TritonStats:
 # ----------------------------------------------------------------------------- CPU accounting
 
 
-def _proc_tree_cpu_s(roots: Sequence[int]) -> float:
-    """utime+stime (seconds) of ``roots`` and all their live descendants, from /proc.
-
-    Wall-clock throughput on a shared machine moves with everybody else's load;
-    CPU seconds per request barely do, so they show what a tuning change costs.
-    """
-    tick = os.sysconf("SC_CLK_TCK")
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        pid = int(entry.name)
-        parent[pid] = int(fields[1])
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
-    wanted = set(roots)
-    total = 0.0
-    for pid in cpu:
-        p, seen = pid, 0
-        while p > 1 and seen < 64:
-            if p in wanted:
-                total += cpu[pid]
-                break
-            p, seen = parent.get(p, 0), seen + 1
-    return total
-
-
 class CpuMeter:
     """CPU seconds spent by this process (in-process targets) or by server process trees."""
 
@@ -356,7 +326,7 @@ class CpuMeter:
         self.server_pids = list(server_pids or [])
 
     def read(self) -> float:
-        return _proc_tree_cpu_s(self.server_pids) if self.server_pids else time.process_time()
+        return procs.tree_cpu_seconds(self.server_pids) if self.server_pids else time.process_time()
 
 
 # ----------------------------------------------------------------------------- targets

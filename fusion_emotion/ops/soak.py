@@ -6,7 +6,7 @@ clients busy with a fixed mix of good and bad requests until the time is up.
 
 Checks: every good answer equals the in-process ReferencePipeline's (computed
 once per input) within ``tolerance``; no 5xx for good inputs; bad inputs get 4xx.
-The resident memory (VmRSS from /proc) of tritonserver, each Python-backend stub
+The resident memory (RSS, via psutil) of tritonserver, each Python-backend stub
 and the front end is sampled over time and its growth after warm-up reported.
 Everything goes to a JSON file (default build/soak.json).
 """
@@ -20,7 +20,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,14 +32,10 @@ from typing import Any
 import numpy as np
 
 from fusion_emotion import contract as C
+from fusion_emotion.server import procs
+from fusion_emotion.server.procs import free_port
 
 log = logging.getLogger("fusion_emotion.ops.soak")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -91,57 +86,19 @@ def attach_reference(cases: list[Case], repository: Path) -> None:
 
 
 # --------------------------------------------------------------------------- processes
-def _rss_kb(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int(Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
 def memory_sample(triton_root: int, frontend_pid: int) -> dict[str, int]:
     """RSS in KiB: tritonserver, each stub (by model instance), the front end."""
     sample: dict[str, int] = {}
-    for pid in _descendants(triton_root):
-        cmd = _cmdline(pid)
-        rss = _rss_kb(pid)
+    for proc in procs.descendants(triton_root):
+        rss = procs.rss_kb(proc)
         if rss is None:
             continue
-        if "triton_python_backend_stub" in cmd:
-            parts = cmd.split()
-            model = Path(parts[1]).parent.parent.name if len(parts) > 1 else "stub"
-            key = f"stub:{model}:{pid}"
-            sample[key] = rss
-        elif "tritonserver" in cmd.split()[0] if cmd else False:
+        model = procs.stub_model(proc)
+        if model is not None:
+            sample[f"stub:{model}:{proc.pid}"] = rss
+        elif procs.is_tritonserver(proc):
             sample["tritonserver"] = rss
-    rss = _rss_kb(frontend_pid)
+    rss = procs.rss_kb(frontend_pid)
     if rss is not None:
         sample["frontend"] = rss
     return sample
