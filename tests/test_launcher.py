@@ -14,7 +14,7 @@ from helpers import start_triton
 
 from fusion_emotion.server import procs
 
-GONE_WITHIN_S = 30.0  # Triton's graceful stop; measured ~2-6 s on the shared 2-core machine
+GONE_WITHIN_S = 30.0  # Triton's graceful stop (--exit-timeout-secs 20 bounds it); measured 13.8 s at load 5-8
 
 
 def _wait_gone(pids: list[int], timeout: float) -> tuple[list[int], float]:
