@@ -182,7 +182,9 @@ async def _load(
     seed: int,
     http_timeout: float,
     max_requests: int | None = None,
+    completed: list[int] | None = None,
 ) -> dict[str, Any]:
+    """Closed-loop mixed load; ``completed[0]`` counts answered requests live (for the memory sampler)."""
     import httpx
 
     stats: dict[str, Any] = {
@@ -225,6 +227,8 @@ async def _load(
                 continue
             latencies.append(time.monotonic() - t0)
             stats["requests"] += 1
+            if completed is not None:
+                completed[0] += 1
             code = resp.status_code
             stats["status_counts"][str(code)] = stats["status_counts"].get(str(code), 0) + 1
             per = stats["per_case"].setdefault(case.name, {})
@@ -262,8 +266,51 @@ async def _load(
     return stats
 
 
+MIN_REQUESTS_PER_INTERVAL = 8
+"""Samples are joined into intervals of at least this many answered requests before slopes are taken."""
+
+
+def median_interval_slope(x: list[float], y: list[float], min_dx: float = MIN_REQUESTS_PER_INTERVAL) -> float | None:
+    """Median over consecutive intervals (each spanning >= ``min_dx`` in x) of dy/dx.
+
+    A steady leak raises every interval; a few one-off steps (allocator arenas
+    growing when a new batch shape peaks) raise only the intervals they fall in,
+    which the median ignores while they are fewer than half.
+    """
+    slopes: list[float] = []
+    i = 0
+    for j in range(1, len(x)):
+        if x[j] - x[i] >= min_dx:
+            slopes.append((y[j] - y[i]) / (x[j] - x[i]))
+            i = j
+    return float(np.median(slopes)) if slopes else None
+
+
+def growth_per_request(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
+    """Total RSS growth (KiB) per answered request after warm-up, from samples that carry ``requests`` counts.
+
+    A leak grows memory with every request, so it shows as a steady slope of RSS
+    against requests served; ONNX Runtime's arenas instead grow in a few steps
+    when a new batch shape peaks, then stay flat. The median interval slope
+    follows the first and ignores the second.
+    """
+    after = [s for s in samples if s["t"] >= warmup_s and "requests" in s]
+    keys = set(after[0]["rss_kb"]) if after else set()
+    usable = [s for s in after if set(s["rss_kb"]) == keys]  # a replaced process would fake a jump
+    xs = [float(s["requests"]) for s in usable]
+    ys = [float(sum(s["rss_kb"].values())) for s in usable]
+    slope = median_interval_slope(xs, ys)
+    span = xs[-1] - xs[0] if xs else 0.0
+    return {
+        "kb_per_request": None if slope is None else round(slope, 1),
+        "end_to_end_kb_per_request": round((ys[-1] - ys[0]) / span, 1) if span else None,
+        "requests": int(span),
+        "samples": len(usable),
+    }
+
+
 def summarize_memory(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
-    """Per process: RSS after warm-up (first sample at or after ``warmup_s``), at the end, growth; plus totals."""
+    """Per process: RSS after warm-up (first sample at or after ``warmup_s``), at the end, growth; totals; per request."""
     if not samples:
         return {}
     after = [s for s in samples if s["t"] >= warmup_s] or samples
@@ -288,6 +335,7 @@ def summarize_memory(samples: list[dict[str, Any]], warmup_s: float) -> dict[str
         "total_growth_mb": round(total_b - total_a, 1),
         "total_growth_pct": round(100 * (total_b - total_a) / total_a, 2) if total_a else None,
         "same_processes": set(first) == set(last),
+        "growth_per_request": growth_per_request(samples, warmup_s),
     }
 
 
@@ -322,12 +370,7 @@ def run_soak(
 
         async def sampler() -> None:
             while True:
-                samples.append(
-                    {
-                        "t": round(time.monotonic() - t_start, 1),
-                        "rss_kb": memory_sample(stack.triton.pid, stack.frontend.pid),
-                    }
-                )
+                samples.append(sample())
                 try:
                     await asyncio.wait_for(stop_sampling.wait(), sample_every_s)
                     return
@@ -335,6 +378,14 @@ def run_soak(
                     continue
 
         warm: dict[str, Any] = {}
+        completed = [0]
+
+        def sample() -> dict[str, Any]:
+            return {
+                "t": round(time.monotonic() - t_start, 1),
+                "requests": completed[0],
+                "rss_kb": memory_sample(stack.triton.pid, stack.frontend.pid),
+            }
 
         async def main() -> dict[str, Any]:
             task = asyncio.create_task(sampler())
@@ -344,13 +395,28 @@ def run_soak(
                 n_warm = 2 * concurrency if warmup_requests is None else warmup_requests
                 warm.update(
                     await _load(
-                        stack.base_url, cases, 3600, concurrency, tolerance, seed + 1, request_timeout_s + 30, n_warm
+                        stack.base_url,
+                        cases,
+                        3600,
+                        concurrency,
+                        tolerance,
+                        seed + 1,
+                        request_timeout_s + 30,
+                        n_warm,
+                        completed,
                     )
                 )
                 warm["ended_at_s"] = round(time.monotonic() - t_start, 1)
-                samples.append({"t": warm["ended_at_s"], "rss_kb": memory_sample(stack.triton.pid, stack.frontend.pid)})
+                samples.append(sample() | {"t": warm["ended_at_s"]})
                 return await _load(
-                    stack.base_url, cases, duration_s, concurrency, tolerance, seed, request_timeout_s + 30
+                    stack.base_url,
+                    cases,
+                    duration_s,
+                    concurrency,
+                    tolerance,
+                    seed,
+                    request_timeout_s + 30,
+                    completed=completed,
                 )
             finally:
                 stop_sampling.set()
@@ -358,12 +424,7 @@ def run_soak(
 
         try:
             stats = asyncio.run(main())
-            samples.append(
-                {
-                    "t": round(time.monotonic() - t_start, 1),
-                    "rss_kb": memory_sample(stack.triton.pid, stack.frontend.pid),
-                }
-            )
+            samples.append(sample())
             alive = stack.triton.poll() is None and stack.frontend.poll() is None
         finally:
             stack.stop()
@@ -409,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     summary = {k: report[k] for k in ("requests", "good", "bad", "wrong_answers", "good_5xx", "bad_not_4xx")}
     summary["total_growth_mb"] = report["memory"].get("total_growth_mb")
+    summary["growth_kb_per_request"] = report["memory"].get("growth_per_request", {}).get("kb_per_request")
     log.info("soak done: %s -> %s", json.dumps(summary), args.output)
     ok = (
         report["wrong_answers"] == 0
