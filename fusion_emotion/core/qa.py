@@ -1,7 +1,7 @@
 """Quality flags that travel with every prediction.
 
-Cheap, pure numpy/OpenCV functions (a few tens of milliseconds per request in
-all) computed on what the decoders produce, so a client can tell a confident
+Pure numpy/OpenCV functions (the face detector dominates their cost: see the
+README's "video_face_detection_confidence") computed on what the decoders produce, so a client can tell a confident
 answer on good media from a guess on clipped, silent, blurred or face-less
 media. Every flag is a float in [0, 1]; NaN means "not available" (the modality
 is absent) and becomes JSON null at the clients. the README ("Quality flags") documents
