@@ -11,6 +11,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fusion_emotion.server.launcher import die_with_parent
 from fusion_emotion.server.procs import free_port
 
 __all__ = ["free_port", "http_ready", "start_triton", "TritonHandle"]
@@ -76,7 +77,10 @@ def start_triton(
     if extra_args:
         cmd += ["--", *extra_args]
     log = open(log_path, "wb")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # dies with this process (pytest killed by a timeout or the OOM killer leaves no server behind)
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent(os.getpid())
+    )
     log.close()
     handle = TritonHandle(repository, proc, grpc_port, http_port, metrics_port, log_path, extra_ports or {})
     deadline = time.monotonic() + timeout

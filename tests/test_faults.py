@@ -29,6 +29,7 @@ from test_frontend import assert_result, multipart, run_frontend
 from fusion_emotion import contract as C
 from fusion_emotion.frontend.settings import Settings
 from fusion_emotion.server import procs
+from fusion_emotion.server.launcher import die_with_parent
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +82,13 @@ class PrivateTriton:
             "--metrics-port", str(self.metrics_port),
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(os.getpid()),
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not http_ready(f"http://127.0.0.1:{self.http_port}/v2/health/ready"):
             if self.proc.poll() is not None:

@@ -33,6 +33,7 @@ import numpy as np
 
 from fusion_emotion import contract as C
 from fusion_emotion.server import procs
+from fusion_emotion.server.launcher import die_with_parent
 from fusion_emotion.server.procs import free_port
 
 log = logging.getLogger("fusion_emotion.ops.soak")
@@ -139,7 +140,7 @@ def start_stack(
     triton = subprocess.Popen(
         [py, "-m", "fusion_emotion.cli", "triton", "--repository", str(repository), "--profile", "cpu",
          "--grpc-port", str(grpc), "--http-port", str(http), "--metrics-port", str(metrics)],
-        stdout=tlog, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=tlog, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
     )  # fmt: skip
     deadline = time.monotonic() + timeout_s
     while not _http_ok(f"http://127.0.0.1:{http}/v2/health/ready"):
@@ -151,7 +152,7 @@ def start_stack(
     frontend = subprocess.Popen(
         [py, "-m", "fusion_emotion.cli", "serve", "--triton-url", f"127.0.0.1:{grpc}", "--host", "127.0.0.1",
          "--port", str(port), "--max-body-bytes", str(max_body_bytes), "--request-timeout", str(request_timeout_s)],
-        stdout=flog, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=flog, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     while not _http_ok(base + "/ping"):
