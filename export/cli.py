@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export",
         help="export a checkpoint (or random demo weights) to a complete Triton model repository",
         description="Export the encoders to ONNX (validated against PyTorch), the fusion head to numpy, "
-        "and write a self-contained Triton model repository with cpu and gpu profiles.",
+        "and write a complete Triton model repository with cpu and gpu profiles (its Python-backend models "
+        "import the fusion_emotion package, which the serving environment must provide).",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", metavar="PATH", help="fusion-emotion/v1 checkpoint (.pt)")
@@ -24,7 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--hubert-pretrained", metavar="DIR", help="local Hugging Face HuBERT directory for the audio encoder"
     )
     p.add_argument("--output", required=True, metavar="DIR", help="model repository to write")
-    p.add_argument("--torchscript", action="store_true", help="also write model.pt for Triton's libtorch backend")
+    p.add_argument(
+        "--torchscript",
+        action="store_true",
+        help="also write a traced TorchScript model.pt beside each model.onnx (validated the same way); "
+        "no profile serves it: every config uses the ONNX graph",
+    )
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |ONNX - PyTorch| allowed (default 1e-4)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--force", action="store_true", help="overwrite a non-empty output directory")

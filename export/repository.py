@@ -1,4 +1,8 @@
-"""Write a complete, self-contained Triton model repository from a loaded model."""
+"""Write a complete Triton model repository from a loaded model.
+
+Complete, not self-contained: the Python-backend models (preprocess, fusion_head, the cpu
+profiles' encoders) import the fusion_emotion package, so the serving environment needs it.
+"""
 
 from __future__ import annotations
 

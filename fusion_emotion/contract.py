@@ -94,7 +94,8 @@ VIDEO_ENC_OUT = TensorSpec("embedding", "TYPE_FP32", (VIDEO_EMBED_DIM,))
 AUDIO_WAVEFORM = TensorSpec("waveform", "TYPE_FP32", (AUDIO_SAMPLES,))
 AUDIO_ENC_OUT = TensorSpec("embedding", "TYPE_FP32", (AUDIO_EMBED_DIM,))
 
-# Timeline model I/O: window length / hop in seconds (optional, defaults 3 / 1.5);
+# Timeline model I/O: window length / hop in seconds (optional; defaults 4 / 4, i.e. the audio
+# window back to back: core/timeline.py DEFAULT_WINDOW_S / DEFAULT_HOP_S);
 # one row per window: start, end (seconds from the media start), six probabilities.
 IN_WINDOW_S = TensorSpec("window_s", "TYPE_FP32", (1,), optional=True)
 IN_HOP_S = TensorSpec("hop_s", "TYPE_FP32", (1,), optional=True)

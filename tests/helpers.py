@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,11 +11,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fusion_emotion.server.launcher import die_with_parent
+from fusion_emotion.server.procs import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["free_port", "http_ready", "start_triton", "TritonHandle"]
 
 
 def http_ready(url: str, timeout: float = 1.0) -> bool:
@@ -79,7 +77,10 @@ def start_triton(
     if extra_args:
         cmd += ["--", *extra_args]
     log = open(log_path, "wb")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # dies with this process (pytest killed by a timeout or the OOM killer leaves no server behind)
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent(os.getpid())
+    )
     log.close()
     handle = TritonHandle(repository, proc, grpc_port, http_port, metrics_port, log_path, extra_ports or {})
     deadline = time.monotonic() + timeout
@@ -91,18 +92,3 @@ def start_triton(
         time.sleep(0.3)
     handle.stop()
     raise TimeoutError(f"tritonserver not ready in {timeout} s:\n{handle.log_text()[-4000:]}")
-
-
-def stub_pids(shm_prefix_hint: str = "triton_python_backend_stub") -> list[int]:
-    """PIDs of Python-backend stub processes still alive on this machine."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if shm_prefix_hint in cmdline:
-            pids.append(int(entry.name))
-    return pids

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +13,8 @@ import pytest
 
 from fusion_emotion.cli import main
 from fusion_emotion.ops import bench
+from fusion_emotion.ops.stages import measure_stages
+from fusion_emotion.server.procs import free_port
 
 LATENCY_KEYS = {"avg", "min", "max", "p50", "p90", "p95", "p99"}
 
@@ -150,19 +151,13 @@ def test_bench_triton_json(triton, media, tmp_path: Path, capsys):
     assert "req/s" in capsys.readouterr().out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def frontend(triton) -> Iterator[str]:
     uvicorn = pytest.importorskip("uvicorn")
     from fusion_emotion.frontend.app import create_app
     from fusion_emotion.frontend.settings import Settings
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(Settings(triton_url=triton.grpc_url, request_timeout_s=120)),
@@ -218,7 +213,7 @@ def test_bench_local_errors_are_counted(demo_repository, tmp_path: Path):
 
 
 def test_stages_cover_the_lean_pipeline(demo_repository, media):
-    stages = bench.measure_stages(demo_repository, media["flv"], repeats=1)
+    stages = measure_stages(demo_repository, media["flv"], repeats=1)
     for name in ("decode_video", "qa_flags", "video_encoder", "audio_encoder", "fusion_head", "lean_end_to_end"):
         assert stages[name]["wall_ms"] > 0 and stages[name]["cpu_ms"] >= 0
 
@@ -242,3 +237,12 @@ def test_int8_profile_files(tmp_path: Path):
         assert (tmp_path / "int8" / model / "1" / C.ONNX_FILENAME).read_bytes() == b"int8"
         assert (repo / model / "1" / C.ONNX_FILENAME).read_bytes() == b"fp32"
         assert not (tmp_path / "int8" / model / "1" / quantize.INT8_FILENAME).exists()
+
+
+def test_baseline_target_predicts_a_distribution(media):
+    """The old design (fusion_emotion.ops.baseline), as `bench --baseline` runs it: full decode + eager PyTorch."""
+    from fusion_emotion.ops.baseline import BaselineTarget
+
+    target = BaselineTarget(media["flv"], None, seed=0)
+    probs = target.predict(media["flv"], None)
+    assert probs.shape == (6,) and abs(float(probs.sum()) - 1.0) < 1e-5

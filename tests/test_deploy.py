@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fusion_emotion import contract as C
 from fusion_emotion.contract import ENSEMBLE, MODEL_NAMES
 from fusion_emotion.deploy import sagemaker as sm
 from fusion_emotion.deploy.package import PackageError, build_model_tarball
@@ -150,6 +151,10 @@ def test_validate_config(tmp_path: Path) -> None:
         ({"instance_type": "g4dn.xlarge"}, "--instance-type"),
         ({"instance_count": 0}, "--instance-count"),
         ({"profile": "tpu"}, "--profile"),
+        ({"instance_type": "ml.m5.xlarge", "profile": "gpu"}, r"--profile gpu needs an NVIDIA GPU.*use --profile cpu"),
+        ({"instance_type": "ml.c5.2xlarge", "profile": "gpu_fp16"}, "ml.c5.2xlarge has none"),
+        ({"instance_type": "ml.inf2.xlarge", "profile": "gpu"}, "needs an NVIDIA GPU"),
+        ({"async_output": "s3://b-1/out", "async_invocation_timeout_s": 3601}, "--async-invocation-timeout"),
         ({"model_data": str(tmp_path / "missing.tar.gz")}, "neither an s3:// URI"),
         ({"s3_prefix": None}, "--s3-prefix is required"),
         ({"s3_prefix": "bucket/prefix"}, "--s3-prefix"),
@@ -175,8 +180,51 @@ def test_deploy_cli_rejects_bad_arguments_before_aws(tmp_path: Path, capsys: pyt
 
 
 def test_resource_names_fit_sagemaker_limits() -> None:
-    model, config = sm.resource_names("e" * 63, now=0)
-    assert len(model) <= 63 and model.endswith("-19700101-000000") and model == config
+    model, config = sm.resource_names("e" * 63, now=0.25)
+    assert len(model) <= 63 and model.endswith("-19700101-000000250") and model == config
+    assert sm.resource_names("ep", now=1.0) != sm.resource_names("ep", now=1.001)  # two deploys in one second
+
+
+def test_instance_types_and_profiles() -> None:
+    for gpu in ("ml.g4dn.xlarge", "ml.g5.2xlarge", "ml.g6.xlarge", "ml.g6e.xlarge", "ml.p3.2xlarge", "ml.p4d.24xlarge"):
+        assert sm.instance_has_gpu(gpu), gpu
+    for cpu in ("ml.m5.xlarge", "ml.c5.2xlarge", "ml.c7i.large", "ml.r5.large", "ml.t2.medium", "ml.inf2.xlarge",
+                "ml.trn1.2xlarge", "ml.g4ad.xlarge"):  # fmt: skip
+        assert not sm.instance_has_gpu(cpu), cpu
+    assert [p for p in ("cpu", "cpu_int8", "cpu_dali", "gpu", "gpu_fp16") if sm.profile_needs_gpu(p)] == [
+        "gpu",
+        "gpu_fp16",
+    ]
+    # No --profile: the one that matches the instance.
+    assert sm.effective_profile(sm.DeployConfig("s3://b/m", IMAGE, ROLE, "ep", instance_type="ml.m5.xlarge")) == "cpu"
+    assert sm.effective_profile(sm.DeployConfig("s3://b/m", IMAGE, ROLE, "ep", instance_type="ml.g5.xlarge")) == "gpu"
+
+
+def test_async_endpoints_get_async_sized_frontend_limits(tmp_path: Path) -> None:
+    from fusion_emotion.frontend.settings import SAGEMAKER_MAX_PAYLOAD_BYTES, Settings
+
+    realtime = sm.container_environment(_config(tmp_path))
+    assert sm.ENV_MAX_BODY_BYTES not in realtime and sm.ENV_REQUEST_TIMEOUT_S not in realtime
+    env = sm.container_environment(_config(tmp_path, async_output="s3://b-1/out", async_invocation_timeout_s=1800))
+    settings = Settings.from_env(env)  # what the front end in the container will run with
+    assert settings.max_body_bytes == sm.ASYNC_MAX_BODY_BYTES > 2 * C.MAX_INPUT_BYTES > SAGEMAKER_MAX_PAYLOAD_BYTES
+    assert settings.request_timeout_s == 1795
+    # --env wins over the computed values
+    env = sm.container_environment(
+        _config(tmp_path, async_output="s3://b-1/out", environment={sm.ENV_MAX_BODY_BYTES: "1000"})
+    )
+    assert env[sm.ENV_MAX_BODY_BYTES] == "1000" and env[sm.ENV_REQUEST_TIMEOUT_S] == "895"
+
+
+def test_deploy_cli_refuses_a_gpu_profile_on_a_cpu_instance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fusion_emotion.cli import main
+
+    tarball = tmp_path / "model.tar.gz"
+    tarball.write_bytes(b"x")
+    argv = ["deploy", "--model-data", str(tarball), "--s3-prefix", "s3://b-1/p", "--image-uri", IMAGE,
+            "--role-arn", ROLE, "--endpoint-name", "ep", "--instance-type", "ml.m5.xlarge", "--profile", "gpu"]  # fmt: skip
+    assert main(argv) == 2
+    assert "use --profile cpu" in capsys.readouterr().err
 
 
 # --- against a local AWS API (moto server) ------------------------------------------
@@ -306,6 +354,8 @@ def test_deploy_async_scale_to_zero(aws) -> None:
     }
     env = sagemaker.describe_model(ModelName=result.model_name)["PrimaryContainer"]["Environment"]
     assert env["FUSION_EMOTION_PROFILE"] == "cpu"
+    assert env["FUSION_EMOTION_MAX_BODY_BYTES"] == str(sm.ASYNC_MAX_BODY_BYTES)
+    assert env["FUSION_EMOTION_REQUEST_TIMEOUT_S"] == str(sm.ASYNC_INVOCATION_TIMEOUT_S - sm.ASYNC_DEADLINE_MARGIN_S)
 
     targets, policies = _describe_scaling(aws, endpoint)
     assert (targets[0]["MinCapacity"], targets[0]["MaxCapacity"]) == (0, 3)
@@ -381,3 +431,105 @@ def test_deploy_rolls_back_when_the_api_rejects_a_step(aws) -> None:
         sm.deploy(cfg, session=aws)
     assert not sagemaker.list_models(NameContains="fusion-rollback")["Models"]
     assert not [e for e in sagemaker.list_endpoints()["Endpoints"] if e["EndpointName"] == "fusion-rollback"]
+
+
+@pytest.fixture()
+def sagemaker_semantics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make moto's SageMaker behave like SageMaker where deploy depends on it.
+
+    moto 5 accepts CreateEndpoint for a name already in use (SageMaker refuses:
+    "Cannot create already existing endpoint") and has no UpdateEndpoint at all.
+    The server runs in this process, so its response class is patched: CreateEndpoint
+    refuses a name in use, UpdateEndpoint switches an existing endpoint to an existing
+    config (unknown endpoint or config: ValidationException, as SageMaker answers).
+    """
+    from moto.core.responses import ActionResult
+    from moto.sagemaker.exceptions import ValidationError
+    from moto.sagemaker.responses import SageMakerResponse
+
+    original_create = SageMakerResponse.create_endpoint
+
+    def create_endpoint(self):  # type: ignore[no-untyped-def]
+        name = self._get_param("EndpointName")
+        if name in self.sagemaker_backend.endpoints:
+            raise ValidationError(message=f'Cannot create already existing endpoint "{name}".')
+        return original_create(self)
+
+    def update_endpoint(self):  # type: ignore[no-untyped-def]
+        backend = self.sagemaker_backend
+        name = self._get_param("EndpointName")
+        backend.describe_endpoint(name)
+        config = backend.describe_endpoint_config(self._get_param("EndpointConfigName"))
+        endpoint = backend.endpoints[name]
+        endpoint.endpoint_config_name = config["EndpointConfigName"]
+        endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
+        return ActionResult({"EndpointArn": endpoint.arn})
+
+    monkeypatch.setattr(SageMakerResponse, "create_endpoint", create_endpoint)
+    monkeypatch.setattr(SageMakerResponse, "update_endpoint", update_endpoint, raising=False)
+
+
+def _record_calls(session) -> list[str]:
+    """Names of the SageMaker API operations this session's clients call, in order."""
+    calls: list[str] = []
+    session.events.register("before-call.sagemaker", lambda model, **_: calls.append(model.name))
+    return calls
+
+
+def test_moto_is_patched_to_refuse_a_second_create_endpoint(aws, sagemaker_semantics) -> None:
+    """The guard the update test relies on: CreateEndpoint on a live name fails, as on SageMaker."""
+    from botocore.exceptions import ClientError
+
+    cfg = sm.DeployConfig(
+        model_data=f"s3://{BUCKET}/prebuilt/model.tar.gz", image_uri=IMAGE, role_arn=ROLE, endpoint_name="fusion-dup"
+    )
+    result = sm.deploy(cfg, session=aws)
+    sagemaker = aws.client("sagemaker")
+    with pytest.raises(ClientError, match="Cannot create already existing endpoint"):
+        sagemaker.create_endpoint(EndpointName="fusion-dup", EndpointConfigName=result.endpoint_config_name)
+    sm.undeploy("fusion-dup", session=aws)
+
+
+def test_deploy_to_an_existing_endpoint_updates_it(aws, sagemaker_semantics) -> None:
+    """Second deploy: UpdateEndpoint (never CreateEndpoint), autoscaling re-applied, old config and model retired."""
+    endpoint = "fusion-update"
+    data = f"s3://{BUCKET}/prebuilt/model.tar.gz"
+    aws.client("s3").put_object(Bucket=BUCKET, Key="prebuilt/model.tar.gz", Body=b"tar")
+    calls = _record_calls(aws)
+    first = sm.deploy(
+        sm.DeployConfig(
+            data, IMAGE, ROLE, endpoint, instance_type="ml.g4dn.xlarge", autoscaling=sm.Autoscaling(1, 2, 100)
+        ),
+        session=aws,
+    )
+    assert not first.updated and "CreateEndpoint" in calls and "UpdateEndpoint" not in calls
+    calls.clear()
+
+    second = sm.deploy(
+        sm.DeployConfig(
+            data, IMAGE, ROLE, endpoint, instance_type="ml.g4dn.2xlarge", autoscaling=sm.Autoscaling(1, 3, 50)
+        ),
+        session=aws,
+    )
+    assert second.updated and second.status == "InService"
+    assert "UpdateEndpoint" in calls and "CreateEndpoint" not in calls, calls
+    sagemaker = aws.client("sagemaker")
+    ep = sagemaker.describe_endpoint(EndpointName=endpoint)
+    assert ep["EndpointConfigName"] == second.endpoint_config_name != first.endpoint_config_name
+    (variant,) = sagemaker.describe_endpoint_config(EndpointConfigName=ep["EndpointConfigName"])["ProductionVariants"]
+    assert variant["InstanceType"] == "ml.g4dn.2xlarge" and variant["ModelName"] == second.model_name
+    # The previous deployment's pieces are gone; only the live ones remain.
+    assert sorted(second.retired) == sorted(
+        [f"endpoint config {first.endpoint_config_name}", f"model {first.model_name}"]
+    )
+    assert [
+        c["EndpointConfigName"] for c in sagemaker.list_endpoint_configs(NameContains=endpoint)["EndpointConfigs"]
+    ] == [second.endpoint_config_name]
+    assert [m["ModelName"] for m in sagemaker.list_models(NameContains=endpoint)["Models"]] == [second.model_name]
+    targets, policies = _describe_scaling(aws, endpoint)
+    assert (targets[0]["MinCapacity"], targets[0]["MaxCapacity"]) == (1, 3)
+    assert [p["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] for p in policies] == [50]
+
+    report = sm.undeploy(endpoint, session=aws)
+    assert f"model {second.model_name}" in report.deleted
+    assert not sagemaker.list_models(NameContains=endpoint)["Models"]

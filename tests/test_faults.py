@@ -28,6 +28,8 @@ from test_frontend import assert_result, multipart, run_frontend
 
 from fusion_emotion import contract as C
 from fusion_emotion.frontend.settings import Settings
+from fusion_emotion.server import procs
+from fusion_emotion.server.launcher import die_with_parent
 
 pytestmark = pytest.mark.integration
 
@@ -40,52 +42,22 @@ START_TIMEOUT_S = 240.0
 
 # --------------------------------------------------------------------------- process helpers
 def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return " ".join(procs.cmdline(pid))
 
 
 def descendants(root: int) -> list[int]:
     """All live descendants of ``root`` (tritonserver runs in its own session, so walk ppids)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            ppid = _ppid(int(entry.name))
-            if ppid is not None:
-                children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return [p for p in out if _alive(p)]
+    return [p.pid for p in procs.descendants(root)]
 
 
 def tritonserver_pid(root: int) -> int:
-    pids = [p for p in descendants(root) if "/tritonserver " in _cmdline(p) or _cmdline(p).startswith("tritonserver")]
+    pids = [p.pid for p in procs.descendants(root) if procs.is_tritonserver(p)]
     assert len(pids) == 1, [(p, _cmdline(p)[:120]) for p in descendants(root)]
     return pids[0]
 
 
 def stub_pids(root: int, model: str) -> list[int]:
-    marker = f"/{model}/1/model.py"
-    return [p for p in descendants(root) if "triton_python_backend_stub" in _cmdline(p) and marker in _cmdline(p)]
+    return [pid for pid, name in procs.stubs(root).items() if name == model]
 
 
 @dataclass
@@ -110,7 +82,13 @@ class PrivateTriton:
             "--metrics-port", str(self.metrics_port),
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(os.getpid()),
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not http_ready(f"http://127.0.0.1:{self.http_port}/v2/health/ready"):
             if self.proc.poll() is not None:
@@ -134,7 +112,7 @@ class PrivateTriton:
                 self.proc.kill()
                 self.proc.wait()
         for pid in leftovers:  # only processes this handle started
-            if _alive(pid):
+            if procs.alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -391,11 +369,11 @@ def test_serve_exits_nonzero_when_triton_dies(demo_repository: Path, tmp_path: P
         code = proc.wait(60)
         assert code != 0, log.read_text()[-3000:]
         time.sleep(0.5)
-        assert not [p for p in family if _alive(p)], [(p, _cmdline(p)[:100]) for p in family if _alive(p)]
+        assert not [p for p in family if procs.alive(p)], [(p, _cmdline(p)[:100]) for p in family if procs.alive(p)]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         for pid in family:
-            if _alive(pid):
+            if procs.alive(pid):
                 os.kill(pid, signal.SIGKILL)

@@ -32,6 +32,7 @@ from fusion_emotion.client.http import FrontendError, encode_multipart, predict_
 from fusion_emotion import contract as C
 from fusion_emotion.frontend.app import create_app
 from fusion_emotion.frontend.settings import SAGEMAKER_MAX_PAYLOAD_BYTES, Settings
+from fusion_emotion.server.procs import free_port
 
 RESULT_KEYS = {*C.LABELS, "qa_flags", "dominant_emotion"}
 PLANTED_NAME = "holiday-secret-clip-7f3a.mp4"
@@ -40,12 +41,6 @@ BUCKET = "fe-test-bucket"
 
 
 # --------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def run_frontend(settings: Settings) -> Iterator[str]:
     """Serve ``create_app(settings)`` on a free port in a thread; yields the base URL."""

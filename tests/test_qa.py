@@ -158,6 +158,78 @@ def test_face_confidence_gradient_no_face() -> None:
     assert qa.face_confidence(frames) < 0.1
 
 
+# Frames as the decoder hands them to the face detector (qa_frames: height <= 360 px), from
+# 1280x720 and 480x360 scenes with a face of a known share of the frame height, passed
+# through JPEG at quality 50 so the detector sees compression artefacts as in real footage.
+QA_SIZES = [(1280, 720), (480, 360)]
+FACE_CENTERS = [(0.5, 0.45), (0.3, 0.4), (0.7, 0.5), (0.45, 0.55)]
+
+
+def _jpeg(frame: np.ndarray, quality: int = 50) -> np.ndarray:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+
+
+def _scene_qa_frames(width: int, height: int, **kwargs) -> np.ndarray:
+    """4 frames (the detector examines 4): the face moves between them, as in a clip."""
+    if kwargs.get("kind", "face") == "face" and "centers" not in kwargs:
+        frames = [synth.face_scene(width, height, centers=[c], seed=i, **kwargs) for i, c in enumerate(FACE_CENTERS)]
+    else:
+        frames = [synth.face_scene(width, height, seed=i, **kwargs) for i in range(4)]
+    out = synth.qa_frames(np.stack([_jpeg(f) for f in frames]))
+    assert out.shape[1] == min(height, 360) and out.shape[0] == 4
+    return out
+
+
+@pytest.mark.parametrize("size", QA_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("face_frac", [0.10, 0.15, 0.20, 0.30, 0.50])
+def test_face_flag_sees_faces_of_a_tenth_of_the_frame_height(size: tuple[int, int], face_frac: float) -> None:
+    frames = _scene_qa_frames(*size, face_frac=face_frac)
+    found = qa.detect_faces(frames)
+    assert [f.count for f in found] == [1, 1, 1, 1]
+    assert qa.face_confidence_of(found) >= 0.8
+    assert qa.face_confidence(frames) == qa.face_confidence_of(found)
+    assert qa.face_count(frames) == 1
+
+
+@pytest.mark.parametrize("size", QA_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("kind", ["no_face", "noise", "wall", "texture"])
+def test_face_flag_stays_near_zero_without_a_face(size: tuple[int, int], kind: str) -> None:
+    frames = _scene_qa_frames(*size, kind=kind)
+    assert qa.face_confidence(frames) <= 0.05
+    assert qa.face_count(frames) == 0
+
+
+@pytest.mark.parametrize("size", QA_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_face_count_two_people(size: tuple[int, int]) -> None:
+    frames = _scene_qa_frames(*size, face_frac=0.2, centers=[(0.3, 0.45), (0.72, 0.5)])
+    assert qa.face_count(frames) == 2
+    assert qa.face_confidence(frames) >= 0.8
+
+
+def test_faces_under_the_minimum_size_are_not_found() -> None:
+    """Documented limit: under FACE_MIN_FRACTION (8 %) of the height the face is below the cascade's window."""
+    frames = _scene_qa_frames(1280, 720, face_frac=0.05)
+    assert qa.face_confidence(frames) == 0.0 and qa.face_count(frames) == 0
+
+
+def test_media_qa_uses_qa_frames_for_the_face_flag() -> None:
+    """A 15 % face is ~19 px in the 128x171 model frames (too small); the qa_frames find it."""
+    import cv2
+
+    full = np.stack([synth.face_scene(1280, 720, 0.15, centers=[c], seed=i) for i, c in enumerate(FACE_CENTERS)])
+    model_frames = np.stack([cv2.resize(f, (171, 128), interpolation=cv2.INTER_AREA) for f in full])
+    without = qa.media_qa(model_frames, None, None)
+    with_qa = qa.media_qa(model_frames, None, None, qa_frames=synth.qa_frames(full))
+    assert without[2] < 0.1 <= 0.8 <= with_qa[2]
+    assert with_qa[3] == without[3]  # blur stays measured on the model frames
+    assert np.isnan(with_qa[:2]).all()
+    assert qa.media_qa(model_frames, None, None, qa_frames=np.zeros((0, 360, 640, 3), np.uint8))[2] == without[2]
+
+
 # --------------------------------------------------------------------------- fusion flags
 
 

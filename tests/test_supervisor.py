@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fusion_emotion.deploy import supervisor as sv
+from fusion_emotion.server.procs import alive, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE = ROOT / "docker" / "serve"
@@ -49,24 +49,6 @@ while True:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (exited, not yet reaped by its parent) counts as dead.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 def _wait_for(path: Path, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists() or not path.read_text():
@@ -83,7 +65,7 @@ def standin(tmp_path: Path) -> Path:
 
 def _serve_env(standin: Path, tmp_path: Path, *, triton_exit: float = -1, frontend_exit: float = -1,
                frontend_term: str = "exit", stop_timeout: float = 20) -> tuple[dict[str, str], Path, Path]:  # fmt: skip
-    port = _free_port()
+    port = free_port()
     tpid, fpid = tmp_path / "triton.pid", tmp_path / "frontend.pid"
     py = sys.executable
     env = {
@@ -110,14 +92,14 @@ def test_sigterm_stops_both_gracefully(standin: Path, tmp_path: Path) -> None:
         _wait_for(tpid)
         _wait_for(fpid)  # front end only starts once the Triton stand-in answers ready
         pids = int(tpid.read_text()), int(fpid.read_text())
-        assert all(_alive(p) for p in pids)
+        assert all(alive(p) for p in pids)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=25) == 0
         assert time.monotonic() - t0 < 25
     finally:
         proc.kill()
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
     assert Path(f"{tpid}.term").read_text() == "graceful" and Path(f"{fpid}.term").read_text() == "graceful"
 
 
@@ -129,7 +111,7 @@ def test_frontend_exit_stops_triton_and_fails(standin: Path, tmp_path: Path) -> 
         assert proc.wait(timeout=30) == 3
     finally:
         proc.kill()
-    assert not _alive(int(tpid.read_text()))
+    assert not alive(int(tpid.read_text()))
     assert Path(f"{tpid}.term").read_text() == "graceful"
 
 
@@ -142,13 +124,13 @@ def test_triton_exit_stops_frontend_and_fails(standin: Path, tmp_path: Path) -> 
         assert proc.wait(timeout=30) != 0
     finally:
         proc.kill()
-    assert not _alive(int(fpid.read_text()))
+    assert not alive(int(fpid.read_text()))
 
 
 @pytest.mark.timeout(60)
 def test_triton_dying_before_ready_fails_without_starting_frontend(standin: Path, tmp_path: Path) -> None:
     env, tpid, fpid = _serve_env(standin, tmp_path)
-    env["FUSION_EMOTION_READY_URL"] = f"http://127.0.0.1:{_free_port()}/v2/health/ready"  # never ready
+    env["FUSION_EMOTION_READY_URL"] = f"http://127.0.0.1:{free_port()}/v2/health/ready"  # never ready
     env["FUSION_EMOTION_TRITON_CMD"] = f"{sys.executable} {standin} triton {tpid} 0 0.5 exit"
     proc = _start_serve(env)
     try:
@@ -171,7 +153,7 @@ def test_stuck_child_is_killed_within_the_budget(standin: Path, tmp_path: Path) 
         assert time.monotonic() - t0 < 3 + 6  # stop budget + SIGKILL wait slack
     finally:
         proc.kill()
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
 
 
 def test_startup_timeout_fails(standin: Path, tmp_path: Path) -> None:
@@ -179,14 +161,14 @@ def test_startup_timeout_fails(standin: Path, tmp_path: Path) -> None:
     config = sv.config_from_env(
         {
             **env,
-            "FUSION_EMOTION_READY_URL": f"http://127.0.0.1:{_free_port()}/",
+            "FUSION_EMOTION_READY_URL": f"http://127.0.0.1:{free_port()}/",
             "FUSION_EMOTION_STARTUP_TIMEOUT": "1",
             "FUSION_EMOTION_STOP_TIMEOUT": "5",
         }
     )
     assert sv.Supervisor(config, reap_orphans=False).run() == 1
     assert not fpid.exists()
-    assert not _alive(int(tpid.read_text()))
+    assert not alive(int(tpid.read_text()))
 
 
 def test_commands_from_environment() -> None:

@@ -14,6 +14,7 @@ from helpers import start_triton
 from tritonclient.utils import InferenceServerException
 
 from fusion_emotion import contract as C
+from fusion_emotion.server import procs
 
 pytestmark = pytest.mark.integration
 
@@ -191,39 +192,12 @@ def test_concurrent_requests_batched_into_one_execute(batching_triton, reference
             _assert_same(outcome, reference.predict(_pick(media, v), _pick(media, a)))
 
 
-def _descendants(root: int) -> set[int]:
-    """Live (non-zombie) processes below ``root``, from /proc."""
-    parent: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                parent[int(entry.name)] = int(fields[1])
-    found: set[int] = set()
-    frontier = {root}
-    while frontier:
-        frontier = {pid for pid, ppid in parent.items() if ppid in frontier} - found
-        found |= frontier
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_sigterm_stops_cleanly_without_orphan_stubs(batching_triton):
-    children = _descendants(batching_triton.proc.pid)
-    stubs = [p for p in children if b"triton_python_backend_stub" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    children = [p.pid for p in procs.descendants(batching_triton.proc.pid)]
+    stubs = procs.stubs(batching_triton.proc.pid)
     assert len(stubs) >= 4  # one per model instance: preprocess, 2 encoders, fusion_head
     assert batching_triton.stop() == 0
-    assert [p for p in children if _alive(p)] == []
+    assert [p for p in children if procs.alive(p)] == []
 
 
 def test_cpu_int8_profile_serves_the_named_graph(demo_repository: Path, tmp_path: Path, reference, media):

@@ -12,6 +12,8 @@ import argparse
 import logging
 import sys
 
+from fusion_emotion.contract import PROFILES
+
 log = logging.getLogger(__name__)
 
 
@@ -35,9 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     d = subparsers.add_parser(
         "deploy",
-        help="create a SageMaker model, endpoint config and endpoint",
+        help="create (or update) a SageMaker model, endpoint config and endpoint",
         description="Upload the model tarball (if local) and create a SageMaker endpoint serving the "
-        "fusion_emotion ensemble, optionally async and/or autoscaled. AWS credentials, region and "
+        "fusion_emotion ensemble, optionally async and/or autoscaled; an endpoint that exists already is "
+        "switched to the new model with UpdateEndpoint (blue/green). AWS credentials, region and "
         "AWS_ENDPOINT_URL come from the standard boto3 configuration.",
     )
     d.add_argument("--model-data", required=True, help="model.tar.gz file or s3:// URI")
@@ -49,7 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--endpoint-name", required=True)
     d.add_argument("--instance-type", default="ml.g4dn.xlarge")
     d.add_argument("--instance-count", type=int, default=1)
-    d.add_argument("--profile", default="gpu", help="model config profile: gpu (default), cpu or gpu_fp16")
+    d.add_argument(
+        "--profile",
+        choices=PROFILES,
+        help="model config profile: gpu, gpu_fp16 (GPU instances), cpu, cpu_int8 (after `fusion-emotion quantize`); "
+        "default: gpu on a GPU instance type, cpu otherwise. A GPU profile on a CPU instance is refused.",
+    )
     d.add_argument(
         "--autoscaling",
         metavar="MIN:MAX:TARGET",
@@ -59,6 +67,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--async-output", metavar="S3_URI", help="make the endpoint asynchronous; results go here")
     d.add_argument(
         "--async-max-concurrency", type=int, default=4, help="async requests per instance at once (default 4)"
+    )
+    d.add_argument(
+        "--async-invocation-timeout",
+        type=int,
+        default=900,
+        metavar="SECONDS",
+        help="async only: the InvocationTimeoutSeconds callers pass to InvokeEndpointAsync (SageMaker's default 900, "
+        "max 3600); the front end's Triton deadline is set 5 s under it and its body limit to 201 MiB",
     )
     d.add_argument(
         "--env", action="append", type=_env_pair, default=[], metavar="KEY=VALUE", help="extra container environment"
@@ -107,6 +123,7 @@ def _deploy(args: argparse.Namespace) -> int:
             profile=args.profile,
             async_output=args.async_output,
             async_max_concurrency=args.async_max_concurrency,
+            async_invocation_timeout_s=args.async_invocation_timeout,
             environment=dict(args.env),
             wait=not args.no_wait,
             wait_timeout_s=args.wait_timeout,
@@ -122,11 +139,16 @@ def _deploy(args: argparse.Namespace) -> int:
     except sm.DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"endpoint {result.endpoint_name}: {result.status}")
+    verb = "updated" if result.updated else "created"
+    print(f"endpoint {result.endpoint_name} ({verb}): {result.status}")
     print(f"  model {result.model_name} ({result.model_data_url})")
     print(f"  endpoint config {result.endpoint_config_name}")
     for policy in result.scaling_policies:
         print(f"  scaling policy {policy}")
+    for item in result.retired:
+        print(f"  deleted the previous {item}")
+    for item in result.left:
+        print(f"  previous {item} left in place (delete it once the update is InService)")
     return 0
 
 

@@ -7,6 +7,10 @@ overrides apply (the tests point them at a local moto server).
 Resource names: model and endpoint config are ``<endpoint>-<UTC timestamp>`` so a
 redeploy never collides with the resources still used by a live endpoint;
 undeploy finds them through DescribeEndpoint / DescribeEndpointConfig.
+
+A deploy to an endpoint that exists already is an update: a new model and
+endpoint config, then UpdateEndpoint (SageMaker's blue/green switch: the old
+fleet serves until the new one is InService; a failed update rolls back to it).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fusion_emotion.contract import ENSEMBLE, PROFILES
+from fusion_emotion.contract import ENSEMBLE, MAX_INPUT_BYTES, PROFILES
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,22 @@ ASYNC_SCALE_OUT_COOLDOWN = 300
 ASYNC_SCALE_IN_COOLDOWN = 600
 DEFAULT_WAIT_TIMEOUT_S = 1800
 WAITER_DELAY_S = 30
+# Async endpoints take request bodies up to 1 GB from S3 and give the container up to
+# InvocationTimeoutSeconds (default 900 s, at most 3600 s; an InvokeEndpointAsync
+# parameter) per request, instead of real-time's 6 MiB and 60 s. The front end's own
+# limits follow: the largest body the service can use (each input is refused past
+# contract.MAX_INPUT_BYTES anyway, plus multipart framing) and a Triton deadline just
+# under the invocation timeout, so the client gets our 504 rather than an expiry.
+ASYNC_INVOCATION_TIMEOUT_S = 900
+ASYNC_MAX_INVOCATION_TIMEOUT_S = 3600
+ASYNC_MAX_BODY_BYTES = 2 * MAX_INPUT_BYTES + 1024 * 1024
+ASYNC_DEADLINE_MARGIN_S = 5
+ENV_MAX_BODY_BYTES = "FUSION_EMOTION_MAX_BODY_BYTES"
+ENV_REQUEST_TIMEOUT_S = "FUSION_EMOTION_REQUEST_TIMEOUT_S"
+# Instance families with NVIDIA GPUs are ml.g* and ml.p* (g4dn, g5, g6, g6e, p3, p4d, p5, ...);
+# g4ad has AMD GPUs (no CUDA). inf*/trn* are Inferentia/Trainium accelerators, not GPUs.
+_GPU_FAMILY = re.compile(r"^[gp]\d")
+_NON_CUDA_FAMILIES = frozenset({"g4ad"})
 
 _S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(.*))?$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/[\w+=,.@\-/]{1,512}$")
@@ -84,10 +104,11 @@ class DeployConfig:
     s3_prefix: str | None = None
     instance_type: str = "ml.g4dn.xlarge"
     instance_count: int = 1
-    profile: str = "gpu"
+    profile: str | None = None  # None: gpu on a GPU instance, cpu otherwise
     autoscaling: Autoscaling | None = None
     async_output: str | None = None
     async_max_concurrency: int = DEFAULT_ASYNC_CONCURRENCY
+    async_invocation_timeout_s: int = ASYNC_INVOCATION_TIMEOUT_S
     environment: dict[str, str] = field(default_factory=dict)
     wait: bool = True
     wait_timeout_s: int = DEFAULT_WAIT_TIMEOUT_S
@@ -101,6 +122,9 @@ class DeployResult:
     model_data_url: str
     status: str
     scaling_policies: list[str] = field(default_factory=list)
+    updated: bool = False  # the endpoint existed and was switched to the new config
+    retired: list[str] = field(default_factory=list)  # the previous config and model, deleted after the switch
+    left: list[str] = field(default_factory=list)  # the previous config and model, still there (--no-wait)
 
 
 @dataclass
@@ -157,6 +181,25 @@ def validate_endpoint_name(name: str) -> str:
     return name
 
 
+def instance_has_gpu(instance_type: str) -> bool:
+    """True for SageMaker instance types with an NVIDIA GPU (ml.g4dn.xlarge, ml.p4d.24xlarge, ...)."""
+    parts = instance_type.split(".")
+    family = parts[1] if len(parts) == 3 else ""
+    return bool(_GPU_FAMILY.match(family)) and family not in _NON_CUDA_FAMILIES
+
+
+def profile_needs_gpu(profile: str) -> bool:
+    """Profiles named cpu* run on CPU only; every other profile (gpu, gpu_fp16) needs CUDA."""
+    return not profile.startswith("cpu")
+
+
+def effective_profile(cfg: DeployConfig) -> str:
+    """The profile asked for, or the one that matches the instance type."""
+    if cfg.profile is not None:
+        return cfg.profile
+    return "gpu" if instance_has_gpu(cfg.instance_type) else "cpu"
+
+
 def validate_config(cfg: DeployConfig) -> None:
     """Check everything that can be checked offline, so a typo never leaves half a deployment."""
     validate_endpoint_name(cfg.endpoint_name)
@@ -169,8 +212,15 @@ def validate_config(cfg: DeployConfig) -> None:
         )
     if cfg.instance_count < 1:
         raise ArgumentError(f"--instance-count must be >= 1, got {cfg.instance_count}")
-    if cfg.profile not in PROFILES:
+    if cfg.profile is not None and cfg.profile not in PROFILES:
         raise ArgumentError(f"--profile must be one of {', '.join(PROFILES)}, got {cfg.profile!r}")
+    profile = effective_profile(cfg)
+    if profile_needs_gpu(profile) and not instance_has_gpu(cfg.instance_type):
+        cpu_profiles = ", ".join(p for p in PROFILES if not profile_needs_gpu(p))
+        raise ArgumentError(
+            f"--profile {profile} needs an NVIDIA GPU, and {cfg.instance_type} has none: use --profile cpu "
+            f"(CPU profiles: {cpu_profiles}) or a GPU instance type (ml.g4dn, ml.g5, ml.g6, ml.g6e, ml.p3, ml.p4d, ml.p5)"
+        )
     if cfg.model_data.startswith("s3://"):
         parse_s3_uri(cfg.model_data, "--model-data")
     else:
@@ -184,6 +234,11 @@ def validate_config(cfg: DeployConfig) -> None:
         parse_s3_uri(cfg.async_output, "--async-output")
         if cfg.async_max_concurrency < 1:
             raise ArgumentError("--async-max-concurrency must be >= 1")
+        if not ASYNC_DEADLINE_MARGIN_S < cfg.async_invocation_timeout_s <= ASYNC_MAX_INVOCATION_TIMEOUT_S:
+            raise ArgumentError(
+                f"--async-invocation-timeout must be {ASYNC_DEADLINE_MARGIN_S + 1}..{ASYNC_MAX_INVOCATION_TIMEOUT_S} "
+                f"seconds (SageMaker's InvocationTimeoutSeconds range), got {cfg.async_invocation_timeout_s}"
+            )
     if cfg.autoscaling is not None:
         if cfg.autoscaling.min_capacity == 0 and cfg.async_output is None:
             raise ArgumentError("--autoscaling MIN 0 needs an async endpoint (--async-output)")
@@ -220,8 +275,9 @@ def _is_not_found(exc: Exception) -> bool:
 
 
 def resource_names(endpoint_name: str, now: float | None = None) -> tuple[str, str]:
-    """(model name, endpoint config name), unique per deployment and within SageMaker's 63 chars."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    """(model name, endpoint config name), unique per deployment (to the millisecond) and within 63 chars."""
+    ms = round((time.time() if now is None else now) * 1000)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(ms // 1000)) + f"{ms % 1000:03d}"
     base = f"{endpoint_name[: 63 - len(stamp) - 1].rstrip('-')}-{stamp}"
     return base, base
 
@@ -244,7 +300,11 @@ def upload_model_data(session: Any, path: str, prefix: S3Uri, endpoint_name: str
 
 
 def container_environment(cfg: DeployConfig) -> dict[str, str]:
-    env = {ENV_DEFAULT_MODEL: ENSEMBLE, ENV_PROFILE: cfg.profile}
+    """The container's variables: model name, profile, async-sized front-end limits; --env wins."""
+    env = {ENV_DEFAULT_MODEL: ENSEMBLE, ENV_PROFILE: effective_profile(cfg)}
+    if cfg.async_output is not None:
+        env[ENV_MAX_BODY_BYTES] = str(ASYNC_MAX_BODY_BYTES)
+        env[ENV_REQUEST_TIMEOUT_S] = str(cfg.async_invocation_timeout_s - ASYNC_DEADLINE_MARGIN_S)
     env.update(cfg.environment)
     return env
 
@@ -387,11 +447,53 @@ def configure_autoscaling(session: Any, cfg: DeployConfig) -> list[str]:
     return policies
 
 
+def current_deployment(sagemaker: Any, endpoint_name: str) -> tuple[str, list[str]] | None:
+    """(endpoint config name, its model names) of an existing endpoint; None when there is no such endpoint."""
+    from botocore.exceptions import ClientError
+
+    try:
+        config_name = sagemaker.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
+    except ClientError as exc:
+        if _is_not_found(exc):
+            return None
+        raise DeployError(f"DescribeEndpoint {endpoint_name} failed: {exc}") from exc
+    try:
+        desc = sagemaker.describe_endpoint_config(EndpointConfigName=config_name)
+    except ClientError as exc:
+        if _is_not_found(exc):
+            return config_name, []
+        raise DeployError(f"DescribeEndpointConfig {config_name} failed: {exc}") from exc
+    return config_name, [v["ModelName"] for v in desc.get("ProductionVariants", []) if v.get("ModelName")]
+
+
+def _has_scalable_target(session: Any, endpoint_name: str) -> bool:
+    aas = session.client("application-autoscaling")
+    return bool(
+        aas.describe_scalable_targets(
+            ServiceNamespace=SERVICE_NAMESPACE,
+            ResourceIds=[scaling_resource_id(endpoint_name)],
+            ScalableDimension=SCALABLE_DIMENSION,
+        ).get("ScalableTargets")
+    )
+
+
 def deploy(cfg: DeployConfig, session: Any | None = None) -> DeployResult:
-    """Upload (if local), create model, endpoint config and endpoint; optionally wait and autoscale."""
+    """Upload (if local), create model and endpoint config, then create the endpoint or update the existing one.
+
+    An existing endpoint is switched with UpdateEndpoint (blue/green): SageMaker
+    refuses CreateEndpoint for a name in use. Application Auto Scaling refuses an
+    update that changes an autoscaled variant's instance type, so a registered
+    scalable target is removed first and ``cfg.autoscaling`` applied again once the
+    endpoint is InService. After a successful switch the previous endpoint config
+    and model are deleted (with ``wait``; otherwise they are reported as left).
+    """
     validate_config(cfg)
     session = session or aws_session()
     sagemaker = session.client("sagemaker")
+    profile = effective_profile(cfg)
+    if not profile_needs_gpu(profile) and instance_has_gpu(cfg.instance_type):
+        log.warning("profile %s on %s leaves its GPU unused", profile, cfg.instance_type)
+    previous = current_deployment(sagemaker, cfg.endpoint_name)
 
     if cfg.model_data.startswith("s3://"):
         model_data_url = str(parse_s3_uri(cfg.model_data, "--model-data"))
@@ -420,25 +522,76 @@ def deploy(cfg: DeployConfig, session: Any | None = None) -> DeployResult:
         created.append(
             (f"endpoint config {config_name}", sagemaker.delete_endpoint_config, {"EndpointConfigName": config_name})
         )
-        log.info("creating endpoint %s", cfg.endpoint_name)
-        sagemaker.create_endpoint(EndpointName=cfg.endpoint_name, EndpointConfigName=config_name)
+        if previous is None:
+            log.info("creating endpoint %s", cfg.endpoint_name)
+            sagemaker.create_endpoint(EndpointName=cfg.endpoint_name, EndpointConfigName=config_name)
+        else:
+            if _has_scalable_target(session, cfg.endpoint_name):
+                log.info("removing autoscaling of %s for the update", cfg.endpoint_name)
+                remove_autoscaling(session, cfg.endpoint_name, UndeployResult())
+            log.info("updating endpoint %s: %s -> %s", cfg.endpoint_name, previous[0], config_name)
+            sagemaker.update_endpoint(EndpointName=cfg.endpoint_name, EndpointConfigName=config_name)
     except ClientError as exc:
-        # Roll back what this run created so a retry starts clean (the endpoint was not created).
-        for what, call, kwargs in reversed(created):
-            try:
-                call(**kwargs)
-                log.info("rolled back %s", what)
-            except ClientError as cleanup_exc:
-                log.warning("could not roll back %s: %s", what, cleanup_exc)
+        # Roll back what this run created so a retry starts clean (the endpoint did not change).
+        _roll_back(created)
         raise DeployError(f"{exc.operation_name} failed: {exc}") from exc
 
-    result = DeployResult(cfg.endpoint_name, model_name, config_name, model_data_url, status="Creating")
+    result = DeployResult(
+        cfg.endpoint_name,
+        model_name,
+        config_name,
+        model_data_url,
+        status="Creating" if previous is None else "Updating",
+        updated=previous is not None,
+    )
+    old = [] if previous is None else [(f"endpoint config {previous[0]}", previous[0], previous[1])]
     if not cfg.wait:
+        result.left = [what for what, _, _ in old] + [f"model {m}" for _, _, models in old for m in models]
         return result
     result.status = wait_in_service(sagemaker, cfg.endpoint_name, cfg.wait_timeout_s)
+    if previous is not None:
+        # A failed update rolls back: the endpoint is InService again, on the old config.
+        now = sagemaker.describe_endpoint(EndpointName=cfg.endpoint_name)
+        if now.get("EndpointConfigName") != config_name:
+            _roll_back(created)
+            reason = now.get("FailureReason") or "no FailureReason given"
+            raise DeployError(
+                f"update of {cfg.endpoint_name} did not take effect (still on {now.get('EndpointConfigName')}): {reason}"
+            )
+        for what, old_config, old_models in old:
+            if old_config != config_name:
+                _delete_quietly(result, what, sagemaker.delete_endpoint_config, EndpointConfigName=old_config)
+            for m in dict.fromkeys(old_models):
+                if m != model_name:
+                    _delete_quietly(result, f"model {m}", sagemaker.delete_model, ModelName=m)
     if cfg.autoscaling is not None:
         result.scaling_policies = configure_autoscaling(session, cfg)
     return result
+
+
+def _roll_back(created: list[tuple[str, Any, dict[str, str]]]) -> None:
+    from botocore.exceptions import ClientError
+
+    for what, call, kwargs in reversed(created):
+        try:
+            call(**kwargs)
+            log.info("rolled back %s", what)
+        except ClientError as cleanup_exc:
+            log.warning("could not roll back %s: %s", what, cleanup_exc)
+
+
+def _delete_quietly(result: DeployResult, what: str, call: Any, **kwargs: Any) -> None:
+    """Retire a previous deployment's piece; failure to delete it is reported, not fatal (the update worked)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        call(**kwargs)
+        result.retired.append(what)
+        log.info("deleted the previous %s", what)
+    except ClientError as exc:
+        if not _is_not_found(exc):
+            log.warning("could not delete the previous %s: %s", what, exc)
+            result.left.append(what)
 
 
 def remove_autoscaling(session: Any, endpoint_name: str, result: UndeployResult) -> None:

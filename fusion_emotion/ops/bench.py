@@ -8,13 +8,14 @@ endpoint or the in-process lean pipeline), the in-process lean pipeline
 (``--compare-local``) and the old design (``--baseline``), interleaved in rounds
 so every side sees the same background load, and write everything to one JSON.
 
-torch is imported only by the baseline; tritonclient only for Triton targets.
+The old design lives in ``fusion_emotion.ops.baseline`` (torch is imported only
+there) and the per-stage timer in ``fusion_emotion.ops.stages``; tritonclient is
+imported only for Triton targets.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from fusion_emotion import contract as C
+from fusion_emotion.server import procs
 
 log = logging.getLogger(__name__)
 
@@ -318,37 +320,6 @@ class TritonStats:
 # ----------------------------------------------------------------------------- CPU accounting
 
 
-def _proc_tree_cpu_s(roots: Sequence[int]) -> float:
-    """utime+stime (seconds) of ``roots`` and all their live descendants, from /proc.
-
-    Wall-clock throughput on a shared machine moves with everybody else's load;
-    CPU seconds per request barely do, so they show what a tuning change costs.
-    """
-    tick = os.sysconf("SC_CLK_TCK")
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        pid = int(entry.name)
-        parent[pid] = int(fields[1])
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
-    wanted = set(roots)
-    total = 0.0
-    for pid in cpu:
-        p, seen = pid, 0
-        while p > 1 and seen < 64:
-            if p in wanted:
-                total += cpu[pid]
-                break
-            p, seen = parent.get(p, 0), seen + 1
-    return total
-
-
 class CpuMeter:
     """CPU seconds spent by this process (in-process targets) or by server process trees."""
 
@@ -356,7 +327,7 @@ class CpuMeter:
         self.server_pids = list(server_pids or [])
 
     def read(self) -> float:
-        return _proc_tree_cpu_s(self.server_pids) if self.server_pids else time.process_time()
+        return procs.tree_cpu_seconds(self.server_pids) if self.server_pids else time.process_time()
 
 
 # ----------------------------------------------------------------------------- targets
@@ -474,158 +445,6 @@ class LocalTarget(Target):
 
     def send(self) -> None:
         self.pipeline.predict(self.video, self.audio)
-
-
-class BaselineTarget(Target):
-    """The previous design, kept only to be measured against.
-
-    Per request: PyAV decodes every frame at full resolution to RGB, then torch
-    resizes/crops/normalises the sampled frames and eager PyTorch R3D-18 and
-    HuBERT (same random-init weights as the export, or a checkpoint) run under
-    ``torch.no_grad``. Requests run on their own threads with no batching.
-    """
-
-    def __init__(self, video: bytes | None, audio: bytes | None, seed: int = 0, checkpoint: str | None = None) -> None:
-        import torch
-
-        from fusion_emotion.export.checkpoint import load_checkpoint, random_model
-        from fusion_emotion.export.models import AudioEmbedding
-
-        self.torch = torch
-        loaded = load_checkpoint(checkpoint) if checkpoint else random_model(seed)
-        self.model = loaded.model.eval()
-        self.audio_model = AudioEmbedding(self.model.audio_encoder).eval()
-        self.name = "baseline (eager PyTorch, full decode)"
-        self.video, self.audio = video, audio
-        self.mean = torch.tensor(C.KINETICS_MEAN).view(3, 1, 1, 1)
-        self.std = torch.tensor(C.KINETICS_STD).view(3, 1, 1, 1)
-
-    @staticmethod
-    def decode_all(data: bytes, want_audio: bool) -> tuple[list[np.ndarray], np.ndarray | None, int | None]:
-        """Every video frame as a full-resolution RGB array, and the whole audio track."""
-        import av
-
-        from fusion_emotion.core.media import audio_frame_to_float
-
-        frames: list[np.ndarray] = []
-        chunks: list[np.ndarray] = []
-        rate = None
-        with av.open(io.BytesIO(data)) as container:
-            streams = [container.streams.video[0]]
-            if want_audio and container.streams.audio:
-                streams.append(container.streams.audio[0])
-            for packet in container.demux(*streams):
-                for frame in packet.decode():
-                    if packet.stream.type == "video":
-                        frames.append(frame.to_ndarray(format="rgb24"))
-                    else:
-                        chunks.append(audio_frame_to_float(frame))
-                        rate = frame.sample_rate
-        audio = np.concatenate(chunks, axis=1) if chunks else None
-        return frames, audio, rate
-
-    def preprocess_video(self, frames: list[np.ndarray]) -> Any:
-        torch = self.torch
-        from fusion_emotion.core.media import crop_box, uniform_indices
-
-        idx = uniform_indices(len(frames), C.NUM_FRAMES)
-        clip = torch.from_numpy(np.stack([frames[i] for i in idx])).permute(0, 3, 1, 2).float() / 255.0
-        clip = torch.nn.functional.interpolate(
-            clip, size=C.RESIZE_HW, mode="bilinear", align_corners=False, antialias=True
-        )
-        top, left = crop_box()
-        clip = clip[:, :, top : top + C.CROP_HW[0], left : left + C.CROP_HW[1]].permute(1, 0, 2, 3)
-        return ((clip - self.mean) / self.std).unsqueeze(0).contiguous()
-
-    def predict(self, video: bytes | None, audio: bytes | None) -> np.ndarray:
-        torch = self.torch
-        from fusion_emotion.core.media import decode_audio, waveform_for_model
-
-        v = torch.zeros(1, C.VIDEO_EMBED_DIM)
-        a = torch.zeros(1, C.AUDIO_EMBED_DIM)
-        native = rate = None
-        if audio is not None:
-            dec = decode_audio(audio)
-            native, rate = dec.samples, dec.sample_rate
-        with torch.no_grad():
-            if video is not None:
-                frames, track, track_rate = self.decode_all(video, want_audio=audio is None)
-                if native is None and track is not None:
-                    native, rate = track, track_rate
-                v = self.model.video_encoder(self.preprocess_video(frames))
-                del frames
-            if native is not None and rate:
-                wave = torch.from_numpy(waveform_for_model(native, rate)).unsqueeze(0)
-                a = self.audio_model(wave)
-            logits = self.model.fusion_head(torch.cat([v, a], dim=1))
-            probs = torch.softmax(logits / float(self.model.config["temperature"]), dim=1)
-        return probs[0].numpy()
-
-    def send(self) -> None:
-        self.predict(self.video, self.audio)
-
-
-# ----------------------------------------------------------------------------- stages
-
-
-def _timed(fn: Callable[[], Any], repeats: int) -> tuple[dict[str, float], Any]:
-    """Median wall and process-CPU milliseconds of ``fn`` over ``repeats`` calls (after one warm call)."""
-    result = fn()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        result = fn()
-        walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
-    return {"wall_ms": float(np.median(walls) * 1000), "cpu_ms": float(np.median(cpus) * 1000)}, result
-
-
-def measure_stages(
-    repository: str | Path, video: bytes, audio: bytes | None = None, repeats: int = 5, baseline: bool = False
-) -> dict[str, dict[str, float]]:
-    """Per-stage times of one request, run alone (no concurrency), for the report and GPU budgets.
-
-    ``cpu_ms`` is process CPU time, so a stage that uses both cores shows
-    cpu_ms > wall_ms; the sum of cpu_ms is what one request costs the machine.
-    """
-    from fusion_emotion.core import qa
-    from fusion_emotion.core.media import decode_audio, decode_video, frames_for_model, waveform_for_model
-    from fusion_emotion.core.pipeline import ReferencePipeline
-
-    pipe = ReferencePipeline(repository)
-    stages: dict[str, dict[str, float]] = {}
-    stages["decode_video"], dec = _timed(lambda: decode_video(video, want_audio=audio is None), repeats)
-    if audio is not None:
-        stages["decode_audio"], adec = _timed(lambda: decode_audio(audio), repeats)
-        native, rate = adec.samples, adec.sample_rate
-    else:
-        native, rate = dec.audio, dec.sample_rate
-    stages["qa_flags"], media_qa = _timed(lambda: qa.media_qa(dec.frames, native, rate), repeats)
-    stages["frames_for_model"], frames = _timed(lambda: frames_for_model(dec.frames), repeats)
-    stages["waveform_for_model"], wave = _timed(lambda: waveform_for_model(native, rate), repeats)
-    stages["video_encoder"], v = _timed(lambda: pipe.video_encoder(frames[None]), repeats)
-    stages["audio_encoder"], a = _timed(lambda: pipe.audio_encoder(wave[None]), repeats)
-    from fusion_emotion.core.fusion import score
-
-    mask = np.ones((1, 2), np.float32)
-    stages["fusion_head"], _ = _timed(lambda: score(pipe.head, v, a, mask, media_qa[None].astype(np.float32)), repeats)
-    stages["lean_total"] = {k: sum(s[k] for s in stages.values()) for k in ("wall_ms", "cpu_ms")}
-    stages["lean_end_to_end"], _ = _timed(lambda: pipe.predict(video, audio), repeats)
-    if baseline:
-        import torch
-
-        base = BaselineTarget(video, audio)
-        stages["baseline_decode_all"], (all_frames, _, _) = _timed(
-            lambda: BaselineTarget.decode_all(video, want_audio=audio is None), max(1, repeats // 2)
-        )
-        with torch.no_grad():
-            stages["baseline_preprocess"], clip = _timed(lambda: base.preprocess_video(all_frames), repeats)
-            del all_frames
-            stages["baseline_video_encoder"], _ = _timed(lambda: base.model.video_encoder(clip), repeats)
-            tw = torch.from_numpy(wave).unsqueeze(0)
-            stages["baseline_audio_encoder"], _ = _timed(lambda: base.audio_model(tw), repeats)
-        stages["baseline_end_to_end"], _ = _timed(lambda: base.predict(video, audio), max(1, repeats // 2))
-    return stages
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -862,6 +681,8 @@ def run(args: argparse.Namespace) -> int:
         if video is None:
             log.error("--baseline needs --video")
             return 2
+        from fusion_emotion.ops.baseline import BaselineTarget
+
         targets["baseline"] = BaselineTarget(video, audio, args.seed, args.baseline_checkpoint)
     primary = next(iter(targets))
     if args.server_pid and "service" in targets:
@@ -890,6 +711,8 @@ def run(args: argparse.Namespace) -> int:
         if video is None:
             log.error("--stages needs --video")
         else:
+            from fusion_emotion.ops.stages import measure_stages
+
             doc["stages"] = measure_stages(args.stages, video, audio, baseline=args.baseline)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(doc, indent=2, allow_nan=False, default=_json_default))

@@ -6,7 +6,7 @@ clients busy with a fixed mix of good and bad requests until the time is up.
 
 Checks: every good answer equals the in-process ReferencePipeline's (computed
 once per input) within ``tolerance``; no 5xx for good inputs; bad inputs get 4xx.
-The resident memory (VmRSS from /proc) of tritonserver, each Python-backend stub
+The resident memory (RSS, via psutil) of tritonserver, each Python-backend stub
 and the front end is sampled over time and its growth after warm-up reported.
 Everything goes to a JSON file (default build/soak.json).
 """
@@ -20,7 +20,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,14 +32,11 @@ from typing import Any
 import numpy as np
 
 from fusion_emotion import contract as C
+from fusion_emotion.server import procs
+from fusion_emotion.server.launcher import die_with_parent
+from fusion_emotion.server.procs import free_port
 
 log = logging.getLogger("fusion_emotion.ops.soak")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -91,57 +87,19 @@ def attach_reference(cases: list[Case], repository: Path) -> None:
 
 
 # --------------------------------------------------------------------------- processes
-def _rss_kb(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int(Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
 def memory_sample(triton_root: int, frontend_pid: int) -> dict[str, int]:
     """RSS in KiB: tritonserver, each stub (by model instance), the front end."""
     sample: dict[str, int] = {}
-    for pid in _descendants(triton_root):
-        cmd = _cmdline(pid)
-        rss = _rss_kb(pid)
+    for proc in procs.descendants(triton_root):
+        rss = procs.rss_kb(proc)
         if rss is None:
             continue
-        if "triton_python_backend_stub" in cmd:
-            parts = cmd.split()
-            model = Path(parts[1]).parent.parent.name if len(parts) > 1 else "stub"
-            key = f"stub:{model}:{pid}"
-            sample[key] = rss
-        elif "tritonserver" in cmd.split()[0] if cmd else False:
+        model = procs.stub_model(proc)
+        if model is not None:
+            sample[f"stub:{model}:{proc.pid}"] = rss
+        elif procs.is_tritonserver(proc):
             sample["tritonserver"] = rss
-    rss = _rss_kb(frontend_pid)
+    rss = procs.rss_kb(frontend_pid)
     if rss is not None:
         sample["frontend"] = rss
     return sample
@@ -182,7 +140,7 @@ def start_stack(
     triton = subprocess.Popen(
         [py, "-m", "fusion_emotion.cli", "triton", "--repository", str(repository), "--profile", "cpu",
          "--grpc-port", str(grpc), "--http-port", str(http), "--metrics-port", str(metrics)],
-        stdout=tlog, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=tlog, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
     )  # fmt: skip
     deadline = time.monotonic() + timeout_s
     while not _http_ok(f"http://127.0.0.1:{http}/v2/health/ready"):
@@ -194,7 +152,7 @@ def start_stack(
     frontend = subprocess.Popen(
         [py, "-m", "fusion_emotion.cli", "serve", "--triton-url", f"127.0.0.1:{grpc}", "--host", "127.0.0.1",
          "--port", str(port), "--max-body-bytes", str(max_body_bytes), "--request-timeout", str(request_timeout_s)],
-        stdout=flog, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=flog, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     while not _http_ok(base + "/ping"):
@@ -225,7 +183,9 @@ async def _load(
     seed: int,
     http_timeout: float,
     max_requests: int | None = None,
+    completed: list[int] | None = None,
 ) -> dict[str, Any]:
+    """Closed-loop mixed load; ``completed[0]`` counts answered requests live (for the memory sampler)."""
     import httpx
 
     stats: dict[str, Any] = {
@@ -268,6 +228,8 @@ async def _load(
                 continue
             latencies.append(time.monotonic() - t0)
             stats["requests"] += 1
+            if completed is not None:
+                completed[0] += 1
             code = resp.status_code
             stats["status_counts"][str(code)] = stats["status_counts"].get(str(code), 0) + 1
             per = stats["per_case"].setdefault(case.name, {})
@@ -305,8 +267,51 @@ async def _load(
     return stats
 
 
+MIN_REQUESTS_PER_INTERVAL = 8
+"""Samples are joined into intervals of at least this many answered requests before slopes are taken."""
+
+
+def median_interval_slope(x: list[float], y: list[float], min_dx: float = MIN_REQUESTS_PER_INTERVAL) -> float | None:
+    """Median over consecutive intervals (each spanning >= ``min_dx`` in x) of dy/dx.
+
+    A steady leak raises every interval; a few one-off steps (allocator arenas
+    growing when a new batch shape peaks) raise only the intervals they fall in,
+    which the median ignores while they are fewer than half.
+    """
+    slopes: list[float] = []
+    i = 0
+    for j in range(1, len(x)):
+        if x[j] - x[i] >= min_dx:
+            slopes.append((y[j] - y[i]) / (x[j] - x[i]))
+            i = j
+    return float(np.median(slopes)) if slopes else None
+
+
+def growth_per_request(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
+    """Total RSS growth (KiB) per answered request after warm-up, from samples that carry ``requests`` counts.
+
+    A leak grows memory with every request, so it shows as a steady slope of RSS
+    against requests served; ONNX Runtime's arenas instead grow in a few steps
+    when a new batch shape peaks, then stay flat. The median interval slope
+    follows the first and ignores the second.
+    """
+    after = [s for s in samples if s["t"] >= warmup_s and "requests" in s]
+    keys = set(after[0]["rss_kb"]) if after else set()
+    usable = [s for s in after if set(s["rss_kb"]) == keys]  # a replaced process would fake a jump
+    xs = [float(s["requests"]) for s in usable]
+    ys = [float(sum(s["rss_kb"].values())) for s in usable]
+    slope = median_interval_slope(xs, ys)
+    span = xs[-1] - xs[0] if xs else 0.0
+    return {
+        "kb_per_request": None if slope is None else round(slope, 1),
+        "end_to_end_kb_per_request": round((ys[-1] - ys[0]) / span, 1) if span else None,
+        "requests": int(span),
+        "samples": len(usable),
+    }
+
+
 def summarize_memory(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
-    """Per process: RSS after warm-up (first sample at or after ``warmup_s``), at the end, growth; plus totals."""
+    """Per process: RSS after warm-up (first sample at or after ``warmup_s``), at the end, growth; totals; per request."""
     if not samples:
         return {}
     after = [s for s in samples if s["t"] >= warmup_s] or samples
@@ -331,6 +336,7 @@ def summarize_memory(samples: list[dict[str, Any]], warmup_s: float) -> dict[str
         "total_growth_mb": round(total_b - total_a, 1),
         "total_growth_pct": round(100 * (total_b - total_a) / total_a, 2) if total_a else None,
         "same_processes": set(first) == set(last),
+        "growth_per_request": growth_per_request(samples, warmup_s),
     }
 
 
@@ -365,12 +371,7 @@ def run_soak(
 
         async def sampler() -> None:
             while True:
-                samples.append(
-                    {
-                        "t": round(time.monotonic() - t_start, 1),
-                        "rss_kb": memory_sample(stack.triton.pid, stack.frontend.pid),
-                    }
-                )
+                samples.append(sample())
                 try:
                     await asyncio.wait_for(stop_sampling.wait(), sample_every_s)
                     return
@@ -378,6 +379,14 @@ def run_soak(
                     continue
 
         warm: dict[str, Any] = {}
+        completed = [0]
+
+        def sample() -> dict[str, Any]:
+            return {
+                "t": round(time.monotonic() - t_start, 1),
+                "requests": completed[0],
+                "rss_kb": memory_sample(stack.triton.pid, stack.frontend.pid),
+            }
 
         async def main() -> dict[str, Any]:
             task = asyncio.create_task(sampler())
@@ -387,13 +396,28 @@ def run_soak(
                 n_warm = 2 * concurrency if warmup_requests is None else warmup_requests
                 warm.update(
                     await _load(
-                        stack.base_url, cases, 3600, concurrency, tolerance, seed + 1, request_timeout_s + 30, n_warm
+                        stack.base_url,
+                        cases,
+                        3600,
+                        concurrency,
+                        tolerance,
+                        seed + 1,
+                        request_timeout_s + 30,
+                        n_warm,
+                        completed,
                     )
                 )
                 warm["ended_at_s"] = round(time.monotonic() - t_start, 1)
-                samples.append({"t": warm["ended_at_s"], "rss_kb": memory_sample(stack.triton.pid, stack.frontend.pid)})
+                samples.append(sample() | {"t": warm["ended_at_s"]})
                 return await _load(
-                    stack.base_url, cases, duration_s, concurrency, tolerance, seed, request_timeout_s + 30
+                    stack.base_url,
+                    cases,
+                    duration_s,
+                    concurrency,
+                    tolerance,
+                    seed,
+                    request_timeout_s + 30,
+                    completed=completed,
                 )
             finally:
                 stop_sampling.set()
@@ -401,12 +425,7 @@ def run_soak(
 
         try:
             stats = asyncio.run(main())
-            samples.append(
-                {
-                    "t": round(time.monotonic() - t_start, 1),
-                    "rss_kb": memory_sample(stack.triton.pid, stack.frontend.pid),
-                }
-            )
+            samples.append(sample())
             alive = stack.triton.poll() is None and stack.frontend.poll() is None
         finally:
             stack.stop()
@@ -452,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     summary = {k: report[k] for k in ("requests", "good", "bad", "wrong_answers", "good_5xx", "bad_not_4xx")}
     summary["total_growth_mb"] = report["memory"].get("total_growth_mb")
+    summary["growth_kb_per_request"] = report["memory"].get("growth_per_request", {}).get("kb_per_request")
     log.info("soak done: %s -> %s", json.dumps(summary), args.output)
     ok = (
         report["wrong_answers"] == 0

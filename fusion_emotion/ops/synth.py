@@ -17,7 +17,7 @@ import logging
 import shutil
 import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
@@ -241,6 +241,93 @@ def _face_transform(width: int, height: int, progress: float) -> np.ndarray:
     cx = _FACE_CENTER_XY[0] + 12.0 * np.sin(2.0 * np.pi * progress)
     cy = _FACE_CENTER_XY[1] + 8.0 * progress
     return np.array([[scale, 0.0, width / 2.0 - scale * cx], [0.0, scale, height / 2.0 - scale * cy]], dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- face-flag scenes
+
+SceneKind = Literal["face", "no_face", "noise", "wall", "texture"]
+
+# The astronaut's frontal face in the 512 px photo: the box OpenCV's Haar cascades
+# put on it (x 175..272, y 66..163), brow to chin. "Face height" below is this box.
+_FACE_BOX = (175.0, 66.0, 97.0, 97.0)  # x, y, w, h
+QA_MAX_HEIGHT = 360
+"""Height the face detector's frames are scaled to at most (media.decode_video's ``qa_frames``)."""
+
+
+def _wall(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """A plain painted wall: flat colour, a soft vertical light gradient and sensor noise."""
+    import cv2
+
+    base = rng.uniform(90, 200, size=3)
+    light = np.linspace(0.85, 1.1, height, dtype=np.float32)[:, None, None]
+    frame = np.broadcast_to(base.astype(np.float32), (height, width, 3)) * light
+    noise = cv2.GaussianBlur(rng.normal(0, 4.0, size=(height, width, 3)).astype(np.float32), (0, 0), 1.0)
+    return np.clip(frame + noise, 0, 255).astype(np.uint8)
+
+
+def face_scene(
+    width: int,
+    height: int,
+    face_frac: float = 0.15,
+    *,
+    kind: SceneKind = "face",
+    centers: Sequence[tuple[float, float]] = ((0.5, 0.45),),
+    seed: int = 0,
+) -> np.ndarray:
+    """One uint8 RGB frame [height, width, 3] with known ground truth for the face flag.
+
+    ``face``: the astronaut photo scaled so its frontal face (brow to chin, the
+    detector's box) is ``face_frac`` of the frame height, pasted on a plain wall
+    once per entry of ``centers`` (face centres as fractions of width and height),
+    as a webcam or interview frame with the speaker further away. Negatives: ``no_face`` (a
+    face-less photo: scikit-image's rocket scene, resized to fill the frame),
+    ``noise`` (uniform noise), ``wall`` (a blank wall), ``texture`` (a textured
+    non-face: scikit-image's brick and gravel tiled over the frame).
+    """
+    import cv2
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    if kind == "noise":
+        return rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    if kind == "wall":
+        return _wall(width, height, rng)
+    if kind == "no_face":
+        return np.ascontiguousarray(cv2.resize(data.rocket(), (width, height), interpolation=cv2.INTER_AREA))
+    if kind == "texture":
+        tile = np.concatenate([data.brick(), data.gravel()], axis=1)
+        reps = (-(-height // tile.shape[0]), -(-width // tile.shape[1]))
+        gray = np.tile(tile, reps)[:height, :width]
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if kind != "face":
+        raise ValueError(f"unknown scene kind {kind!r}")
+    frame = _wall(width, height, rng)
+    x, y, w, h = _FACE_BOX
+    scale = face_frac * height / h
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    photo = face_image()
+    for fx, fy in centers:
+        cx, cy = fx * width, fy * height
+        m = np.array([[scale, 0.0, cx - scale * (x + w / 2)], [0.0, scale, cy - scale * (y + h / 2)]])
+        cv2.warpAffine(photo, m, (width, height), dst=frame, flags=interp, borderMode=cv2.BORDER_TRANSPARENT)
+    return frame
+
+
+def qa_frames(frames: np.ndarray, max_height: int = QA_MAX_HEIGHT) -> np.ndarray:
+    """Frames as the face detector gets them: scaled (area filter) so the height is at most ``max_height``.
+
+    Aspect kept, never upscaled; uint8 [T, H', W', 3] (a single [H, W, 3] frame is one-frame).
+    """
+    import cv2
+
+    x = np.asarray(frames)
+    if x.ndim == 3:
+        x = x[None]
+    h, w = x.shape[1:3]
+    if h <= max_height:
+        return np.ascontiguousarray(x)
+    nh, nw = max_height, max(1, round(w * max_height / h))
+    return np.stack([cv2.resize(f, (nw, nh), interpolation=cv2.INTER_AREA) for f in x])
 
 
 # --------------------------------------------------------------------------- containers

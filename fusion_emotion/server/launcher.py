@@ -12,6 +12,7 @@ then used as is.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import os
@@ -28,11 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusion_emotion import contract as C
+from fusion_emotion.server import procs
 
 log = logging.getLogger(__name__)
 
 # cpu_int8 exists once `fusion-emotion quantize` has written it into a repository.
 PROFILE_CONFIG_NAME = {"gpu": None, "cpu": "cpu", "gpu_fp16": "gpu_fp16", "cpu_int8": "cpu_int8"}
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -157,8 +160,33 @@ def check_repository(path: Path) -> None:
             raise FileNotFoundError(f"{path / model / '1'} has no ONNX graph: run `fusion-emotion export` first")
 
 
+def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child receive ``sig`` when its parent dies.
+
+    ``prctl(PR_SET_PDEATHSIG)``: the kernel signals the child when the *thread* that
+    forked it exits, so fork from a thread that lives as long as the child should
+    (the launcher forks from its main thread). If the parent died before prctl took
+    effect, the child signals itself at once.
+    """
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
 class TritonProcess:
-    """tritonserver as a child in its own process group (so no stub outlives it)."""
+    """tritonserver as a child in its own process group (so no stub outlives it) that dies with its launcher.
+
+    SIGTERM reaches tritonserver when the launcher dies, however it dies (even
+    SIGKILL): Triton then shuts down as on a normal stop (``--exit-timeout-secs``
+    bounds it) and its stubs exit when their parent does. A graceful exit, rather
+    than SIGKILL, lets Triton remove its shared-memory regions.
+    """
 
     def __init__(self, opts: ServerOptions, log_file: Path | None = None) -> None:
         self.opts = opts
@@ -174,7 +202,12 @@ class TritonProcess:
         log.info("starting %s", " ".join(cmd))
         out = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 - closed by the child's exit
         self.proc = subprocess.Popen(
-            cmd, env=server_env(bundle), stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True
+            cmd,
+            env=server_env(bundle),
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+            preexec_fn=die_with_parent(os.getpid()),  # forked from the launcher's main thread
         )
         if out:
             out.close()
@@ -213,33 +246,10 @@ class TritonProcess:
         return self.proc.returncode
 
     def stubs(self) -> dict[int, str]:
-        """Live Python-backend stub processes of this server -> their model's name (from /proc)."""
+        """Live Python-backend stub processes of this server -> their model's name."""
         if self.proc is None:
             return {}
-        children: dict[int, list[int]] = {}
-        cmdlines: dict[int, list[bytes]] = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if fields[0] == "Z":
-                    continue
-                cmdlines[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-        found: dict[int, str] = {}
-        frontier = [self.proc.pid]
-        while frontier:
-            pid = frontier.pop()
-            for child in children.get(pid, []):
-                argv = cmdlines.get(child, [])
-                if argv and argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 1:
-                    # argv[1] is <repository>/<model>/<version>/model.py
-                    found[child] = Path(argv[1].decode(errors="replace")).parents[1].name
-                frontier.append(child)
-        return found
+        return procs.stubs(self.proc.pid)
 
     def reload_model(self, name: str, timeout: float = 60.0) -> None:
         """Reload one model in place (explicit model control): in-flight requests finish on the old instances.
