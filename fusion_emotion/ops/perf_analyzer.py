@@ -144,13 +144,18 @@ def concurrency_args(
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:
-    """perf_analyzer's ``-f`` CSV (the measurement rows; columns as its header names them), numbers as floats."""
+    """perf_analyzer's ``-f`` CSV: the measurement rows (keys as its header names them), numbers as floats.
+
+    Reading stops at the first blank line, where other tables may follow.
+    """
     with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
         rows = []
-        for row in csv.DictReader(f):
-            if not row.get("Concurrency", "").strip():
-                break  # --collect-metrics appends other tables after a blank line
-            rows.append({k.strip(): float(v) for k, v in row.items() if k and v not in (None, "")})
+        for values in reader:
+            if not any(v.strip() for v in values):
+                break
+            rows.append({k: float(v) for k, v in zip(header, values) if k and v.strip()})
     return rows
 
 
