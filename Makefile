@@ -53,6 +53,23 @@ fuzz:
 soak:
 	$(BIN)/python perf/soak.py --minutes $${SOAK_MINUTES:-10} --concurrency 16 --output build/soak.json
 
+# perf_analyzer concurrency sweep on fusion_emotion over gRPC (real clip as --input-data) -> perf_analyzer.csv
+perf-analyzer:
+	$(BIN)/python perf/perf_analyzer_sweep.py --concurrency $${PA_CONCURRENCY:-1,2,4} --requests $${PA_REQUESTS:-16} \
+	  --output-dir build/perf/perf_analyzer
+
+# the same, with `fusion-emotion bench --triton` interleaved at each concurrency (perf/README.md comparison)
+perf-compare:
+	$(BIN)/python perf/perf_analyzer_sweep.py --bench --concurrency $${PA_CONCURRENCY:-1,2,4} \
+	  --requests $${PA_REQUESTS:-16} --rounds $${PA_ROUNDS:-2} --output-dir build/perf/perf_compare
+
+# Triton Model Analyzer (own venv), local launch mode on our tritonserver: bounded quick search, report
+MA_VENV := build/model-analyzer/venv
+model-analyzer:
+	@test -x $(MA_VENV)/bin/model-analyzer || { $(PYTHON) -m venv $(MA_VENV) && \
+	  $(MA_VENV)/bin/python -m pip install -q -r requirements/model-analyzer.txt; }
+	$(BIN)/python -m fusion_emotion.ops.model_analyzer --venv $(MA_VENV) --output-dir build/model-analyzer
+
 sbom:
 	bash scripts/supply_chain.sh
 

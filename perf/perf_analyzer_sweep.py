@@ -32,7 +32,7 @@ from typing import Any
 
 from fusion_emotion import contract as C
 from fusion_emotion.ops import bench
-from fusion_emotion.ops.perf_analyzer import PerfAnalyzer, compare_rows, measure
+from fusion_emotion.ops.perf_analyzer import PerfAnalyzer, compare_rows, ensure_demo_repository, measure
 from fusion_emotion.ops.perf_inputs import make_input_data
 
 log = logging.getLogger("perf_analyzer_sweep")
@@ -73,13 +73,7 @@ def _clip(args: argparse.Namespace, out: Path) -> tuple[bytes | None, bytes | No
 def _start_server(args: argparse.Namespace) -> Any:
     from fusion_emotion.server.launcher import ServerOptions, TritonProcess
 
-    repo = args.repository.resolve()
-    if not (repo / C.ENSEMBLE / "config.pbtxt").is_file():
-        from fusion_emotion.cli import main as cli
-
-        log.info("exporting random-init weights (seed 0) to %s", repo)
-        if cli(["export", "--init", "random", "--seed", "0", "--output", str(repo)]) != 0:
-            raise RuntimeError("export failed")
+    repo = ensure_demo_repository(args.repository.resolve())
     grpc, http, metrics = (int(p) for p in args.ports.split(","))
     server = TritonProcess(
         ServerOptions(repo, args.profile, grpc, http, metrics),

@@ -111,6 +111,19 @@ class PerfAnalyzer:
         )
 
 
+def ensure_demo_repository(path: Path) -> Path:
+    """``path`` as a model repository: exported with random-init weights (seed 0) when it holds none yet."""
+    from fusion_emotion import contract as C
+
+    if not (path / C.ENSEMBLE / "config.pbtxt").is_file():
+        from fusion_emotion.cli import main as cli
+
+        log.info("exporting random-init weights (seed 0) to %s", path)
+        if cli(["export", "--init", "random", "--seed", "0", "--output", str(path)]) != 0:
+            raise RuntimeError(f"export to {path} failed")
+    return path
+
+
 # ----------------------------------------------------------------------------- arguments and output
 
 
