@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -101,3 +102,54 @@ def test_wrapper_starts_the_bundled_server_as_the_analyzer_does(demo_repository,
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def _variant(out: Path, name: str, model: str, count: int, batch: int) -> None:
+    (out / name).mkdir(parents=True)
+    (out / name / "config.pbtxt").write_text(
+        f'name: "{model}"\nmax_batch_size: {batch}\ninstance_group {{\n  count: {count}\n  kind: KIND_CPU\n}}\n'
+        "dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}\n"
+    )
+
+
+def _measurement(tp: float, avg_ms: float) -> dict:
+    tags = [["perf_latency_avg", {"_value": avg_ms}], ["perf_throughput", {"_value": tp}]]
+    return {
+        "_model_config_measurements": [{"_model_specific_pa_params": {"concurrency-range": "4"}, "_non_gpu_data": tags}]
+    }
+
+
+def test_measurements_are_read_from_the_checkpoint_with_their_settings(tmp_path):
+    out = tmp_path / "output_repository"
+    _variant(out, "preprocess_config_default", "preprocess", 4, 8)
+    _variant(out, "preprocess_config_1", "preprocess", 2, 2)
+    _variant(out, "video_encoder_config_1", "video_encoder", 2, 2)
+    _variant(out, "audio_encoder_config_0", "audio_encoder", 1, 1)
+    pa = "-m preprocess -b 1 -i grpc --concurrency-range=4"
+    results = {
+        "preprocess_config_default": [{}, {f"preprocess_config_default {pa}": _measurement(0.5, 8000)}],
+        "preprocess_config_1": [
+            {},
+            {f"preprocess_config_1 {pa} video_encoder_config_1,audio_encoder_config_0": _measurement(0.75, 5000)},
+        ],
+    }
+    ckpt = tmp_path / "0.ckpt"
+    ckpt.write_text(json.dumps({"ResultManager.results": {"_results": {"preprocess": results}}}))
+    found = {m["variants"][0]: m for m in ma.measurements(ckpt, out)}
+    assert found["preprocess_config_default"]["throughput_rps"] == 0.5
+    assert found["preprocess_config_default"]["settings"]["preprocess"]["instances"] == 4
+    best = found["preprocess_config_1"]
+    assert best["variants"] == ["preprocess_config_1", "video_encoder_config_1", "audio_encoder_config_0"]
+    assert best["settings"]["video_encoder"] == {"instances": 2, "max_batch_size": 2, "dynamic_batching": True}
+    assert best["concurrency"] == 4 and best["latency_avg_ms"] == 5000
+
+    # the pick served under --profile cpu: encoders' configs/cpu.pbtxt, preprocess's config.pbtxt; source intact
+    src = _repo(tmp_path / "src")
+    before = (src / C.VIDEO_ENCODER / "configs" / "cpu.pbtxt").read_text()
+    dst = ma.recommended_repository(src, ["preprocess_config_1", "video_encoder_config_1"], out, tmp_path / "rec")
+    assert "count: 2" in (dst / C.VIDEO_ENCODER / "configs" / "cpu.pbtxt").read_text()
+    assert "max_batch_size: 2" in (dst / C.PREPROCESS / "config.pbtxt").read_text()
+    assert (src / C.VIDEO_ENCODER / "configs" / "cpu.pbtxt").read_text() == before
+    assert (dst / C.VIDEO_ENCODER / "1" / "model.onnx").stat().st_ino == (
+        src / C.VIDEO_ENCODER / "1" / "model.onnx"
+    ).stat().st_ino

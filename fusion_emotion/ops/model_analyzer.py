@@ -22,8 +22,10 @@ import argparse
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -181,6 +183,121 @@ def analyzer_env(venv_bin: Path) -> dict[str, str]:
     return env
 
 
+def run_profile(cmd: list[str], env: dict[str, str], time_limit_s: float, grace_s: float = 1200.0) -> int:
+    """``model-analyzer profile``, stopped like Ctrl-C at the time limit: it finishes the current
+    measurement, saves its checkpoint and stops the server it launched (a kill would orphan that server)."""
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        return proc.wait(timeout=time_limit_s)
+    except subprocess.TimeoutExpired:
+        log.warning("time limit (%.0f s) reached: asking model-analyzer to stop after this measurement", time_limit_s)
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        log.error("model-analyzer did not stop in %.0f s; killing it", grace_s)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return 124
+
+
+_COUNT = re.compile(r"instance_group\s*\{[^}]*?count:\s*(\d+)", re.S)
+_BATCH = re.compile(r"^max_batch_size:\s*(\d+)", re.M)
+
+
+def variant_settings(config_text: str) -> dict[str, Any]:
+    """Instance count, max_batch_size and dynamic batching of one config.pbtxt (the analyzer's text format)."""
+    count, batch = _COUNT.search(config_text), _BATCH.search(config_text)
+    return {
+        "instances": int(count.group(1)) if count else 1,
+        "max_batch_size": int(batch.group(1)) if batch else 0,
+        "dynamic_batching": "dynamic_batching" in config_text,
+    }
+
+
+def measurements(checkpoint: Path, output_repository: Path) -> list[dict[str, Any]]:
+    """Every measurement the analyzer saved: the variants measured together, req/s and latency (ms).
+
+    Read from its checkpoint (Model Analyzer 1.44's JSON layout), so an interrupted
+    search still yields what it measured.
+    """
+    doc = json.loads(checkpoint.read_text())
+    out = []
+    for variants in doc["ResultManager.results"]["_results"].values():
+        for variant, (_run_config, by_key) in variants.items():
+            for key, m in by_key.items():
+                tail = key.split()[-1]
+                composing = tail.split(",") if "_config_" in tail and not tail.startswith("-") else []
+                data = {tag: v["_value"] for tag, v in m["_model_config_measurements"][0]["_non_gpu_data"]}
+                names = [variant, *composing]
+                out.append(
+                    {
+                        "variants": names,
+                        "settings": {
+                            n.rsplit("_config_", 1)[0]: variant_settings(
+                                (output_repository / n / "config.pbtxt").read_text()
+                            )
+                            for n in names
+                            if (output_repository / n / "config.pbtxt").is_file()
+                        },
+                        "concurrency": int(
+                            m["_model_config_measurements"][0]["_model_specific_pa_params"]["concurrency-range"]
+                        ),
+                        "throughput_rps": data.get("perf_throughput"),
+                        "latency_avg_ms": data.get("perf_latency_avg"),
+                        "latency_p99_ms": data.get("perf_latency_p99"),
+                    }
+                )
+    return out
+
+
+def recommended_repository(src: Path, variants: list[str], output_repository: Path, dst: Path) -> Path:
+    """A hard-linked copy of the exported repository ``src`` serving the analyzer's variant configs
+    under ``--profile cpu`` (a model's ``configs/cpu.pbtxt`` if it has one, else its ``config.pbtxt``)."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, copy_function=os.link, ignore=shutil.ignore_patterns("__pycache__"))
+    for variant in variants:
+        model = variant.rsplit("_config_", 1)[0]
+        text = (output_repository / variant / "config.pbtxt").read_text()
+        target = dst / model / "configs" / "cpu.pbtxt"
+        if not target.is_file():
+            target = dst / model / "config.pbtxt"
+        target.unlink()  # a hard link to the source: replace, never write through
+        target.write_text(f"# Model Analyzer's {variant} (make model-analyzer)\n{text}")
+    return dst
+
+
+def compare(
+    ours: Path, theirs: Path, video: bytes, out: Path, *, concurrency: int, requests: int, rounds: int
+) -> dict[str, Any]:
+    """Our cpu profile vs the analyzer's pick, two servers at once, bench runs alternated A B A B."""
+    from fusion_emotion.ops import bench
+    from fusion_emotion.server.launcher import ServerOptions, TritonProcess
+
+    servers = {
+        "ours": TritonProcess(ServerOptions(ours, "cpu", 18621, 18622, 18623), out / "ours.log"),
+        "model_analyzer": TritonProcess(ServerOptions(theirs, "cpu", 18631, 18632, 18633), out / "theirs.log"),
+    }
+    targets: dict[str, Any] = {}
+    try:
+        for server in servers.values():
+            server.start()
+        for key, server in servers.items():
+            server.wait_ready(timeout=900)
+            target = bench.TritonTarget(f"127.0.0.1:{server.opts.grpc_port}", video, None)
+            target.server_pids = [server.proc.pid]
+            targets[key] = target
+        plan = bench.Plan(requests, [concurrency], rounds, warmup=2, progress=False)
+        results = bench.run_plan(targets, plan)
+    finally:
+        for target in targets.values():
+            target.close()
+        for server in servers.values():
+            server.stop()
+    return bench.summarise(results, "model_analyzer", concurrency)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repository", type=Path, default=Path("build/perf/repo"), help="exported model repository")
@@ -192,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight for every measurement")
     p.add_argument("--window-requests", type=int, default=4, help="perf_analyzer count window (requests)")
     p.add_argument("--search-percent", type=float, default=1.0, help="%% of the search space quick mode visits")
-    p.add_argument("--time-limit", type=float, default=3600.0, help="seconds before the profile step is stopped")
+    p.add_argument("--time-limit", type=float, default=3600.0, help="seconds before the search is asked to stop")
+    p.add_argument("--skip-profile", action="store_true", help="use the measurements of an earlier run")
+    p.add_argument("--compare-requests", type=int, default=12, help="bench requests per round (0: no comparison)")
+    p.add_argument("--compare-rounds", type=int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -205,40 +325,62 @@ def main(argv: list[str] | None = None) -> int:
     if not analyzer.is_file():
         log.error("%s missing: run `make model-analyzer` (it creates that venv)", analyzer)
         return 2
-    repo = prepare_repository(ensure_demo_repository(args.repository.resolve()), out / "repository")
+    src = ensure_demo_repository(args.repository.resolve())
     if args.video:
         video = args.video.read_bytes()
     else:
         from fusion_emotion.ops import synth
 
         video = synth.mp4(audio=synth.speech(rate=48_000), audio_rate=48_000)
-    input_data = out / "input_data.json"
-    input_data.write_text(json.dumps(make_input_data([(video, None)])))
-    wrapper = out / "tritonserver"
-    wrapper.write_text(server_wrapper_text(repo))
-    wrapper.chmod(0o755)
-    config = analyzer_config(
-        repo, out, wrapper, PerfAnalyzer.locate().binary, input_data,
-        max_instances=args.max_instances, max_batch=args.max_batch,
-        concurrency=args.concurrency, window_requests=args.window_requests, search_percent=args.search_percent,
-    )  # fmt: skip
-    config_path = out / "profile.yaml"
-    config_path.write_text(json.dumps(config, indent=2))
     env = analyzer_env(analyzer.parent)
-    started = time.monotonic()
-    cmd = [str(analyzer), "profile", "-f", str(config_path)]
-    log.info("running %s (load average %s)", " ".join(cmd), os.getloadavg())
-    try:
-        code = subprocess.run(cmd, env=env, timeout=args.time_limit, check=False).returncode
-    except subprocess.TimeoutExpired:
-        log.error("model-analyzer profile stopped after %.0f s (--time-limit)", args.time_limit)
-        code = 124
-    log.info("profile exited %s after %.0f s (load average %s)", code, time.monotonic() - started, os.getloadavg())
-    if code != 0:
-        return code
-    report = [str(analyzer), "report", "-e", str(out / "results"), "--report-model-configs"]
-    configs = sorted(d.name for d in (out / "output_repository").iterdir() if d.name.startswith(PROFILE_MODEL))
-    return subprocess.run([*report, ",".join(configs)], env=env, check=False).returncode
+    summary: dict[str, Any] = {"loadavg_before": os.getloadavg()}
+    if not args.skip_profile:
+        repo = prepare_repository(src, out / "repository")
+        input_data = out / "input_data.json"
+        input_data.write_text(json.dumps(make_input_data([(video, None)])))
+        wrapper = out / "tritonserver"
+        wrapper.write_text(server_wrapper_text(repo))
+        wrapper.chmod(0o755)
+        config = analyzer_config(
+            repo, out, wrapper, PerfAnalyzer.locate().binary, input_data,
+            max_instances=args.max_instances, max_batch=args.max_batch,
+            concurrency=args.concurrency, window_requests=args.window_requests, search_percent=args.search_percent,
+        )  # fmt: skip
+        for stale in ("checkpoints", "results", "output_repository"):
+            shutil.rmtree(out / stale, ignore_errors=True)
+        config_path = out / "profile.yaml"
+        config_path.write_text(json.dumps(config, indent=2))
+        started = time.monotonic()
+        code = run_profile([str(analyzer), "profile", "-f", str(config_path)], env, args.time_limit)
+        summary |= {"profile_exit": code, "profile_s": time.monotonic() - started}
+        log.info("profile exited %s after %.0f s, load average %s", code, summary["profile_s"], os.getloadavg())
+    checkpoint = out / "checkpoints" / "0.ckpt"
+    if not checkpoint.is_file():
+        log.error("no measurements saved (%s missing)", checkpoint)
+        return 1
+    found = [m for m in measurements(checkpoint, out / "output_repository") if m["throughput_rps"]]
+    if not found:
+        log.error("the analyzer saved no successful measurement")
+        return 1
+    found.sort(key=lambda m: -m["throughput_rps"])
+    best = found[0]
+    summary |= {"measurements": found, "recommended": best}
+    for m in found:
+        log.info("%.3f req/s  avg %.0f ms  %s", m["throughput_rps"], m["latency_avg_ms"], m["settings"])
+    report = [str(analyzer), "report", "-e", str(out / "results"), "--checkpoint-directory", str(out / "checkpoints")]
+    default = f"{C.PREPROCESS}_config_default"
+    configs = ",".join(dict.fromkeys([best["variants"][0], default]))
+    summary["report_exit"] = subprocess.run([*report, "--report-model-configs", configs], env=env).returncode
+    if args.compare_requests > 0 and any("_config_default" not in v for v in best["variants"]):
+        theirs = recommended_repository(src, best["variants"], out / "output_repository", out / "recommended")
+        summary["comparison"] = compare(
+            src, theirs, video, out, concurrency=args.concurrency, requests=args.compare_requests,
+            rounds=args.compare_rounds,
+        )  # fmt: skip
+    summary["loadavg_after"] = os.getloadavg()
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    log.info("summary: %s", out / "summary.json")
+    return 0
 
 
 if __name__ == "__main__":
