@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bench", action="store_true", help="also run bench's gRPC target, interleaved")
     p.add_argument("--output-dir", type=Path, default=Path("build/perf/perf_analyzer"))
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds one perf_analyzer run may take")
+    p.add_argument("--report", type=Path, metavar="SUMMARY", help="only print the table of an earlier summary.json")
     return p.parse_args(argv)
 
 
@@ -88,28 +89,81 @@ def _bench_json(res: bench.RunResult) -> dict[str, Any]:
     return res.to_json() | {"target": "bench --triton"}
 
 
+TOOLS = ("perf_analyzer", "bench")
+
+
+def _row(c: Any, rnd: Any, tool: str, r: dict[str, Any]) -> str:
+    ens = (r.get("triton_stats") or {}).get(C.ENSEMBLE, {})
+    lat, server = r["latency_ms"], ens.get("request_ms_per_request")
+    overhead = lat["avg"] - server if lat.get("avg") is not None and server is not None else None
+    return (
+        f"| {c} | {rnd} | {tool} | {r['throughput_rps']:.3f} | {_f(lat['avg'])} | {_f(lat.get('p50'))} | "
+        f"{_f(lat.get('p95'))} | {_f(server)} | {_f(overhead)} | {_f(r.get('cpu_ms_per_request'))} | "
+        f"{r['errors']}/{r['requests']} |"
+    )
+
+
+def _ratio_row(c: Any, rnd: Any, cmp: dict[str, Any]) -> str:
+    verdict = "DISAGREE: " + ",".join(cmp["disagree"]) if cmp["disagree"] else "within 15 %"
+    return (
+        f"| {c} | {rnd} | pa / bench | x{_f(cmp['throughput_ratio'], '.3f')} | x{_f(cmp['avg_ratio'], '.3f')} | "
+        f"x{_f(cmp['p50_ratio'], '.3f')} | | | | x{_f(cmp['cpu_ratio'], '.3f')} | {verdict} |"
+    )
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one tool at one concurrency merged: successes / total time, request-weighted means."""
+    ok = sum(r["succeeded"] for r in runs)
+    wall = sum(r["succeeded"] / r["throughput_rps"] for r in runs if r["throughput_rps"])
+
+    def mean(get: Any) -> float | None:
+        vals = [(get(r), r["succeeded"]) for r in runs]
+        if not ok or any(v is None for v, _ in vals):
+            return None
+        return sum(v * n for v, n in vals) / ok
+
+    return {
+        "requests": sum(r["requests"] for r in runs),
+        "succeeded": ok,
+        "errors": sum(r["errors"] for r in runs),
+        "throughput_rps": ok / wall if wall else 0.0,
+        "latency_ms": {"avg": mean(lambda r: r["latency_ms"]["avg"]), "p50": None, "p95": None},
+        "cpu_ms_per_request": mean(lambda r: r.get("cpu_ms_per_request")),
+        "triton_stats": {
+            C.ENSEMBLE: {
+                "request_ms_per_request": mean(
+                    lambda r: (r.get("triton_stats") or {}).get(C.ENSEMBLE, {}).get("request_ms_per_request")
+                )
+            }
+        },
+    }
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    head = "| c | round | tool | req/s | avg ms | p50 ms | p95 ms | server ms/req | server CPU ms/req | errors |"
-    lines = [head, "|" + "---|" * 10]
+    """Every run, the per-run ratio, then per concurrency the rounds pooled.
+
+    "client overhead" = client mean latency - the server's mean request time for
+    the same requests: what the client side adds (send, network, receive).
+    """
+    head = (
+        "| c | round | tool | req/s | avg ms | p50 ms | p95 ms | server ms/req | client overhead ms "
+        "| server CPU ms/req | errors |"
+    )
+    lines = [head, "|" + "---|" * 11]
     for row in rows:
-        for tool in ("perf_analyzer", "bench"):
-            r = row.get(tool)
-            if r is None:
-                continue
-            ens = (r.get("triton_stats") or {}).get(C.ENSEMBLE, {})
-            lat = r["latency_ms"]
-            lines.append(
-                f"| {row['concurrency']} | {row['round']} | {tool} | {r['throughput_rps']:.3f} | {_f(lat['avg'])} | "
-                f"{_f(lat['p50'])} | {_f(lat['p95'])} | {_f(ens.get('request_ms_per_request'))} | "
-                f"{_f(r.get('cpu_ms_per_request'))} | {r['errors']}/{r['requests']} |"
-            )
+        for tool in TOOLS:
+            if tool in row:
+                lines.append(_row(row["concurrency"], row["round"], tool, row[tool]))
         if "comparison" in row:
-            cmp = row["comparison"]
-            lines.append(
-                f"| {row['concurrency']} | {row['round']} | pa / bench | x{_f(cmp['throughput_ratio'], '.3f')} | "
-                f"x{_f(cmp['avg_ratio'], '.3f')} | x{_f(cmp['p50_ratio'], '.3f')} | | | x{_f(cmp['cpu_ratio'], '.3f')} | "
-                f"{'DISAGREE: ' + ','.join(cmp['disagree']) if cmp['disagree'] else 'within 15 %'} |"
-            )
+            lines.append(_ratio_row(row["concurrency"], row["round"], row["comparison"]))
+    if len({row["round"] for row in rows}) > 1:
+        for c in dict.fromkeys(row["concurrency"] for row in rows):
+            merged = {t: pooled([row[t] for row in rows if row["concurrency"] == c and t in row]) for t in TOOLS}
+            for tool in TOOLS:
+                if merged[tool]["succeeded"]:
+                    lines.append(_row(c, "all", tool, merged[tool]))
+            if all(merged[t]["succeeded"] for t in TOOLS):
+                lines.append(_ratio_row(c, "all", compare_rows(merged["perf_analyzer"], merged["bench"])))
     return "\n".join(lines) + "\n"
 
 
@@ -123,6 +177,9 @@ def _f(v: float | None, spec: str = ".0f") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        sys.stdout.write(table(json.loads(args.report.read_text())["runs"]))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)

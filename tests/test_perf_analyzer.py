@@ -96,13 +96,17 @@ def test_concurrency_args_fix_the_request_count():
 
 
 def test_comparison_flags_more_than_15_percent():
-    def run(tp: float, avg: float, p50: float, cpu: float | None = None) -> dict:
+    def run(tp: float, avg: float, p50: float | None, cpu: float | None = None) -> dict:
         return {"throughput_rps": tp, "latency_ms": {"avg": avg, "p50": p50}, "cpu_ms_per_request": cpu}
 
     same = compare_rows(run(1.0, 1000, 1000, 900), run(1.1, 950, 1040, 1000))
     assert same["disagree"] == [] and same["cpu_ratio"] == pytest.approx(0.9)
     off = compare_rows(run(2.0, 500, 480), run(1.0, 1000, 1000))
     assert off["disagree"] == ["throughput_ratio", "avg_ratio", "p50_ratio"] and off["cpu_ratio"] is None
+    pooled = compare_rows(run(1.0, 1000, None), run(1.05, 1000, None))  # no median: not compared
+    assert pooled["disagree"] == [] and pooled["p50_ratio"] is None
+    failed = compare_rows(run(1.0, 1000, 1000), run(0.0, 1000, 1000))
+    assert failed["disagree"] == ["throughput_ratio"]
 
 
 # --------------------------------------------------------------------------- against the real server

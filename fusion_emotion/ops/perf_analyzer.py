@@ -265,8 +265,10 @@ def compare_rows(pa: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
         "p50_ratio": ratio(pa["latency_ms"]["p50"], other["latency_ms"]["p50"]),
         "cpu_ratio": ratio(pa.get("cpu_ms_per_request"), other.get("cpu_ms_per_request")),
     }
-    keys = ("throughput_ratio", "avg_ratio", "p50_ratio")
-    out["disagree"] = [k for k in keys if out[k] is None or abs(out[k] - 1.0) > DISAGREE]
+    # a missing latency (pooled rounds have no median) is not compared; a missing throughput ratio is a failure
+    out["disagree"] = [k for k in ("avg_ratio", "p50_ratio") if out[k] is not None and abs(out[k] - 1.0) > DISAGREE]
+    if out["throughput_ratio"] is None or abs(out["throughput_ratio"] - 1.0) > DISAGREE:
+        out["disagree"].insert(0, "throughput_ratio")
     return out
 
 
