@@ -9,10 +9,10 @@ Starts tritonserver (``fusion-emotion triton``, cpu profile) on --repository
 one (--triton HOST:PORT). Real clips go in perf_analyzer's --input-data file
 (default: the RAVDESS-like generated clip, its own audio track). For each
 concurrency and round it runs perf_analyzer with ``--request-count`` and, with
---bench, ``bench``'s gRPC target (``fusion-emotion bench --triton``) right
-after it with the same clip, concurrency and request count, so background load
-hits both alike. Both are also read from the server side (Triton statistics of
-the ensemble, server CPU per request).
+--bench, ``bench``'s gRPC target (``fusion-emotion bench --triton``) beside it
+with the same clip, concurrency and request count (which goes first alternates
+per round), so background load hits both alike. Both are also read from the
+server side (Triton statistics of the ensemble, server CPU per request).
 
 Writes to --output-dir: ``input_data.json``, ``perf_analyzer.csv`` (perf_analyzer's
 own rows, one per concurrency and round), ``summary.json``; prints a table.
@@ -205,15 +205,22 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 csv_path = out / f"perf_analyzer_c{c}_r{r}.csv"
                 row: dict[str, Any] = {"concurrency": c, "round": r, "loadavg_before": _load()}
-                row["perf_analyzer"] = measure(
-                    pa, url, input_data, c, args.requests, csv_path, server_pids=pids, timeout_s=args.timeout
-                )
-                if csv_path.is_file():
-                    lines = csv_path.read_text().splitlines()
-                    csv_lines += lines[1:] if csv_lines else lines
+                # who goes first alternates per round: under a drifting load the second tool of a
+                # pair otherwise always meets the later (here: usually lighter) load
+                order = TOOLS if r % 2 == 0 or not args.bench else TOOLS[::-1]
+                row["order"] = list(order)
+                for tool in order:
+                    if tool == "perf_analyzer":
+                        row[tool] = measure(
+                            pa, url, input_data, c, args.requests, csv_path, server_pids=pids, timeout_s=args.timeout
+                        )
+                        if csv_path.is_file():
+                            lines = csv_path.read_text().splitlines()
+                            csv_lines += lines[1:] if csv_lines else lines
+                    elif args.bench:
+                        res = bench.run_target(target, args.requests, c, warmup=0, progress=False, round_no=r)
+                        row[tool] = _bench_json(res)
                 if args.bench:
-                    res = bench.run_target(target, args.requests, c, warmup=0, progress=False, round_no=r)
-                    row["bench"] = _bench_json(res)
                     row["comparison"] = compare_rows(row["perf_analyzer"], row["bench"])
                 row["loadavg_after"] = _load()
                 rows.append(row)
