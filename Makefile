@@ -5,8 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONSTRAINTS := requirements/constraints.txt
+PERF_ANALYZER_REQS := requirements/perf-analyzer.txt
+PERF_ANALYZER_DIR := $(VENV)/opt/perf-analyzer
 
-.PHONY: setup test unit integration lint format demo export serve-local fuzz soak sbom clean
+.PHONY: setup test unit integration lint format demo export serve-local fuzz soak sbom clean perf-analyzer perf-compare model-analyzer
 
 setup:
 	@command -v espeak-ng >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng; }
@@ -14,6 +16,12 @@ setup:
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[export,dev]"
 	$(BIN)/python -c "import fusion_emotion.server.launcher as t; t.Bundle.locate().backend_dir()"
+	@# perf_analyzer (tritonclient 2.51 wheel, off sys.path) + libb64 (Debian) + libcudart 12 (PyPI); see the reqs file
+	@ldconfig -p | grep -q 'libb64\.so\.0d' || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d; }
+	@cmp -s $(PERF_ANALYZER_REQS) $(PERF_ANALYZER_DIR)/requirements.txt || { rm -rf $(PERF_ANALYZER_DIR) && \
+	  $(BIN)/python -m pip install -q --no-deps --require-hashes --only-binary=:all: --target $(PERF_ANALYZER_DIR) \
+	    -r $(PERF_ANALYZER_REQS) && cp $(PERF_ANALYZER_REQS) $(PERF_ANALYZER_DIR)/requirements.txt; }
+	$(BIN)/fusion-emotion perf-analyzer --version
 	@echo "setup done: $(BIN)/fusion-emotion"
 
 test: lint
@@ -44,6 +52,23 @@ fuzz:
 
 soak:
 	$(BIN)/python perf/soak.py --minutes $${SOAK_MINUTES:-10} --concurrency 16 --output build/soak.json
+
+# perf_analyzer concurrency sweep on fusion_emotion over gRPC (real clip as --input-data) -> perf_analyzer.csv
+perf-analyzer:
+	$(BIN)/python perf/perf_analyzer_sweep.py --concurrency $${PA_CONCURRENCY:-1,2,4} --requests $${PA_REQUESTS:-16} \
+	  --output-dir build/perf/perf_analyzer
+
+# the same, with `fusion-emotion bench --triton` interleaved at each concurrency (perf/README.md comparison)
+perf-compare:
+	$(BIN)/python perf/perf_analyzer_sweep.py --bench --concurrency $${PA_CONCURRENCY:-1,2,4} \
+	  --requests $${PA_REQUESTS:-16} --rounds $${PA_ROUNDS:-2} --output-dir build/perf/perf_compare
+
+# Triton Model Analyzer (own venv), local launch mode on our tritonserver: bounded quick search, report
+MA_VENV := build/model-analyzer/venv
+model-analyzer:
+	@test -x $(MA_VENV)/bin/model-analyzer || { $(PYTHON) -m venv $(MA_VENV) && \
+	  $(MA_VENV)/bin/python -m pip install -q -r requirements/model-analyzer.txt; }
+	$(BIN)/python -m fusion_emotion.ops.model_analyzer --venv $(MA_VENV) --output-dir build/model-analyzer
 
 sbom:
 	bash scripts/supply_chain.sh

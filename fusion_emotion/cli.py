@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "fusion_emotion.frontend.cli",  # serve
     "fusion_emotion.deploy.cli",  # package, deploy, undeploy
     "fusion_emotion.ops.bench",  # bench
+    "fusion_emotion.ops.perf_analyzer",  # perf-analyzer
     "fusion_emotion.ops.quantize",  # quantize
     "fusion_emotion.client.timeline_cli",  # timeline
     "fusion_emotion.ops.evaluate",  # evaluate
