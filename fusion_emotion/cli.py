@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "fusion_emotion.ops.bench",  # bench
     "fusion_emotion.ops.quantize",  # quantize
     "fusion_emotion.client.timeline_cli",  # timeline
+    "fusion_emotion.client.stream_cli",  # stream
     "fusion_emotion.ops.evaluate",  # evaluate
 )
 
