@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 class Sink(Protocol):
     """Where one stream's responses go (the Triton model: the START request's response sender)."""
 
+    def accepted(self) -> None:
+        """The stream is open (sent once, before any update)."""
+
     def update(self, update: Update) -> None: ...
 
     def finish(self, update: Update | None) -> None:
@@ -149,6 +152,7 @@ class StreamRuntime:
                     f"{self.limits.max_streams} streams are open, the limit; retry later",
                 )
             now = self.clock()
+            sink.accepted()
             self._streams[sid] = _Live(sid, StreamState(config, self.limits, started=now), sink, last_sent=now)
             self.stats.streams_started += 1
         log.info("stream %d started (%d Hz x %d, hop %.2f s, window %.2f s)", sid, config.sample_rate,

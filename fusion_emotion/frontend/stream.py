@@ -329,15 +329,29 @@ class StreamSession:
             arrival = self.arrivals[0][1] if self.arrivals and self.arrivals[0][0] >= needed else None
         return None if arrival is None else round((time.perf_counter() - arrival) * 1000, 1)
 
+    def _raise_error(self, error: Any) -> None:
+        wire = parse_wire(str(error.message() if hasattr(error, "message") else error))
+        if wire is None:
+            log.warning("stream %x: untagged Triton error", self.sid)
+            raise StreamClose(ServingError(ErrorKind.INTERNAL, "stream", "inference failed"))
+        raise StreamClose(ServingError(wire.kind, wire.subject, wire.reason))
+
+    async def _accepted(self, responses: Any) -> None:
+        """Wait for the model's first response: the stream was taken (limits passed), or its error."""
+        async for result, error in responses:
+            if error is not None:
+                self._raise_error(error)
+            update, final = parse_update(result)
+            if update is None and not final:
+                return
+            raise StreamClose(ServingError(ErrorKind.INTERNAL, "stream", "unexpected first response"))
+        raise StreamClose(ServingError(ErrorKind.OVERLOADED, "stream", "inference server closed the stream"))
+
     async def _writer(self, responses: Any) -> None:
         """Triton's responses to the client until the final one."""
         async for result, error in responses:
             if error is not None:
-                wire = parse_wire(str(error.message() if hasattr(error, "message") else error))
-                if wire is None:
-                    log.warning("stream %x: untagged Triton error", self.sid)
-                    raise StreamClose(ServingError(ErrorKind.INTERNAL, "stream", "inference failed"))
-                raise StreamClose(ServingError(wire.kind, wire.subject, wire.reason))
+                self._raise_error(error)
             update, final = parse_update(result)
             if update is not None:
                 update["latency_ms"] = self._latency_ms(update, final)
@@ -380,6 +394,12 @@ class StreamSession:
                 start=True,
             )  # fmt: skip
             self.started = True
+            try:
+                await asyncio.wait_for(self._accepted(responses), self.settings.first_message_timeout_s)
+            except asyncio.TimeoutError:
+                raise StreamClose(
+                    ServingError(ErrorKind.OVERLOADED, "stream", "the inference server did not open the stream in time")
+                ) from None
             await self.ws.send_text(json.dumps({
                 "ready": True, "sample_rate": cfg.sample_rate, "channels": cfg.channels, "encoding": self.encoding,
                 "hop_s": cfg.hop_s, "window_s": cfg.window_s, "max_message_bytes": self.settings.max_message_bytes,

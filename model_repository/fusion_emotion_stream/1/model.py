@@ -47,6 +47,10 @@ def _update_response(update, final):
     )
 
 
+def _final_only(final):
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(C.OUT_FINAL.name, np.array([[final]], np.bool_))])
+
+
 class _SenderSink:
     """One stream's responses, on its START request's sender."""
 
@@ -54,14 +58,16 @@ class _SenderSink:
         self.request = request
         self.sender = request.get_response_sender()
 
+    def accepted(self) -> None:
+        # the first response of every stream: only `final` (false), so a caller knows START was taken
+        self.sender.send(_final_only(False))
+
     def update(self, update: Update) -> None:
         self.sender.send(_update_response(update, False))
 
     def finish(self, update):
         if update is None:  # ended on a hop boundary: the final response carries only `final`
-            response = pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor(C.OUT_FINAL.name, np.array([[True]], np.bool_))]
-            )
+            response = _final_only(True)
         else:
             response = _update_response(update, True)
         self.sender.send(response, flags=_FINAL)
