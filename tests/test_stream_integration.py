@@ -255,8 +255,9 @@ async def _limits_scenario(url: str, speech16: np.ndarray) -> None:
         ws.transport.abort()
     await asyncio.sleep(1.0)
     a, b = await open_stream(), await open_stream()  # "ready" comes only once the model took the stream
-    for ws in (a, b):  # and they work: 1 s of audio gives the first update
+    for ws in (a, b):  # and they work: 1 s of audio gives the first update (sent together: 2 s idle timeout)
         await ws.send(chunk)
+    for ws in (a, b):
         assert json.loads(await ws.recv())["t_end"] == 1.0
         await ws.close()
     await asyncio.sleep(1.0)
