@@ -24,7 +24,7 @@ from fusion_emotion.core import stream as S
 from fusion_emotion.frontend.settings import Settings
 from fusion_emotion.ops import synth
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:

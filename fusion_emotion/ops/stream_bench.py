@@ -102,6 +102,28 @@ class Servers:
             self.triton.stop()
 
 
+def _pid_cpu_s(pid: int) -> float:
+    """utime + stime of one process (all its threads), 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(servers: Servers | None) -> dict[str, float]:
+    """CPU seconds so far per server part: each Triton model's stub(s), tritonserver itself, the front end."""
+    if servers is None or servers.triton is None or servers.frontend is None:
+        return {}
+    out: dict[str, float] = {
+        "tritonserver": _pid_cpu_s(servers.triton.proc.pid),
+        "frontend": _pid_cpu_s(servers.frontend.pid),
+    }
+    for pid, model in servers.triton.stubs().items():
+        out[model] = out.get(model, 0.0) + _pid_cpu_s(pid)
+    return out
+
+
 def speech_source(seconds: float, video: bool, fps: float) -> Any:
     """Real speech (espeak-ng sentences, 16 kHz), and face frames as JPEG when ``video``."""
     from fusion_emotion.client.stream import MediaSource, _jpeg
@@ -143,18 +165,20 @@ async def _phase(url: str, n: int, source: Any, hop_s: float, chunk_s: float, al
 
 def run_phase(
     url: str, n: int, source: Any, *, hop_s: float, chunk_s: float, aligned: bool, server_pids: list[int],
-    stats: Any = None,
+    stats: Any = None, servers: Servers | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     from fusion_emotion.ops.bench import _load, _proc_tree_cpu_s, latency_summary, stats_delta
 
     before_stats = stats.settled_snapshot() if stats is not None else None
     load_before = _load()
     cpu0 = _proc_tree_cpu_s(server_pids) if server_pids else None
+    parts0 = process_cpu(servers)
     own0, t0 = time.process_time(), time.perf_counter()
     results = asyncio.run(_phase(url, n, source, hop_s, chunk_s, aligned))
     wall = time.perf_counter() - t0
     own = time.process_time() - own0
     cpu = _proc_tree_cpu_s(server_pids) - cpu0 if cpu0 is not None else None
+    parts = {k: v - parts0.get(k, 0.0) for k, v in process_cpu(servers).items()}
     expected = expected_updates(source.duration_s, hop_s)
     server_lat, client_lat, lost, errors, closes = [], [], 0, [], []
     for r in results:
@@ -188,6 +212,8 @@ def run_phase(
         "server_cores_busy": cpu / wall if cpu is not None else None,
         "server_cpu_per_stream": cpu / stream_s if cpu is not None else None,
         "client_cpu_s": own,
+        # per part: CPU seconds per stream-second (share of one core each stream costs there)
+        "cpu_per_stream_by_part": {k: v / stream_s for k, v in sorted(parts.items())},
         "loadavg_before": load_before,
         "loadavg_after": _load(),
     }
@@ -202,12 +228,14 @@ def report_line(doc: dict[str, Any]) -> str:
     from fusion_emotion.ops.bench import _fmt
 
     s, c = doc["server_latency_ms"], doc["client_latency_ms"]
+    parts = " ".join(f"{k} {v:.3f}" for k, v in doc.get("cpu_per_stream_by_part", {}).items() if v >= 0.001)
     return (
         f"N={doc['streams']:>2} {'A+V' if doc['video_fps'] else 'A  '}: latency p50 {_fmt(s['p50'])} ms p95 {_fmt(s['p95'])} "
         f"max {_fmt(s['max'])} (client p95 {_fmt(c['p95'])})  lost {doc['updates_lost']}/{doc['updates_expected']} "
         f"late {doc['updates_late']}  server CPU {_fmt(doc['server_cpu_per_stream'], '.2f')} core/stream "
         f"({_fmt(doc['server_cores_busy'], '.2f')} cores)  {'REAL-TIME' if doc['realtime'] else 'not real-time'}  "
         f"load {doc['loadavg_before']} -> {doc['loadavg_after']}"
+        + (f"\n      core/stream by part: {parts}" if parts else "")
     )
 
 
@@ -252,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
         phases = []
         for n in counts:
             doc = run_phase(url, n, source, hop_s=args.hop, chunk_s=args.chunk, aligned=args.aligned,
-                            server_pids=pids, stats=stats)  # fmt: skip
+                            server_pids=pids, stats=stats, servers=servers)  # fmt: skip
             phases.append(doc)
             sys.stdout.write(report_line(doc) + "\n")
             sys.stdout.flush()
