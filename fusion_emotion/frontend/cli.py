@@ -80,5 +80,9 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         timeout_keep_alive=75,  # above the 60 s idle timeout of SageMaker's / ALB's side
         ws_max_size=stream_settings.transport_max_bytes,  # GET /stream (WebSocket, via `websockets`)
+        # No WebSocket keepalive pings: /stream paces a client by not reading it, and a pong queued behind
+        # its unread audio would time out and kill a healthy stream. Dead clients are found by TCP, or by
+        # the stream's idle timeout (10 s without data).
+        ws_ping_interval=None,
     )
     return 0
