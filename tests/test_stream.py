@@ -246,3 +246,32 @@ def test_frames_errors_and_size_limits(face_jpegs) -> None:
 def test_limits_from_params() -> None:
     limits = S.StreamLimits.from_params({"max_streams": "3", "idle_timeout_s": "2.5", "unrelated": "x", "max_fps": ""})
     assert limits.max_streams == 3 and limits.idle_timeout_s == 2.5 and limits.max_fps == 30.0
+
+
+def test_frontend_config_message_and_close_codes() -> None:
+    from fusion_emotion.frontend.stream import CLOSE_UNSUPPORTED, StreamClose, StreamSettings, close_code, parse_config
+
+    cfg, enc = parse_config('{"sample_rate": 44100, "encoding": "pcm_f32le", "channels": 2, "hop_s": 0.5}')
+    assert (cfg.sample_rate, cfg.channels, cfg.hop_s, cfg.window_s, enc) == (44_100, 2, 0.5, 4.0, "pcm_f32le")
+    for text, code, subject in (
+        ("[1]", 1008, "config"),
+        ("not json", 1008, "config"),
+        ('{"sample_rate": 16000, "encoding": "opus"}', CLOSE_UNSUPPORTED, "encoding"),
+        ('{"encoding": "pcm_s16le"}', 1008, "sample_rate"),
+        ('{"sample_rate": "16000", "encoding": "pcm_s16le"}', 1008, "sample_rate"),
+        ('{"sample_rate": 96000, "encoding": "pcm_s16le"}', CLOSE_UNSUPPORTED, "sample_rate"),
+        ('{"sample_rate": 16000, "encoding": "pcm_s16le", "channels": 6}', CLOSE_UNSUPPORTED, "channels"),
+        ('{"sample_rate": 16000, "encoding": "pcm_s16le", "window_s": 20}', 1008, "window_s"),
+        ('{"sample_rate": 16000, "encoding": "pcm_s16le", "gain": 2}', 1008, "config"),
+    ):
+        with pytest.raises(StreamClose) as err:
+            parse_config(text)
+        assert (err.value.code, err.value.error.subject) == (code, subject), text
+    assert close_code(ServingError(ErrorKind.TOO_LARGE, "stream", "duration")) == 4413
+    assert close_code(ServingError(ErrorKind.TOO_LARGE, "audio", "big")) == 1009
+    assert close_code(ServingError(ErrorKind.DEADLINE, "stream", "idle")) == 4408
+    settings = StreamSettings.from_env({"FUSION_EMOTION_MAX_STREAMS": "3", "FUSION_EMOTION_STREAM_MAX_LAG_HOPS": "4"})
+    assert settings.max_streams == 3 and settings.max_lag_hops == 4.0
+    assert settings.transport_max_bytes > settings.max_message_bytes * 4 // 3
+    with pytest.raises(ValueError):
+        StreamSettings.from_env({"FUSION_EMOTION_MAX_STREAMS": "0"})
