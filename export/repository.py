@@ -91,9 +91,9 @@ def write_repository(
 
         labels = "\n".join(C.LABELS) + "\n"
         qa_labels = "\n".join(C.QA_FLAG_NAMES) + "\n"
-        for name in (C.ENSEMBLE, C.FUSION_HEAD, C.TIMELINE_MODEL):
+        for name in (C.ENSEMBLE, C.FUSION_HEAD, C.TIMELINE_MODEL, C.STREAM_MODEL):
             if not (repo / name).is_dir():
-                continue  # the timeline model is optional in a repository
+                continue  # the timeline and stream models are optional in a repository
             (repo / name / C.LABELS_FILENAME).write_text(labels)
             (repo / name / C.QA_LABELS_FILENAME).write_text(qa_labels)
         params = {C.PROVENANCE_PARAMETER: loaded.provenance, "trained": "true" if loaded.trained else "false"}

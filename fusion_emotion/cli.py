@@ -21,8 +21,10 @@ COMMAND_MODULES = (
     "fusion_emotion.deploy.cli",  # package, deploy, undeploy
     "fusion_emotion.ops.bench",  # bench
     "fusion_emotion.ops.perf_analyzer",  # perf-analyzer
+    "fusion_emotion.ops.stream_bench",  # bench-stream
     "fusion_emotion.ops.quantize",  # quantize
     "fusion_emotion.client.timeline_cli",  # timeline
+    "fusion_emotion.client.stream_cli",  # stream
     "fusion_emotion.ops.evaluate",  # evaluate
 )
 

@@ -40,6 +40,8 @@ PROFILES = ("cpu", "gpu", "gpu_fp16", "cpu_int8")
 # Emotion timelines (docs/timeline_evaluate.md): a separate model, so the
 # ensemble's contract above is untouched. Optional in a repository.
 TIMELINE_MODEL = "fusion_emotion_timeline"
+# Real-time streams (README "Streaming"): a decoupled, sequence-batched model. Optional in a repository.
+STREAM_MODEL = "fusion_emotion_stream"
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,20 @@ class TensorSpec:
             "TYPE_FP32": "float32",
             "TYPE_STRING": "object",
             "TYPE_BOOL": "bool",
+            "TYPE_INT32": "int32",
+            "TYPE_UINT8": "uint8",
         }[self.triton_dtype]
 
     @property
     def wire_dtype(self) -> str:
         """Datatype name on the KServe v2 wire (tritonclient)."""
-        return {"TYPE_FP32": "FP32", "TYPE_STRING": "BYTES", "TYPE_BOOL": "BOOL"}[self.triton_dtype]
+        return {
+            "TYPE_FP32": "FP32",
+            "TYPE_STRING": "BYTES",
+            "TYPE_BOOL": "BOOL",
+            "TYPE_INT32": "INT32",
+            "TYPE_UINT8": "UINT8",
+        }[self.triton_dtype]
 
 
 # Ensemble I/O: what users send and receive.
@@ -101,6 +111,23 @@ IN_WINDOW_S = TensorSpec("window_s", "TYPE_FP32", (1,), optional=True)
 IN_HOP_S = TensorSpec("hop_s", "TYPE_FP32", (1,), optional=True)
 OUT_SEGMENTS = TensorSpec("segments", "TYPE_FP32", (-1, 2 + NUM_CLASSES))
 
+# Stream model I/O (one request = one chunk of a sequence; START/END/READY/CORRID are sequence-batcher
+# controls). Audio: float32 samples, interleaved when channels > 1, full scale 1.0. Frames: JPEG bytes or
+# raw RGB, with their stream times in seconds (t = 0 at the first audio sample). The stream's settings are
+# read from its START request. `abort` ends a stream without a last update.
+IN_AUDIO_CHUNK = TensorSpec("audio_chunk", "TYPE_FP32", (-1,), optional=True)
+IN_FRAMES_JPEG = TensorSpec("frames_jpeg", "TYPE_STRING", (-1,), optional=True)
+IN_FRAMES_RGB = TensorSpec("frames_rgb", "TYPE_UINT8", (-1, -1, -1, 3), optional=True)
+IN_FRAME_TIMES = TensorSpec("frame_times", "TYPE_FP32", (-1,), optional=True)
+IN_SAMPLE_RATE = TensorSpec("sample_rate", "TYPE_INT32", (1,), optional=True)
+IN_CHANNELS = TensorSpec("channels", "TYPE_INT32", (1,), optional=True)
+IN_ABORT = TensorSpec("abort", "TYPE_BOOL", (1,), optional=True)
+# One response per update: [t_start, t_end] in stream seconds, the six probabilities, the QA flags, and
+# `final` (true on the stream's last response, sent after END; it carries no update when the stream ended
+# on a hop boundary).
+OUT_T_WINDOW = TensorSpec("t_window", "TYPE_FP32", (2,))
+OUT_FINAL = TensorSpec("final", "TYPE_BOOL", (1,))
+
 # Model I/O per Triton model, in config order: (inputs, outputs).
 MODEL_IO: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
     ENSEMBLE: ((IN_VIDEO, IN_AUDIO), (OUT_PROBABILITIES, OUT_QA_FLAGS)),
@@ -109,6 +136,20 @@ MODEL_IO: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
     AUDIO_ENCODER: ((AUDIO_WAVEFORM,), (AUDIO_ENC_OUT,)),
     FUSION_HEAD: ((VIDEO_EMBEDDING, AUDIO_EMBEDDING, MODALITY_MASK, MEDIA_QA), (OUT_PROBABILITIES, OUT_QA_FLAGS)),
     TIMELINE_MODEL: ((IN_VIDEO, IN_AUDIO, IN_WINDOW_S, IN_HOP_S), (OUT_SEGMENTS, OUT_PROBABILITIES, OUT_QA_FLAGS)),
+    STREAM_MODEL: (
+        (
+            IN_AUDIO_CHUNK,
+            IN_FRAMES_JPEG,
+            IN_FRAMES_RGB,
+            IN_FRAME_TIMES,
+            IN_SAMPLE_RATE,
+            IN_CHANNELS,
+            IN_HOP_S,
+            IN_WINDOW_S,
+            IN_ABORT,
+        ),
+        (OUT_T_WINDOW, OUT_PROBABILITIES, OUT_QA_FLAGS, OUT_FINAL),
+    ),
 }
 
 LABELS_FILENAME = "labels.txt"

@@ -618,6 +618,21 @@ def resampled_length(n: int, rate: int, target: int = C.SAMPLE_RATE) -> int:
     return -(-n * up // down)
 
 
+def resample_span(rate: int, start: int, stop: int, target: int = C.SAMPLE_RATE) -> tuple[int, int]:
+    """Input samples ``[first, last)`` that ``resample_range`` reads for outputs ``[start, stop)``.
+
+    ``first`` is a multiple of the ratio's ``down`` (it maps exactly onto an output sample); ``last`` is not
+    clipped to the input's length. A live stream uses it to know when a span's output is final (every
+    input sample the filter reaches has arrived) and how much history it must keep.
+    """
+    if rate == target:
+        return max(0, start), stop
+    up, down = _ratio(rate, target)
+    reach = 10 * max(up, down) // up + 2  # resample_poly's filter half-length, in input samples
+    first = max(0, (max(0, start) * down // up - reach) // down * down)
+    return first, -(-stop * down // up) + reach
+
+
 def resample_range(wave: np.ndarray, rate: int, start: int, stop: int, target: int = C.SAMPLE_RATE) -> np.ndarray:
     """``resample(wave, rate)[start:stop]`` without resampling the rest of the track.
 
@@ -633,9 +648,8 @@ def resample_range(wave: np.ndarray, rate: int, start: int, stop: int, target: i
     if rate == target:
         return np.ascontiguousarray(wave[start:stop], dtype=np.float32)
     up, down = _ratio(rate, target)
-    reach = 10 * max(up, down) // up + 2  # resample_poly's filter half-length, in input samples
-    first = max(0, (start * down // up - reach) // down * down)  # aligned: maps to output first * up / down
-    last = min(wave.shape[0], -(-stop * down // up) + reach)
+    first, last = resample_span(rate, start, stop, target)
+    last = min(wave.shape[0], last)
     out = resample_poly(wave[first:last], up, down)
     offset = first * up // down
     return out[start - offset : stop - offset].astype(np.float32)

@@ -27,6 +27,7 @@ from fusion_emotion import contract as C
 from fusion_emotion.frontend.errors import ApiError
 from fusion_emotion.frontend.s3 import S3Fetcher, S3Uri, parse_s3_uri
 from fusion_emotion.frontend.settings import Settings
+from fusion_emotion.frontend.stream import StreamSettings, add_stream_route
 from fusion_emotion.frontend.timeline import JSON_KEYS as TIMELINE_KEYS
 from fusion_emotion.frontend.timeline import merge, parse_options, timeline_request
 from fusion_emotion.frontend.triton import MediaRejected, TritonGateway
@@ -323,7 +324,7 @@ async def _unless_disconnected(request: Request, work: Awaitable[Any], request_i
 
 
 # --------------------------------------------------------------------------- app factory
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, stream_settings: StreamSettings | None = None) -> FastAPI:
     """Build the app; the Triton client is opened in the lifespan and closed at shutdown."""
     settings = settings or Settings.from_env()
     for name in _CHATTY_LOGGERS:
@@ -499,4 +500,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    add_stream_route(app, stream_settings)  # GET /stream (WebSocket): fusion_emotion/frontend/stream.py
     return app

@@ -54,6 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from fusion_emotion.frontend.app import create_app
     from fusion_emotion.frontend.settings import Settings
+    from fusion_emotion.frontend.stream import StreamSettings
 
     settings = Settings.from_env(
         triton_url=args.triton_url,
@@ -66,16 +67,22 @@ def _serve(args: argparse.Namespace) -> int:
         ping_timeout_s=args.ping_timeout_s,
         s3_allowed_buckets=args.s3_allowed_buckets,
     )
+    stream_settings = StreamSettings.from_env()
     log.info("serving on %s:%d, triton at %s", settings.host, settings.port, settings.triton_url)
     # One process, one event loop: the shared gRPC client lives in it. Our middleware
     # writes the access log (with a request id), so uvicorn's is off; log_config=None
     # keeps the CLI's logging setup.
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, stream_settings),
         host=settings.host,
         port=settings.port,
         access_log=False,
         log_config=None,
         timeout_keep_alive=75,  # above the 60 s idle timeout of SageMaker's / ALB's side
+        ws_max_size=stream_settings.transport_max_bytes,  # GET /stream (WebSocket, via `websockets`)
+        # No WebSocket keepalive pings: /stream paces a client by not reading it, and a pong queued behind
+        # its unread audio would time out and kill a healthy stream. Dead clients are found by TCP, or by
+        # the stream's idle timeout (10 s without data).
+        ws_ping_interval=None,
     )
     return 0

@@ -365,6 +365,13 @@ def watch(server: TritonProcess, stopping: Callable[[], bool], max_reloads: int 
             continue
         current = server.stubs()
         dead = {pid: model for pid, model in baseline.items() if pid not in current}
+        # A model reloaded on purpose (Triton's load API) starts its new stubs before its old ones go: a
+        # model that still has as many stubs as before lost none.
+        replaced = {m for m in set(dead.values()) if _count(current, m) >= _count(baseline, m)}
+        if replaced:
+            dead = {pid: model for pid, model in dead.items() if model not in replaced}
+            baseline = {pid: model for pid, model in baseline.items() if model not in replaced}
+            baseline.update({pid: model for pid, model in current.items() if model in replaced})
         if not dead or server.proc.poll() is not None or stopping():
             continue
         models = sorted(set(dead.values()))
@@ -389,6 +396,10 @@ def watch(server: TritonProcess, stopping: Callable[[], bool], max_reloads: int 
                 log.error("%s", start_exc)
                 return 2
             baseline = {}
+
+
+def _count(stubs: dict[int, str], model: str) -> int:
+    return sum(1 for m in stubs.values() if m == model)
 
 
 def wait_replaced(

@@ -1,0 +1,291 @@
+"""Streaming clients: the tritonclient tensors of the ``fusion_emotion_stream`` model, and a WebSocket player.
+
+* Triton (gRPC bidirectional stream, sequence batcher): :func:`chunk_inputs` builds one chunk's inputs,
+  :func:`parse_update` turns one response into the product's update JSON. The front end and the README's
+  tritonclient example use them.
+* WebSocket (the front end's ``GET /stream``): :func:`media_source` reads a WAV or a video file's audio
+  track (and its frames, as JPEG) and :func:`play` plays it into the stream, at real-time pace or as fast
+  as the server takes it, handing every server message to a callback. ``fusion-emotion stream`` and
+  ``fusion-emotion bench-stream`` are built on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fusion_emotion import contract as C
+
+# --------------------------------------------------------------------------- Triton tensors
+
+ENCODINGS: dict[str, tuple[str, float]] = {"pcm_s16le": ("<i2", 32768.0), "pcm_f32le": ("<f4", 1.0)}
+"""WebSocket audio encodings: numpy dtype of one sample and its full scale."""
+
+
+def _input(module: Any, spec: C.TensorSpec, array: np.ndarray) -> Any:
+    inp = module.InferInput(spec.name, list(array.shape), spec.wire_dtype)
+    inp.set_data_from_numpy(array)
+    return inp
+
+
+def chunk_inputs(
+    module: Any,
+    *,
+    audio: np.ndarray | None = None,
+    jpegs: list[bytes] | None = None,
+    rgbs: np.ndarray | None = None,
+    times: list[float] | np.ndarray | None = None,
+    sample_rate: int | None = None,
+    channels: int | None = None,
+    hop_s: float | None = None,
+    window_s: float | None = None,
+    abort: bool = False,
+) -> list[Any]:
+    """One chunk's InferInputs (``module`` is tritonclient.grpc or .grpc.aio); settings only on START.
+
+    ``audio``: float32 samples, interleaved when stereo, full scale 1.0. ``jpegs`` or ``rgbs`` (uint8
+    [F, H, W, 3]) with ``times`` (stream seconds, one per frame).
+    """
+    out = []
+    if audio is not None:
+        out.append(_input(module, C.IN_AUDIO_CHUNK, np.asarray(audio, np.float32).reshape(1, -1)))
+    if jpegs:
+        out.append(_input(module, C.IN_FRAMES_JPEG, np.array([list(jpegs)], dtype=np.object_)))
+    if rgbs is not None:
+        out.append(_input(module, C.IN_FRAMES_RGB, np.ascontiguousarray(rgbs, np.uint8)[None]))
+    if jpegs or rgbs is not None:
+        out.append(_input(module, C.IN_FRAME_TIMES, np.asarray(times, np.float32).reshape(1, -1)))
+    for spec, value, dtype in (
+        (C.IN_SAMPLE_RATE, sample_rate, np.int32),
+        (C.IN_CHANNELS, channels, np.int32),
+        (C.IN_HOP_S, hop_s, np.float32),
+        (C.IN_WINDOW_S, window_s, np.float32),
+    ):
+        if value is not None:
+            out.append(_input(module, spec, np.array([[value]], dtype)))
+    if abort:
+        out.append(_input(module, C.IN_ABORT, np.array([[True]], np.bool_)))
+    return out
+
+
+def stream_outputs(module: Any) -> list[Any]:
+    return [
+        module.InferRequestedOutput(s.name) for s in (C.OUT_T_WINDOW, C.OUT_PROBABILITIES, C.OUT_QA_FLAGS, C.OUT_FINAL)
+    ]
+
+
+def parse_update(result: Any) -> tuple[dict[str, Any] | None, bool]:
+    """One stream response -> (the update's JSON or None when it carries none, whether it is the last)."""
+    from fusion_emotion.core.result import result_dict
+
+    final = result.as_numpy(C.OUT_FINAL.name)
+    is_final = bool(final is not None and np.asarray(final).reshape(-1)[0])
+    window = result.as_numpy(C.OUT_T_WINDOW.name)
+    probs = result.as_numpy(C.OUT_PROBABILITIES.name)
+    if window is None or probs is None:
+        return None, is_final
+    t = np.asarray(window, np.float64).reshape(-1)
+    update = {"t_start": round(float(t[0]), 6), "t_end": round(float(t[1]), 6)}
+    update.update(result_dict(np.asarray(probs).reshape(-1), result.as_numpy(C.OUT_QA_FLAGS.name)))
+    return update, is_final
+
+
+# --------------------------------------------------------------------------- media to play
+
+
+@dataclass
+class MediaSource:
+    """Audio (int16 PCM, interleaved) and optional JPEG frames with their times, ready to stream."""
+
+    pcm: np.ndarray  # int16 [n, channels]
+    sample_rate: int
+    frames: list[tuple[float, bytes]] = field(default_factory=list)
+
+    @property
+    def channels(self) -> int:
+        return int(self.pcm.shape[1])
+
+    @property
+    def duration_s(self) -> float:
+        return self.pcm.shape[0] / self.sample_rate
+
+
+def _to_int16(samples: np.ndarray) -> np.ndarray:
+    return (np.clip(samples, -1.0, 32767 / 32768) * 32768.0).astype("<i2")
+
+
+def _jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def media_source(data: bytes, *, fps: float = 5.0, max_width: int = 640, with_frames: bool = True) -> MediaSource:
+    """A WAV (audio only) or a video file (its audio track, resampled to mono or stereo kept, and its frames
+    at ``fps``, scaled to at most ``max_width`` wide and JPEG-encoded, stamped with their stream times)."""
+    import av
+
+    from fusion_emotion.core.media import MediaLimits, decode_audio, to_mono
+
+    if data[:4] == b"RIFF":
+        dec = decode_audio(data)
+        samples, rate = dec.samples, dec.sample_rate
+        frames: list[tuple[float, bytes]] = []
+    else:
+        import io
+
+        samples, rate, frames = None, 0, []
+        with av.open(io.BytesIO(data)) as container:
+            astream = container.streams.audio[0] if container.streams.audio else None
+            vstream = container.streams.video[0] if (with_frames and container.streams.video) else None
+            chunks = []
+            next_t = 0.0
+            start = None
+            streams = [s for s in (astream, vstream) if s is not None]
+            if not streams:
+                raise ValueError("the file has neither audio nor video")
+            for packet in container.demux(*streams):
+                for frame in packet.decode():
+                    if isinstance(frame, av.AudioFrame):
+                        from fusion_emotion.core.media import audio_frame_to_float
+
+                        chunks.append(audio_frame_to_float(frame))
+                        rate = frame.sample_rate
+                    elif frame.time is not None:
+                        start = frame.time if start is None else start
+                        t = frame.time - start
+                        if t + 1e-6 >= next_t:
+                            w = min(max_width, frame.width)
+                            h = int(round(frame.height * w / frame.width)) // 2 * 2
+                            rgb = frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
+                            frames.append((round(t, 6), _jpeg(rgb)))
+                            next_t += 1.0 / fps
+            if chunks:
+                samples = np.concatenate(chunks, axis=1)
+        if samples is None:
+            raise ValueError("the file has no audio track: streams are driven by audio")
+        limits = MediaLimits()
+        if samples.shape[0] > 2:
+            samples = to_mono(samples)[None]
+        if not limits.min_sample_rate <= rate <= 48_000:
+            raise ValueError(f"audio at {rate} Hz; streams take 8-48 kHz")
+    if samples.shape[0] > 2:
+        samples = to_mono(samples)[None]
+    return MediaSource(_to_int16(samples.T), int(rate), frames)
+
+
+# --------------------------------------------------------------------------- WebSocket player
+
+
+@dataclass
+class PlayResult:
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    ready: dict[str, Any] | None = None
+    close_code: int | None = None
+    # client-side: seconds from sending the chunk that completed an update's hop to receiving the update
+    client_latency_s: list[float] = field(default_factory=list)
+    sent_s: float = 0.0
+
+
+def _chunks(source: MediaSource, chunk_s: float) -> Iterator[tuple[float, bytes, list[tuple[float, bytes]]]]:
+    """(end_s, pcm bytes, frames due before this audio) per chunk, in order."""
+    step = max(1, int(round(chunk_s * source.sample_rate)))
+    fi = 0
+    for i in range(0, source.pcm.shape[0], step):
+        end_s = min(source.pcm.shape[0], i + step) / source.sample_rate
+        due = []
+        while fi < len(source.frames) and source.frames[fi][0] <= end_s:
+            due.append(source.frames[fi])
+            fi += 1
+        yield end_s, source.pcm[i : i + step].tobytes(), due
+
+
+async def play(
+    url: str,
+    source: MediaSource,
+    *,
+    realtime: bool = False,
+    chunk_s: float = 0.1,
+    hop_s: float | None = None,
+    window_s: float | None = None,
+    on_message: Callable[[dict[str, Any]], None] | None = None,
+    start_delay_s: float = 0.0,
+    open_timeout_s: float = 30.0,
+    end: bool = True,
+) -> PlayResult:
+    """Stream ``source`` into ``url`` (ws://host:port/stream) and collect every server message.
+
+    With ``realtime`` each chunk leaves when its audio would have been spoken; otherwise as fast as the
+    server reads (it paces streams that get ahead of their updates). Frames go out before the audio that
+    passes their time. Ends with ``{"end": true}`` (unless ``end`` is False: the connection is dropped).
+    """
+    import websockets
+
+    result = PlayResult()
+    await asyncio.sleep(start_delay_s)
+    config: dict[str, Any] = {"sample_rate": source.sample_rate, "encoding": "pcm_s16le", "channels": source.channels}
+    if hop_s is not None:
+        config["hop_s"] = hop_s
+    if window_s is not None:
+        config["window_s"] = window_s
+    sent_at: list[tuple[float, float]] = []  # (audio end s, send time)
+
+    async with websockets.connect(url, max_size=None, open_timeout=open_timeout_s, ping_interval=None) as ws:
+
+        async def receive() -> None:
+            async for raw in ws:
+                msg = json.loads(raw)
+                now = time.perf_counter()
+                if "t_end" in msg:
+                    result.updates.append(msg)
+                    done = [s for a, s in sent_at if a >= msg["t_end"] - 1e-6]
+                    if done:
+                        result.client_latency_s.append(now - done[0])
+                elif "error" in msg:
+                    result.errors.append(msg)
+                elif msg.get("ready"):
+                    result.ready = msg
+                if on_message is not None:
+                    on_message(msg)
+
+        receiver = asyncio.ensure_future(receive())
+        try:
+            await ws.send(json.dumps(config))
+            t0 = time.perf_counter()
+            for end_s, pcm, frames in _chunks(source, chunk_s):
+                if realtime:
+                    await asyncio.sleep(max(0.0, t0 + end_s - time.perf_counter()))
+                for t, jpeg in frames:
+                    await ws.send(json.dumps({"frame_jpeg_b64": base64.b64encode(jpeg).decode("ascii"), "t": t}))
+                await ws.send(pcm)
+                sent_at.append((end_s, time.perf_counter()))
+                if receiver.done():
+                    break
+            result.sent_s = time.perf_counter() - t0
+            if end and not receiver.done():
+                await ws.send(json.dumps({"end": True}))
+                sent_at.append((float("inf"), time.perf_counter()))
+                await receiver
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            if not end:
+                receiver.cancel()
+            else:
+                try:
+                    await asyncio.wait_for(receiver, timeout=600)
+                except (websockets.ConnectionClosed, asyncio.CancelledError):
+                    pass
+        result.close_code = ws.close_code
+    return result

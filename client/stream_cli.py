@@ -1,0 +1,71 @@
+"""``fusion-emotion stream FILE``: play a WAV or a video file into the front end's ``/stream`` WebSocket.
+
+Prints every update as it arrives (one JSON object per line, or CSV rows with ``--csv``); with
+``--realtime`` the file is sent at the pace it would be spoken, else as fast as the server takes it.
+Exit status: 0 after a normal close, 1 when the server closed the stream with an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from fusion_emotion import contract as C
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = ("t_start", "t_end", *C.LABELS, "dominant_emotion", "latency_ms")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from fusion_emotion.core.stream import DEFAULT_HOP_S, DEFAULT_WINDOW_S
+
+    p = sub.add_parser("stream", help="stream a WAV or a video file to the front end and print live updates")
+    p.add_argument("file", type=Path, help="WAV, or a video (MP4/FLV/AVI/MKV/WebM): its audio track and frames")
+    p.add_argument("--url", default="ws://127.0.0.1:8080/stream", help="front end WebSocket (default %(default)s)")
+    p.add_argument("--realtime", action="store_true", help="send at real-time pace (default: as fast as served)")
+    p.add_argument("--hop", type=float, help=f"seconds between updates (default {DEFAULT_HOP_S:g})")
+    p.add_argument("--window", type=float, help=f"analysis window in seconds (default {DEFAULT_WINDOW_S:g})")
+    p.add_argument("--fps", type=float, default=5.0, help="video frames sent per second (default 5)")
+    p.add_argument("--no-video", action="store_true", help="send only the audio of a video file")
+    p.add_argument("--chunk", type=float, default=0.1, help="seconds of audio per message (default 0.1)")
+    p.add_argument("--csv", action="store_true", help="print CSV rows instead of JSON lines")
+    p.set_defaults(func=run)
+
+
+def _out(line: str, stream: Any = None) -> None:
+    stream = stream or sys.stdout
+    stream.write(line + "\n")
+    stream.flush()
+
+
+def csv_row(update: dict[str, Any]) -> str:
+    return ",".join("" if update.get(k) is None else str(update[k]) for k in CSV_COLUMNS)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fusion_emotion.client.stream import media_source, play
+
+    source = media_source(args.file.read_bytes(), fps=args.fps, with_frames=not args.no_video)
+    log.info("streaming %.1f s of %d Hz x %d audio and %d frames", source.duration_s, source.sample_rate,
+             source.channels, len(source.frames))  # fmt: skip
+    if args.csv:
+        _out(",".join(CSV_COLUMNS))
+
+    def show(msg: dict[str, Any]) -> None:
+        if "t_end" in msg:
+            _out(csv_row(msg) if args.csv else json.dumps(msg))
+        elif "error" in msg:
+            _out(json.dumps(msg), sys.stderr)
+
+    result = asyncio.run(
+        play(args.url, source, realtime=args.realtime, chunk_s=args.chunk, hop_s=args.hop, window_s=args.window,
+             on_message=show)
+    )  # fmt: skip
+    log.info("%d updates; closed with code %s", len(result.updates), result.close_code)
+    return 0 if result.close_code == 1000 and not result.errors else 1
