@@ -23,6 +23,8 @@ COMMAND_MODULES = (
     "fusion_emotion.ops.quantize",  # quantize
     "fusion_emotion.client.timeline_cli",  # timeline
     "fusion_emotion.ops.evaluate",  # evaluate
+    "fusion_emotion.client.batch",  # batch (and --transform-job)
+    "fusion_emotion.client.search",  # search
 )
 
 
