@@ -371,6 +371,7 @@ class Summary:
     media_s: float = 0.0
     seconds: float = 0.0
     interrupted: bool = False
+    abandoned: int = 0  # files still in flight when a stopped run returned
     fatal: str | None = None
     failures: list[str] = field(default_factory=list)  # the first few, for the closing summary
 
@@ -397,13 +398,14 @@ def run_batch(
     concurrency: int = 4,
     progress: Any = None,
     stop: threading.Event | None = None,
+    grace_s: float = 5.0,
 ) -> Summary:
     """Feed ``sources`` to ``concurrency`` worker threads and write their records as they finish.
 
     ``handle(source) -> record`` must not raise. Only this (the calling) thread writes,
-    so every line is whole. Setting ``stop`` ends feeding; records already finished
-    are still written, in-flight ones are abandoned (daemon threads) and answered
-    by the next run.
+    so every line is whole. Setting ``stop`` ends feeding and starts nothing new; files
+    in flight get ``grace_s`` to finish (their answers are written), the rest are
+    abandoned (``Summary.abandoned``; daemon threads) and answered by the next run.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
@@ -412,6 +414,8 @@ def run_batch(
     done: queue.Queue[tuple[str, Any]] = queue.Queue()
     summary = Summary()
     start = time.monotonic()
+    lock = threading.Lock()
+    busy = [0]  # files being handled right now
 
     def put(item: Any) -> bool:
         while not stop.is_set():
@@ -440,32 +444,24 @@ def run_batch(
                     break
 
     def work_loop() -> None:
-        while True:
+        while not stop.is_set():
             try:
                 source = work.get(timeout=0.2)
             except queue.Empty:
-                if stop.is_set():
-                    return
                 continue
             if source is _SENTINEL:
                 done.put(("worker-exit", None))
                 return
-            done.put(("record", handle(source)))
+            with lock:
+                if stop.is_set():
+                    return
+                busy[0] += 1
+            record = handle(source)
+            with lock:
+                done.put(("record", record))
+                busy[0] -= 1
 
-    threading.Thread(target=feed, name="batch-feed", daemon=True).start()
-    for i in range(concurrency):
-        threading.Thread(target=work_loop, name=f"batch-{i}", daemon=True).start()
-
-    running = concurrency
-    while running:
-        try:
-            kind, payload = done.get(timeout=0.2)
-        except queue.Empty:
-            if stop.is_set():
-                break
-            if progress is not None:
-                progress.tick()
-            continue
+    def take(kind: str, payload: Any) -> None:
         if kind == "record":
             results.write(payload)
             ok = payload.get("status") == "ok"
@@ -485,27 +481,42 @@ def run_batch(
                 summary.skipped_failed += 1
             if progress is not None:
                 progress.skip()
-        elif kind == "worker-exit":
-            running -= 1
         elif kind == "fatal":
             summary.fatal = payload
             stop.set()
-        if stop.is_set() and summary.fatal is None:
-            break
+
+    threading.Thread(target=feed, name="batch-feed", daemon=True).start()
+    for i in range(concurrency):
+        threading.Thread(target=work_loop, name=f"batch-{i}", daemon=True).start()
+
+    running = concurrency
+    while running and not stop.is_set():
+        try:
+            kind, payload = done.get(timeout=0.2)
+        except queue.Empty:
+            if progress is not None:
+                progress.tick()
+            continue
+        if kind == "worker-exit":
+            running -= 1
+        else:
+            take(kind, payload)
     if stop.is_set():
-        # Whatever finished before the stop is an answer: keep it.
+        # Files in flight get a moment to finish: each is an answer worth keeping.
+        deadline = time.monotonic() + grace_s
         while True:
             try:
-                kind, payload = done.get_nowait()
+                kind, payload = done.get(timeout=0.05)
             except queue.Empty:
-                break
-            if kind == "record":
-                results.write(payload)
-                if payload.get("status") == "ok":
-                    summary.ok += 1
-                    summary.media_s += payload.get("duration_s") or 0.0
-                else:
-                    summary.failed += 1
+                with lock:
+                    idle = busy[0] == 0 and done.empty()
+                if idle or time.monotonic() > deadline:
+                    break
+                continue
+            if kind not in ("worker-exit", "fatal"):
+                take(kind, payload)
+        with lock:
+            summary.abandoned = busy[0]
         summary.interrupted = summary.fatal is None
     summary.seconds = time.monotonic() - start
     return summary
@@ -598,13 +609,13 @@ def make_predictor(args: argparse.Namespace, options: RequestOptions) -> tuple[P
 
         return predict_url, http.close
 
-    import boto3
     from botocore.config import Config
     from fusion_emotion.client.http import invoke_endpoint_raw
 
-    runtime = boto3.session.Session().client(
+    from fusion_emotion.deploy.sagemaker import aws_session
+
+    runtime = aws_session(args.region).client(
         "sagemaker-runtime",
-        region_name=args.region,
         config=Config(max_pool_connections=args.concurrency + 4, read_timeout=options.timeout_s),
     )
     attributes = options.attributes() or None
@@ -644,6 +655,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int, default=4, help="files in flight (default 4)")
     p.add_argument("--csv", type=Path, metavar="CSV", help="also write one row per segment (whole clips: one row)")
     p.add_argument("--retry-failed", action="store_true", help="on a rerun, try inputs with an error line again")
+    p.add_argument(
+        "--no-index", action="store_true", help="do not update the search index (OUTPUT.index.sqlite) at the end"
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per file (default 600)")
     p.add_argument("--region", help="AWS region (default: the boto3 configuration)")
     p.add_argument(
@@ -758,14 +772,35 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         rows = write_segments_csv(output, args.csv)
         log.info("wrote %d segment rows to %s", rows, args.csv)
+    if not args.no_index:
+        update_search_index(output)
     if stats.ignored:
         log.info("ignored %d files without a media extension", stats.ignored)
     if summary.fatal:
         log.error("batch stopped: %s", summary.fatal)
     _print_summary(summary, str(output), retry_hint=not args.retry_failed)
+    if summary.interrupted and summary.abandoned:
+        # Requests still running in worker threads (onnxruntime, HTTP) would abort or hold up a normal
+        # interpreter exit; everything finished is written and synced, so leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(130)
     if summary.interrupted:
         return 130
     return 0 if summary.all_ok else 1
+
+
+def update_search_index(results: Path) -> None:
+    """Bring ``fusion-emotion search``'s index up to date now, so the first search answers at once."""
+    from fusion_emotion.client.search import SegmentIndex
+
+    if not results.exists():
+        return
+    start = time.monotonic()
+    with SegmentIndex(results) as index:
+        added = index.refresh()
+    log.info("search index %s: +%d clips in %.1f s", index.path, added, time.monotonic() - start)
 
 
 def _progress(args: argparse.Namespace) -> Any:

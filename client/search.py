@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = "1"
 _HEAD_BYTES = 4096
 _BATCH_ROWS = 20_000
+# Appending more than this (or a twentieth of what is indexed) drops the indexes and builds them again
+# after the load: maintaining six B-trees row by row costs ~10 ms a clip, a rebuild ~0.3 ms.
+_BULK_BYTES = 8 * 1024 * 1024
+_INDEXES = (*(f"seg_{label}" for label in C.LABELS), "seg_file")
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class SegmentIndex:
         self.db = sqlite3.connect(self.path)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA cache_size=-65536")  # 64 MiB: index builds and appends stay in memory
 
     def close(self) -> None:
         self.db.close()
@@ -128,7 +133,11 @@ class SegmentIndex:
         if fresh:
             self._create()
             offset = 0
-        bulk = offset == 0
+        bulk = size - offset > max(_BULK_BYTES, offset // 20) or offset == 0
+        if bulk:
+            with self.db:
+                for name in _INDEXES:
+                    self.db.execute(f"DROP INDEX IF EXISTS {name}")
         added = 0
         db = self.db
         cur = db.cursor()

@@ -481,7 +481,7 @@ def run_cli(args: argparse.Namespace) -> int:
     """``batch --transform-job`` / ``batch --attach JOB``: exit 0 only when every input has a result."""
     import threading
 
-    from fusion_emotion.client.batch import _print_summary, _stop_on_signals
+    from fusion_emotion.client.batch import _print_summary, _stop_on_signals, update_search_index
 
     session = sm.aws_session(args.region)
     if args.attach:
@@ -524,6 +524,8 @@ def run_cli(args: argparse.Namespace) -> int:
         summary = gather(session, desc, args.results, stop=stop)
     finally:
         restore()
+    if not args.no_index:
+        update_search_index(args.results)
     _print_summary(summary, str(args.results), retry_hint=False)
     if summary.interrupted:
         return 130
