@@ -59,6 +59,80 @@ def make_library(out: Path, count: int, seconds: float, bitrate: int) -> list[Pa
     return paths
 
 
+# Per-stage budget of perf/README.md ("GPU expectations"): encoder GPU ms per pass (R3D-18 + HuBERT-base, FP16,
+# batched), CPU core-equivalents of an instance (vCPUs are hyper-threads: 2 per core, SMT counted +30 %), and the
+# front end + gRPC + BLS copies per request in core-seconds.
+GPU_MS_PER_PASS = {"T4 (g4dn)": (6.1, 8.5), "A10G (g5)": (5.6, 8.0)}
+CORE_EQUIVALENTS = {"xlarge (4 vCPU)": 2.6, "2xlarge (8 vCPU)": 5.2}
+TRANSPORT_CORE_S = (0.05, 0.1)
+WINDOW_S = 4.0
+
+
+def cpu_stages(repository: Path, clip: Path, repeats: int = 3) -> dict[str, float]:
+    """CPU seconds of the work that stays on the CPU on a GPU instance, for one library clip (median of repeats):
+    whole clip = decode + QA + features (``prepare_request``); timeline = the timeline pass with the encoders
+    replaced by zeros (decode, per-window frames and audio, QA, fusion head)."""
+    import statistics
+
+    from fusion_emotion.client.batch import media_duration
+
+    from fusion_emotion import contract as C
+    from fusion_emotion.core.features import prepare_request
+    from fusion_emotion.core.fusion import FusionHead
+    from fusion_emotion.core.timeline import compute_timeline, validate_params
+
+    data = clip.read_bytes()
+    head = FusionHead.load(repository / C.FUSION_HEAD / "1" / C.HEAD_WEIGHTS_FILENAME)
+
+    def zeros(dim: int):
+        return lambda batch: np.zeros((len(batch), dim), np.float32)
+
+    def cpu(fn) -> float:
+        runs = []
+        for _ in range(repeats):
+            t0 = time.process_time()
+            fn()
+            runs.append(time.process_time() - t0)
+        return statistics.median(runs)
+
+    whole = cpu(lambda: prepare_request(data, None))
+    timeline = cpu(
+        lambda: compute_timeline(
+            data,
+            None,
+            validate_params(),
+            encode_video=zeros(C.VIDEO_EMBED_DIM),
+            encode_audio=zeros(C.AUDIO_EMBED_DIM),
+            head=head,
+        )
+    )
+    return {"duration_s": media_duration(data) or 0.0, "whole_cpu_s": whole, "timeline_cpu_s": timeline}
+
+
+def estimate(stages: dict[str, float]) -> list[str]:
+    """Expected media minutes per hour per instance: the CPU side (measured here, scaled to the instance's
+    cores) against the GPU side (encoder budget), whichever binds."""
+    dur = stages["duration_s"]
+    lines = []
+    for mode, cpu_s, passes in (
+        ("whole clip", stages["whole_cpu_s"], 1.0),
+        ("timeline", stages["timeline_cpu_s"], dur / WINDOW_S + 1.0),
+    ):
+        for gpu, (g_lo, g_hi) in GPU_MS_PER_PASS.items():
+            for size, cores in CORE_EQUIVALENTS.items():
+                # per file: CPU core-s and GPU s; capacity in media seconds per wall second
+                cpu_hi, cpu_lo = cpu_s + TRANSPORT_CORE_S[1], cpu_s + TRANSPORT_CORE_S[0]
+                cap_cpu = (cores * dur / cpu_hi, cores * dur / cpu_lo)
+                cap_gpu = (dur / (passes * g_hi / 1000), dur / (passes * g_lo / 1000))
+                lo, hi = min(cap_cpu[0], cap_gpu[0]), min(cap_cpu[1], cap_gpu[1])
+                binds = "CPU" if cap_cpu[1] <= cap_gpu[0] else "GPU" if cap_gpu[1] <= cap_cpu[0] else "both"
+                lines.append(
+                    f"{mode:10s} {gpu:10s} {size:16s}: {lo * 60:,.0f}-{hi * 60:,.0f} media minutes per hour "
+                    f"({binds} binds)"
+                )
+    return lines
+
+
 def wait_http(url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -137,6 +211,15 @@ def main(argv: list[str] | None = None) -> int:
                 "load_average_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
             }
             print(f"{mode}: {json.dumps(report[mode])}")
+        stages = cpu_stages(args.repository, sorted(args.library.glob("*.mp4"))[0])
+        report["cpu_stages_one_clip"] = {k: round(v, 3) for k, v in stages.items()}
+        print(
+            f"CPU part of one clip (what stays on the CPU on a GPU instance): {json.dumps(report['cpu_stages_one_clip'])}"
+        )
+        report["estimate"] = estimate(stages)
+        print("expected per instance (CPU stages measured here, GPU from the per-stage budget):")
+        for line in report["estimate"]:
+            print("  " + line)
         (args.output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.output / 'report.json'} ({os.cpu_count()} CPUs here)")
     finally:

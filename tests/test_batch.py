@@ -151,6 +151,64 @@ def test_run_batch_stop_keeps_whole_lines_and_resumes(tmp_path: Path) -> None:
     assert second.media_s == 2.0 * second.ok
 
 
+def test_streaming_stays_bounded(tmp_path: Path) -> None:
+    """A 100,000-line manifest is read lazily, and the runner never pulls more than it can hold in flight."""
+    import tracemalloc
+
+    def peak_bytes(lines: int) -> int:
+        manifest = tmp_path / f"big{lines}.txt"
+        with manifest.open("w") as fh:
+            for i in range(lines):
+                fh.write(f"s3://media-library/clips/{i // 1000:03d}/clip{i:06d}.mp4\n")
+        tracemalloc.start()
+        count = sum(1 for _ in B.iter_sources(str(manifest)))
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert count == lines
+        return peak
+
+    small, large = peak_bytes(10_000), peak_bytes(100_000)
+    # 100,000 URIs held at once would be ~10 MB; streamed, ten times the input costs no more memory
+    assert large < 1024 * 1024 and large < 2 * small + 64 * 1024
+
+    pulled, started, concurrency = [0], [0], 3
+    lock = threading.Lock()
+
+    def sources():
+        for i in range(2_000):
+            with lock:
+                pulled[0] += 1
+            yield f"s{i}"
+
+    def handle(source: str) -> dict[str, Any]:
+        with lock:
+            started[0] += 1
+            # queued (2 x concurrency) + one per worker + the one the feeder holds
+            assert pulled[0] - started[0] <= 2 * concurrency + concurrency + 1
+        return {"source": source, "status": "ok", "result": {}}
+
+    with B.ResultsFile(tmp_path / "r.jsonl") as results:
+        summary = B.run_batch(sources(), handle, results, concurrency=concurrency)
+    assert summary.ok == 2_000 and summary.all_ok
+
+
+def test_progress_line_counts_rate_and_eta() -> None:
+    import io
+
+    from fusion_emotion.client.progress import Progress, format_seconds
+
+    stream = io.StringIO()
+    bar = Progress("batch", total=10, stream=stream, tty=True)
+    bar.skip()
+    bar.update(True, media_s=30.0)
+    bar.update(False)
+    line = bar.line()
+    assert line.startswith("batch: 3/10, ok 1, failed 1, skipped 1") and "ETA " in line and "media 0.01 h" in line
+    bar.close()
+    assert "[#######" in stream.getvalue() and stream.getvalue().endswith("\n")
+    assert (format_seconds(42), format_seconds(125), format_seconds(3725)) == ("42s", "2m05s", "1h02m")
+
+
 # --------------------------------------------------------------------------- CLI, --local route
 @pytest.fixture(scope="module")
 def library(tmp_path_factory: pytest.TempPathFactory, media: dict[str, bytes]) -> Path:

@@ -616,14 +616,18 @@ def test_custom_attributes_and_default_options_on_live_triton(live, live_fronten
     assert resp.status_code == 200, resp.text
     segments = resp.json()["segments"]
     assert len(segments) >= 2 and all(s["end"] - s["start"] == pytest.approx(2.0) for s in segments)
-    resp = httpx.post(inv + "?timeline=false", content=media["wav"], headers={**wav, ATTRIBUTES: "timeline=true"})
+    resp = httpx.post(
+        inv + "?timeline=false", content=media["wav"], headers={**wav, ATTRIBUTES: "timeline=true"}, timeout=120
+    )
     assert resp.status_code == 200 and "segments" not in resp.json()
     # Batch Transform cannot send per-request options: the job's environment sets the defaults.
     with run_frontend(
         Settings(triton_url=triton.grpc_url, request_timeout_s=120, default_options="timeline=true")
     ) as b:
         assert httpx.post(b + "/invocations", content=media["wav"], headers=wav, timeout=120).json()["segments"]
-        off = httpx.post(b + "/invocations", content=media["wav"], headers={**wav, ATTRIBUTES: "timeline=false"})
+        off = httpx.post(
+            b + "/invocations", content=media["wav"], headers={**wav, ATTRIBUTES: "timeline=false"}, timeout=120
+        )
         assert off.status_code == 200 and "segments" not in off.json()
 
 
