@@ -133,9 +133,11 @@ def estimate(stages: dict[str, float]) -> list[str]:
     return lines
 
 
-def wait_http(url: str, timeout: float) -> None:
+def wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[3]} exited ({proc.returncode}) before {url} was ready")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
@@ -163,19 +165,19 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     make_library(args.library, args.count, args.seconds, args.bitrate)
-    args.output.mkdir(parents=True, exist_ok=True)
+    args.output.mkdir(parents=True, exist_ok=True)  # before tritonserver.log is opened there
     grpc, http, metrics, front = free_port(), free_port(), free_port(), free_port()
     exe = [sys.executable, "-m", "fusion_emotion.cli"]
     triton = subprocess.Popen(
         [*exe, "triton", "--repository", str(args.repository), "--profile", args.profile]
         + ["--grpc-port", str(grpc), "--http-port", str(http), "--metrics-port", str(metrics)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=(args.output / "tritonserver.log").open("wb"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     serve = None
     try:
-        wait_http(f"http://127.0.0.1:{http}/v2/health/ready", 600)
+        wait_http(f"http://127.0.0.1:{http}/v2/health/ready", 600, triton)
         serve = subprocess.Popen(
             [*exe, "serve", "--triton-url", f"127.0.0.1:{grpc}", "--port", str(front), "--host", "127.0.0.1"]
             + ["--max-body-bytes", str(100 * 1024 * 1024), "--request-timeout", "590"],
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        wait_http(f"http://127.0.0.1:{front}/ping", 120)
+        wait_http(f"http://127.0.0.1:{front}/ping", 120, serve)
         pids = [triton.pid, serve.pid]
         report = {}
         for mode in args.modes.split(","):

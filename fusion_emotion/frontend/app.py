@@ -468,6 +468,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             body = await read_body_limited(request, settings.max_body_bytes)
             uris = parse_json_request(body)
             option_sources.append(json.loads(body))
+            timeline = request_options(*option_sources, defaults=default_options)  # a 400 before any S3 work
             for uri in uris.values():
                 fetcher.check_allowed(uri)
             keys = list(uris)
@@ -498,7 +499,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "unsupported content type; use multipart/form-data (video_file, audio_file), "
                 "application/json (s3_video_uri, s3_audio_uri) or a raw media body (" + ", ".join(RAW_TYPES) + ")",
             )
-        timeline = request_options(*option_sources, defaults=default_options)
+        if source != "s3":
+            timeline = request_options(*option_sources, defaults=default_options)
         video = media.get(C.IN_VIDEO.name)
         audio = media.get(C.IN_AUDIO.name)
         log.info(
