@@ -65,6 +65,11 @@ def _decode(status: int, body: bytes) -> dict[str, Any]:
     return payload
 
 
+def invocations_url(url: str) -> str:
+    """``http://HOST:PORT`` -> ``http://HOST:PORT/invocations``; a URL with a path is kept."""
+    return url if urlsplit(url).path not in ("", "/") else url.rstrip("/") + "/invocations"
+
+
 def predict_url(
     url: str,
     video: bytes | None,
@@ -78,25 +83,40 @@ def predict_url(
     """
     import httpx
 
-    parts = urlsplit(url)
-    target = url if parts.path not in ("", "/") else url.rstrip("/") + "/invocations"
     body, content_type = encode_multipart(video, audio)
-    resp = httpx.post(target, params=params, content=body, headers={"Content-Type": content_type}, timeout=timeout)
+    resp = httpx.post(
+        invocations_url(url), params=params, content=body, headers={"Content-Type": content_type}, timeout=timeout
+    )
     return _decode(resp.status_code, resp.content)
 
 
-def predict_sagemaker_endpoint(
-    endpoint_name: str, video: bytes | None, audio: bytes | None, *, client: Any = None, region: str | None = None
+def post_raw(
+    url: str,
+    data: bytes,
+    content_type: str,
+    *,
+    params: dict[str, str] | None = None,
+    timeout: float = 120.0,
+    client: Any = None,
 ) -> dict[str, Any]:
-    """Invoke a SageMaker endpoint running this front end (boto3 ``sagemaker-runtime``)."""
-    if client is None:
-        import boto3
+    """One file's bytes as the whole body (what Batch Transform and async endpoints send)."""
+    import httpx
 
-        client = boto3.client("sagemaker-runtime", region_name=region)
-    body, content_type = encode_multipart(video, audio)
+    headers = {"Content-Type": content_type, "Accept": "application/json"}
+    if client is None:
+        resp = httpx.post(invocations_url(url), params=params, content=data, headers=headers, timeout=timeout)
+    else:
+        resp = client.post(invocations_url(url), params=params, content=data, headers=headers, timeout=timeout)
+    return _decode(resp.status_code, resp.content)
+
+
+def _invoke_endpoint(
+    client: Any, endpoint_name: str, body: bytes, content_type: str, custom_attributes: str | None
+) -> dict[str, Any]:
+    extra = {"CustomAttributes": custom_attributes} if custom_attributes else {}
     try:
         resp = client.invoke_endpoint(
-            EndpointName=endpoint_name, ContentType=content_type, Accept="application/json", Body=body
+            EndpointName=endpoint_name, ContentType=content_type, Accept="application/json", Body=body, **extra
         )
     except client.exceptions.ModelError as exc:
         # The container answered with an error status; SageMaker relays its status and body.
@@ -106,3 +126,32 @@ def predict_sagemaker_endpoint(
             status, str(err.get("OriginalMessage") or err.get("Error", {}).get("Message", ""))
         ) from None
     return _decode(200, resp["Body"].read())
+
+
+def _runtime_client(client: Any, region: str | None) -> Any:
+    if client is not None:
+        return client
+    import boto3
+
+    return boto3.client("sagemaker-runtime", region_name=region)
+
+
+def predict_sagemaker_endpoint(
+    endpoint_name: str, video: bytes | None, audio: bytes | None, *, client: Any = None, region: str | None = None
+) -> dict[str, Any]:
+    """Invoke a SageMaker endpoint running this front end (boto3 ``sagemaker-runtime``)."""
+    body, content_type = encode_multipart(video, audio)
+    return _invoke_endpoint(_runtime_client(client, region), endpoint_name, body, content_type, None)
+
+
+def invoke_endpoint_raw(
+    endpoint_name: str,
+    data: bytes,
+    content_type: str,
+    *,
+    custom_attributes: str | None = None,
+    client: Any = None,
+    region: str | None = None,
+) -> dict[str, Any]:
+    """Invoke with one file's bytes as the body; options (``timeline=true``) go in ``custom_attributes``."""
+    return _invoke_endpoint(_runtime_client(client, region), endpoint_name, data, content_type, custom_attributes)

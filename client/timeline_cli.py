@@ -52,8 +52,12 @@ def timeline_grpc(
     window_s: float | None = None,
     hop_s: float | None = None,
     timeout_s: float = 600.0,
+    client: Any = None,
 ) -> dict[str, Any]:
-    """One call to the timeline model over gRPC -> the product's JSON with ``segments``."""
+    """One call to the timeline model over gRPC -> the product's JSON with ``segments``.
+
+    ``client``: a ``tritonclient.grpc.InferenceServerClient`` to reuse (kept open); else one per call.
+    """
     import tritonclient.grpc as grpcclient
     from fusion_emotion.client.triton import build_inputs
 
@@ -66,11 +70,13 @@ def timeline_grpc(
             tensor.set_data_from_numpy(np.array([[value]], dtype=np.float32))
             inputs.append(tensor)
     outputs = [grpcclient.InferRequestedOutput(s.name) for s in (C.OUT_SEGMENTS, C.OUT_PROBABILITIES, C.OUT_QA_FLAGS)]
-    client = grpcclient.InferenceServerClient(url)
+    own = client is None
+    client = client or grpcclient.InferenceServerClient(url)
     try:
         result = client.infer(C.TIMELINE_MODEL, inputs, outputs=outputs, client_timeout=timeout_s)
     finally:
-        client.close()
+        if own:
+            client.close()
     return timeline_result(
         result.as_numpy(C.OUT_SEGMENTS.name)[0],
         result.as_numpy(C.OUT_PROBABILITIES.name)[0],

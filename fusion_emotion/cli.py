@@ -26,14 +26,21 @@ COMMAND_MODULES = (
     "fusion_emotion.client.timeline_cli",  # timeline
     "fusion_emotion.client.stream_cli",  # stream
     "fusion_emotion.ops.evaluate",  # evaluate
+    "fusion_emotion.client.batch",  # batch (and --transform-job)
+    "fusion_emotion.client.search",  # search
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands whose run imports only their own module: some modules import scipy/PyAV when registering
+# (seconds on a loaded machine), which a quick `search` should not pay for. Others import every module.
+FAST_COMMANDS = {"search": "fusion_emotion.client.search", "batch": "fusion_emotion.client.batch"}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusion-emotion", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in (FAST_COMMANDS[command],) if command in FAST_COMMANDS else COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -45,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((w for w in words if not w.startswith("-")), None))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

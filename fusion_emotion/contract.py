@@ -161,3 +161,35 @@ PROVENANCE_PARAMETER = "weights_provenance"
 
 # Hard limits applied before heavy work (bytes of one encoded input).
 MAX_INPUT_BYTES = 100 * 1024 * 1024
+
+# --- Raw request bodies (front end /invocations, batch) -----------------------------
+# SageMaker Batch Transform, async endpoints and `invoke-endpoint --body fileb://clip.mp4`
+# post one file's bytes with its media type. Video types go to the `video` input,
+# audio types to `audio`; application/octet-stream is sniffed (`sniff_input`).
+# Matroska/WebM are accepted here; whether they decode is the decoder's business.
+VIDEO_MEDIA_TYPES: dict[str, str] = {
+    ".mp4": "video/mp4",
+    ".m4v": "video/mp4",
+    ".flv": "video/x-flv",
+    ".avi": "video/x-msvideo",
+    ".mkv": "video/x-matroska",
+    ".webm": "video/webm",
+}
+AUDIO_MEDIA_TYPES: dict[str, str] = {".wav": "audio/wav", ".wave": "audio/wav"}
+MEDIA_EXTENSIONS = frozenset(VIDEO_MEDIA_TYPES) | frozenset(AUDIO_MEDIA_TYPES)
+RAW_VIDEO_TYPES = frozenset(VIDEO_MEDIA_TYPES.values())
+RAW_AUDIO_TYPES = frozenset({"audio/wav", "audio/x-wav", "audio/wave"})
+RAW_SNIFF_TYPE = "application/octet-stream"
+
+
+def sniff_input(data: bytes) -> str:
+    """``"audio"`` for RIFF/RF64 WAVE bytes, else ``"video"`` (the decoder then names what it found)."""
+    return IN_AUDIO.name if data[:4] in (b"RIFF", b"RF64") and data[8:12] == b"WAVE" else IN_VIDEO.name
+
+
+def media_type_for(name: str) -> str | None:
+    """The media type a file or S3 key is sent with, from its extension (None: not a media file)."""
+    base = name.rsplit("/", 1)[-1]
+    dot = base.rfind(".")
+    ext = base[dot:].lower() if dot > 0 else ""
+    return VIDEO_MEDIA_TYPES.get(ext) or AUDIO_MEDIA_TYPES.get(ext)

@@ -33,6 +33,10 @@ SERVICE_NAMESPACE = "sagemaker"
 # Environment the container reads (docker/serve and the stock SageMaker Triton image).
 ENV_DEFAULT_MODEL = "SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"
 ENV_PROFILE = "FUSION_EMOTION_PROFILE"
+# Front-end settings (fusion_emotion.frontend.settings) that other deployment forms change.
+ENV_MAX_BODY_BYTES = "FUSION_EMOTION_MAX_BODY_BYTES"
+ENV_REQUEST_TIMEOUT_S = "FUSION_EMOTION_REQUEST_TIMEOUT_S"
+ENV_DEFAULT_OPTIONS = "FUSION_EMOTION_DEFAULT_OPTIONS"
 # Async: how many queued requests one instance pulls at once. Triton batches
 # dynamically and preprocess decodes media on CPU; 4 keeps a g4dn.xlarge's
 # 4 vCPUs busy without piling requests into Triton's queue.
@@ -203,6 +207,29 @@ def effective_profile(cfg: DeployConfig) -> str:
 def validate_config(cfg: DeployConfig) -> None:
     """Check everything that can be checked offline, so a typo never leaves half a deployment."""
     validate_endpoint_name(cfg.endpoint_name)
+    validate_model_args(cfg)
+    if cfg.async_output is not None:
+        parse_s3_uri(cfg.async_output, "--async-output")
+        if cfg.async_max_concurrency < 1:
+            raise ArgumentError("--async-max-concurrency must be >= 1")
+        if not ASYNC_DEADLINE_MARGIN_S < cfg.async_invocation_timeout_s <= ASYNC_MAX_INVOCATION_TIMEOUT_S:
+            raise ArgumentError(
+                f"--async-invocation-timeout must be {ASYNC_DEADLINE_MARGIN_S + 1}..{ASYNC_MAX_INVOCATION_TIMEOUT_S} "
+                f"seconds (SageMaker's InvocationTimeoutSeconds range), got {cfg.async_invocation_timeout_s}"
+            )
+    if cfg.autoscaling is not None:
+        if cfg.autoscaling.min_capacity == 0 and cfg.async_output is None:
+            raise ArgumentError("--autoscaling MIN 0 needs an async endpoint (--async-output)")
+        if not cfg.wait:
+            raise ArgumentError(
+                "--autoscaling needs the endpoint InService before the scalable target can be registered; drop --no-wait"
+            )
+    if not cfg.wait_timeout_s > 0:
+        raise ArgumentError("--wait-timeout must be > 0")
+
+
+def validate_model_args(cfg: DeployConfig) -> None:
+    """What creating the model and its instances needs (shared by deploy and transform jobs)."""
     validate_role_arn(cfg.role_arn)
     if not cfg.image_uri or any(c.isspace() for c in cfg.image_uri):
         raise ArgumentError(f"--image-uri must be a container image URI, got {cfg.image_uri!r}")
@@ -230,24 +257,6 @@ def validate_config(cfg: DeployConfig) -> None:
             raise ArgumentError("--s3-prefix is required to upload a local --model-data file")
     if cfg.s3_prefix is not None:
         parse_s3_uri(cfg.s3_prefix, "--s3-prefix")
-    if cfg.async_output is not None:
-        parse_s3_uri(cfg.async_output, "--async-output")
-        if cfg.async_max_concurrency < 1:
-            raise ArgumentError("--async-max-concurrency must be >= 1")
-        if not ASYNC_DEADLINE_MARGIN_S < cfg.async_invocation_timeout_s <= ASYNC_MAX_INVOCATION_TIMEOUT_S:
-            raise ArgumentError(
-                f"--async-invocation-timeout must be {ASYNC_DEADLINE_MARGIN_S + 1}..{ASYNC_MAX_INVOCATION_TIMEOUT_S} "
-                f"seconds (SageMaker's InvocationTimeoutSeconds range), got {cfg.async_invocation_timeout_s}"
-            )
-    if cfg.autoscaling is not None:
-        if cfg.autoscaling.min_capacity == 0 and cfg.async_output is None:
-            raise ArgumentError("--autoscaling MIN 0 needs an async endpoint (--async-output)")
-        if not cfg.wait:
-            raise ArgumentError(
-                "--autoscaling needs the endpoint InService before the scalable target can be registered; drop --no-wait"
-            )
-    if not cfg.wait_timeout_s > 0:
-        raise ArgumentError("--wait-timeout must be > 0")
 
 
 # --- AWS plumbing ------------------------------------------------------------------
@@ -307,6 +316,28 @@ def container_environment(cfg: DeployConfig) -> dict[str, str]:
         env[ENV_REQUEST_TIMEOUT_S] = str(cfg.async_invocation_timeout_s - ASYNC_DEADLINE_MARGIN_S)
     env.update(cfg.environment)
     return env
+
+
+def resolve_model_data(session: Any, cfg: DeployConfig) -> str:
+    """The model tarball's S3 URI, uploading a local file to ``<s3-prefix>/<name>/model.tar.gz`` first."""
+    if cfg.model_data.startswith("s3://"):
+        return str(parse_s3_uri(cfg.model_data, "--model-data"))
+    assert cfg.s3_prefix is not None
+    return upload_model_data(session, cfg.model_data, parse_s3_uri(cfg.s3_prefix), cfg.endpoint_name)
+
+
+def create_model(sagemaker: Any, cfg: DeployConfig, model_name: str, model_data_url: str) -> None:
+    """CreateModel for our container (image, tarball, environment), as every deployment form needs it."""
+    log.info("creating model %s (image %s, data %s)", model_name, cfg.image_uri, model_data_url)
+    sagemaker.create_model(
+        ModelName=model_name,
+        ExecutionRoleArn=cfg.role_arn,
+        PrimaryContainer={
+            "Image": cfg.image_uri,
+            "ModelDataUrl": model_data_url,
+            "Environment": container_environment(cfg),
+        },
+    )
 
 
 def endpoint_config_request(cfg: DeployConfig, model_name: str, config_name: str) -> dict[str, Any]:
@@ -495,27 +526,14 @@ def deploy(cfg: DeployConfig, session: Any | None = None) -> DeployResult:
         log.warning("profile %s on %s leaves its GPU unused", profile, cfg.instance_type)
     previous = current_deployment(sagemaker, cfg.endpoint_name)
 
-    if cfg.model_data.startswith("s3://"):
-        model_data_url = str(parse_s3_uri(cfg.model_data, "--model-data"))
-    else:
-        assert cfg.s3_prefix is not None
-        model_data_url = upload_model_data(session, cfg.model_data, parse_s3_uri(cfg.s3_prefix), cfg.endpoint_name)
+    model_data_url = resolve_model_data(session, cfg)
 
     from botocore.exceptions import ClientError
 
     model_name, config_name = resource_names(cfg.endpoint_name)
     created: list[tuple[str, Any, dict[str, str]]] = []
     try:
-        log.info("creating model %s (image %s, data %s)", model_name, cfg.image_uri, model_data_url)
-        sagemaker.create_model(
-            ModelName=model_name,
-            ExecutionRoleArn=cfg.role_arn,
-            PrimaryContainer={
-                "Image": cfg.image_uri,
-                "ModelDataUrl": model_data_url,
-                "Environment": container_environment(cfg),
-            },
-        )
+        create_model(sagemaker, cfg, model_name, model_data_url)
         created.append((f"model {model_name}", sagemaker.delete_model, {"ModelName": model_name}))
         log.info("creating endpoint config %s (%s x %d)", config_name, cfg.instance_type, cfg.instance_count)
         sagemaker.create_endpoint_config(**endpoint_config_request(cfg, model_name, config_name))

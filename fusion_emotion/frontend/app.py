@@ -28,8 +28,13 @@ from fusion_emotion.frontend.errors import ApiError
 from fusion_emotion.frontend.s3 import S3Fetcher, S3Uri, parse_s3_uri
 from fusion_emotion.frontend.settings import Settings
 from fusion_emotion.frontend.stream import StreamSettings, add_stream_route
+from fusion_emotion.frontend.timeline import (
+    CUSTOM_ATTRIBUTES_HEADER,
+    parse_attributes,
+    request_options,
+    timeline_request,
+)
 from fusion_emotion.frontend.timeline import JSON_KEYS as TIMELINE_KEYS
-from fusion_emotion.frontend.timeline import merge, parse_options, timeline_request
 from fusion_emotion.frontend.triton import MediaRejected, TritonGateway
 
 log = logging.getLogger("fusion_emotion.frontend")
@@ -37,6 +42,9 @@ log = logging.getLogger("fusion_emotion.frontend")
 # Form field / JSON key for each ensemble input.
 FORM_FIELDS = {"video_file": C.IN_VIDEO.name, "audio_file": C.IN_AUDIO.name}
 JSON_FIELDS = {"s3_video_uri": C.IN_VIDEO.name, "s3_audio_uri": C.IN_AUDIO.name}
+# What errors about a raw body (one file's bytes as the whole request) call the input.
+RAW_BODY_NAME = "body"
+RAW_TYPES = sorted(C.RAW_VIDEO_TYPES | C.RAW_AUDIO_TYPES | {C.RAW_SNIFF_TYPE})
 
 # Libraries whose DEBUG logs would print S3 keys, URLs or payload excerpts.
 _CHATTY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "python_multipart", "multipart")
@@ -112,8 +120,38 @@ _REQUEST_BODY = {
             },
         },
         "application/json": {"schema": _schema(S3Request)},
+        # Raw bodies: SageMaker Batch Transform, async endpoints, invoke-endpoint --body fileb://clip.mp4.
+        **{
+            mime: {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "one media file as the whole body"
+                    + (" (video or WAV, told apart by its bytes)" if mime == C.RAW_SNIFF_TYPE else ""),
+                }
+            }
+            for mime in RAW_TYPES
+        },
     },
 }
+_OPTION_PARAMETERS = [
+    {
+        "name": CUSTOM_ATTRIBUTES_HEADER,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "example": "timeline=true,window_s=4"},
+        "description": "SageMaker's pass-through header: timeline, window_s, hop_s as key=value pairs "
+        "(query parameters and JSON keys win over it; other keys are ignored)",
+    },
+    *(
+        {"name": name, "in": "query", "required": False, "schema": {"type": kind}, "description": text}
+        for name, kind, text in (
+            ("timeline", "boolean", "add per-window segments (docs/timeline_evaluate.md)"),
+            ("window_s", "number", "window length in seconds (with timeline=true)"),
+            ("hop_s", "number", "start-to-start step in seconds (with timeline=true)"),
+        )
+    ),
+]
 _ERROR_DOCS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
@@ -121,7 +159,7 @@ _ERROR_DOCS: dict[int | str, dict[str, Any]] = {
         403: "S3 object access denied (URI named)",
         404: "S3 object missing (URI named)",
         413: "request body or S3 object over the size limit, or media over a limit (duration, frame size, ...)",
-        415: "content type other than multipart/form-data or application/json",
+        415: "content type other than multipart/form-data, application/json or a raw media type",
         422: "media that cannot be decoded (the offending file or URI named)",
         503: "inference server unavailable",
         504: "inference deadline exceeded",
@@ -332,6 +370,11 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
         if logger.getEffectiveLevel() < logging.INFO:
             logger.setLevel(logging.INFO)
     gateway = TritonGateway(settings.triton_url, settings.model_name)
+    try:  # checked at startup, not on the first request
+        default_options = parse_attributes(settings.default_options)
+        request_options(default_options)
+    except ApiError as exc:
+        raise ValueError(f"default options {settings.default_options!r}: {exc.message}") from None
     fetcher = S3Fetcher(max_object_bytes=settings.max_s3_object_bytes, allowed_buckets=settings.s3_allowed_buckets)
 
     @asynccontextmanager
@@ -401,7 +444,11 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
         from fusion_emotion.core.result import result_dict
 
         rid = _request_id(request)
-        timeline = parse_options(dict(request.query_params))  # opt-in: ?timeline=true
+        # Options: JSON keys > query string > custom-attributes header; the defaults only when none is given.
+        option_sources: list[dict[str, Any]] = [
+            parse_attributes(request.headers.get(CUSTOM_ATTRIBUTES_HEADER, "")),
+            dict(request.query_params),
+        ]
         mime, params = _media_type(request)
         if mime == "multipart/form-data":
             boundary = params.get("boundary")
@@ -421,7 +468,8 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
         elif mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json")):
             body = await read_body_limited(request, settings.max_body_bytes)
             uris = parse_json_request(body)
-            timeline = merge(timeline, parse_options({k: v for k, v in json.loads(body).items() if k in TIMELINE_KEYS}))
+            option_sources.append(json.loads(body))
+            timeline = request_options(*option_sources, defaults=default_options)  # a 400 before any S3 work
             for uri in uris.values():
                 fetcher.check_allowed(uri)
             keys = list(uris)
@@ -432,12 +480,28 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
                 if not data:
                     raise ApiError(422, f"{names[tensor]}: empty object (0 bytes)", input=names[tensor])
             source = "s3"
+        elif mime in C.RAW_VIDEO_TYPES or mime in C.RAW_AUDIO_TYPES or mime == C.RAW_SNIFF_TYPE:
+            # One file's bytes as the whole body (Batch Transform, async endpoints, invoke-endpoint).
+            body = await read_body_limited(request, settings.max_body_bytes)
+            if not body:
+                raise ApiError(422, f"{RAW_BODY_NAME}: empty body (0 bytes)", input=RAW_BODY_NAME)
+            if mime in C.RAW_VIDEO_TYPES:
+                tensor = C.IN_VIDEO.name
+            elif mime in C.RAW_AUDIO_TYPES:
+                tensor = C.IN_AUDIO.name
+            else:
+                tensor = C.sniff_input(body)
+            names = {tensor: RAW_BODY_NAME}
+            media = {tensor: body}
+            source = "raw"
         else:
             raise ApiError(
                 415,
-                "unsupported content type; use multipart/form-data (video_file, audio_file) "
-                "or application/json (s3_video_uri, s3_audio_uri)",
+                "unsupported content type; use multipart/form-data (video_file, audio_file), "
+                "application/json (s3_video_uri, s3_audio_uri) or a raw media body (" + ", ".join(RAW_TYPES) + ")",
             )
+        if source != "s3":
+            timeline = request_options(*option_sources, defaults=default_options)
         video = media.get(C.IN_VIDEO.name)
         audio = media.get(C.IN_AUDIO.name)
         log.info(
@@ -480,7 +544,7 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
             summary=summary,
             response_model=PredictionResponse,
             responses=_ERROR_DOCS,
-            openapi_extra={"requestBody": _REQUEST_BODY},
+            openapi_extra={"requestBody": _REQUEST_BODY, "parameters": _OPTION_PARAMETERS},
             operation_id=f"predict_{path.strip('/')}",
         )
 

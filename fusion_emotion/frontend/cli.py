@@ -46,6 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--s3-allowed-buckets", help="comma-separated bucket allow-list [env FUSION_EMOTION_S3_ALLOWED_BUCKETS]"
     )
+    p.add_argument(
+        "--default-options",
+        help="options for requests that give none, e.g. timeline=true,window_s=4 "
+        "[env FUSION_EMOTION_DEFAULT_OPTIONS; Batch Transform sets it]",
+    )
     p.set_defaults(func=_serve)
 
 
@@ -66,6 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
         request_timeout_s=args.request_timeout_s,
         ping_timeout_s=args.ping_timeout_s,
         s3_allowed_buckets=args.s3_allowed_buckets,
+        default_options=args.default_options,
     )
     stream_settings = StreamSettings.from_env()
     log.info("serving on %s:%d, triton at %s", settings.host, settings.port, settings.triton_url)

@@ -41,6 +41,9 @@ class Settings:
     ping_timeout_s: float = 1.0
     # None = any bucket the credentials can read; otherwise only these.
     s3_allowed_buckets: frozenset[str] | None = field(default=None)
+    # Request options (custom-attributes syntax, e.g. "timeline=true,window_s=4") for requests that
+    # give none: Batch Transform cannot send per-request options, its job environment can.
+    default_options: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -73,6 +76,8 @@ class Settings:
             values["ping_timeout_s"] = float(v)
         if (v := get("S3_ALLOWED_BUCKETS")) is not None:
             values["s3_allowed_buckets"] = parse_bucket_list(v)
+        if (v := get("DEFAULT_OPTIONS")) is not None:
+            values["default_options"] = v
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values.get("s3_allowed_buckets"), str):
             values["s3_allowed_buckets"] = parse_bucket_list(values["s3_allowed_buckets"])

@@ -1,4 +1,5 @@
-"""Opt-in emotion timelines for the front end (``?timeline=true`` or ``"timeline": true``).
+"""Opt-in emotion timelines for the front end (``?timeline=true``, ``"timeline": true`` or the
+``X-Amzn-SageMaker-Custom-Attributes`` header ``timeline=true``).
 
 Calls the ``fusion_emotion_timeline`` model over the app's one shared gRPC
 client (``TritonGateway.client``); errors map to HTTP statuses exactly as for
@@ -73,13 +74,34 @@ def parse_options(values: dict[str, Any]) -> TimelineOptions:
     return TimelineOptions(enabled, window, hop)
 
 
-def merge(a: TimelineOptions, b: TimelineOptions) -> TimelineOptions:
-    """Query and body options together (the body wins where both give a value)."""
-    return TimelineOptions(
-        a.enabled or b.enabled,
-        b.window_s if b.window_s is not None else a.window_s,
-        b.hop_s if b.hop_s is not None else a.hop_s,
-    )
+# SageMaker passes no query string through InvokeEndpoint; its free-form header carries them instead.
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+
+
+def parse_attributes(text: str) -> dict[str, str]:
+    """``"timeline=true,window_s=4"`` (``,`` or ``;`` between pairs) -> our keys only.
+
+    The header is shared with other tooling, so unknown keys are ignored; one of
+    our keys without a value is a 400 rather than silently dropped.
+    """
+    out: dict[str, str] = {}
+    for token in text.replace(";", ",").split(","):
+        key, sep, value = token.partition("=")
+        key = key.strip()
+        if key not in JSON_KEYS:
+            continue
+        if not sep:
+            raise ApiError(400, f"custom attribute {key} needs a value, e.g. {key}=...")
+        out[key] = value.strip()
+    return out
+
+
+def request_options(*sources: dict[str, Any], defaults: dict[str, Any] | None = None) -> TimelineOptions:
+    """Options from several sources, later ones winning per key; ``defaults`` only when none gives any."""
+    values: dict[str, Any] = {}
+    for source in sources:
+        values.update({k: v for k, v in source.items() if k in JSON_KEYS})
+    return parse_options(values if values or not defaults else defaults)
 
 
 async def timeline_request(
