@@ -6,13 +6,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: setup test unit integration lint format demo export serve-local fuzz soak sbom clean
+.PHONY: setup test unit integration lint format demo export serve-local fuzz soak sbom lock clean
 
+# every role (pyproject extras): serving + the bundled tritonserver + plots + DALI + export + dev tools
 setup:
 	@command -v espeak-ng >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[export,dev]"
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[serving,triton,plots,dali,export,dev]"
 	$(BIN)/python -c "import fusion_emotion.server.launcher as t; t.Bundle.locate().backend_dir()"
 	@echo "setup done: $(BIN)/fusion-emotion"
 
@@ -47,6 +48,10 @@ soak:
 
 sbom:
 	bash scripts/supply_chain.sh
+
+# hashed lock files (requirements/*.lock) from pyproject's extras + constraints.txt; needs the package index
+lock:
+	UV=$(BIN)/uv bash scripts/lock.sh
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
