@@ -15,6 +15,8 @@ setup:
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[serving,triton,plots,dali,export,dev]"
 	$(BIN)/python -c "import fusion_emotion.server.launcher as t; t.Bundle.locate().backend_dir()"
+	@# tests/test_stock_sagemaker_triton.py packs for and runs the 24.10 image's Python 3.10 (pyenv here)
+	$(BIN)/python -c "from fusion_emotion.deploy.execution_env import find_interpreter; print('Python 3.10 for the stock-image test:', find_interpreter('3.10'))"
 	@echo "setup done: $(BIN)/fusion-emotion"
 
 test: lint

@@ -64,7 +64,9 @@ def main(argv: list[str]) -> int:
     python_count = len(components)
     known = {c.get("bom-ref") for c in components}
     extra = [c for c in dpkg_components() + triton_component() if c["bom-ref"] not in known]
-    bom["components"] = sorted(components + extra, key=lambda c: (c.get("purl") or c.get("name", ""), c.get("version", "")))
+    bom["components"] = sorted(
+        components + extra, key=lambda c: (c.get("purl") or c.get("name", ""), c.get("version", ""))
+    )
     Path(argv[2]).write_text(json.dumps(bom, indent=2, sort_keys=True) + "\n")
     sys.stdout.write(f"SBOM: {python_count} Python packages + {len(extra)} OS/tritonserver components -> {argv[2]}\n")
     return 0
