@@ -277,7 +277,8 @@ def test_image_sbom_script_covers_python_and_os_packages(tmp_path: Path) -> None
     site = next(target.glob("lib/python3.*/site-packages"))
     six = metadata.distribution("six")
     shutil.copy(six.locate_file("six.py"), site)
-    shutil.copytree(Path(six._path), site / Path(six._path).name)  # type: ignore[attr-defined]
+    dist_info = f"six-{six.version}.dist-info"
+    shutil.copytree(Path(six.locate_file(dist_info)), site / dist_info)
     tools = Path(metadata.distribution("cyclonedx-bom").locate_file(""))
 
     def sbom(out: Path) -> dict:

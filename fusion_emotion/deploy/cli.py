@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -126,11 +127,13 @@ def _package(args: argparse.Namespace) -> int:
         if args.target == "sagemaker":
             names = build_model_tarball(args.repository, args.output, profile=args.profile)
         else:
+            validate_repository(args.repository, args.profile)  # refuse before minutes of packing
+            if args.image_python and not re.fullmatch(r"3\.\d+", args.image_python):
+                raise E.EnvError(f"--image-python takes a version like 3.10, got {args.image_python!r}")
             minor = args.image_python or E.image_python(args.image)
             interp = E.probe(args.python or E.find_interpreter(minor))
             E.check_interpreter(interp, minor)
             lock = args.lock or E.default_lock(minor)
-            validate_repository(args.repository, args.profile)  # refuse before minutes of packing
             env = E.cached_env(interp, lock, image_python_dir=args.image_python_dir, rebuild=args.rebuild_env)
             names = build_stock_triton_tarball(args.repository, args.output, profile=args.profile, env_tarball=env)
             print(f"packed environment: Python {minor} ({interp.path}), {lock.name}, {env.stat().st_size / 1e6:.0f} MB")
