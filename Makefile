@@ -8,13 +8,14 @@ CONSTRAINTS := requirements/constraints.txt
 PERF_ANALYZER_REQS := requirements/perf-analyzer.txt
 PERF_ANALYZER_DIR := $(VENV)/opt/perf-analyzer
 
-.PHONY: setup test unit integration lint format demo export serve-local fuzz soak sbom clean perf-analyzer perf-compare model-analyzer
+.PHONY: setup test unit integration lint format demo export serve-local fuzz soak sbom lock clean perf-analyzer perf-compare model-analyzer
 
+# every role (pyproject extras): serving + the bundled tritonserver + plots + DALI + export + dev tools
 setup:
 	@command -v espeak-ng >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[export,dev]"
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[serving,triton,plots,dali,export,dev]"
 	$(BIN)/python -c "import fusion_emotion.server.launcher as t; t.Bundle.locate().backend_dir()"
 	@# perf_analyzer (tritonclient 2.51 wheel, off sys.path) + libb64 (Debian) + libcudart 12 (PyPI); see the reqs file
 	@ldconfig -p | grep -q 'libb64\.so\.0d' || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d; }
@@ -22,6 +23,8 @@ setup:
 	  $(BIN)/python -m pip install -q --no-deps --require-hashes --only-binary=:all: --target $(PERF_ANALYZER_DIR) \
 	    -r $(PERF_ANALYZER_REQS) && cp $(PERF_ANALYZER_REQS) $(PERF_ANALYZER_DIR)/requirements.txt; }
 	$(BIN)/fusion-emotion perf-analyzer --version
+	@# tests/test_stock_sagemaker_triton.py packs for and runs the 24.10 image's Python 3.10 (pyenv here)
+	$(BIN)/python -c "from fusion_emotion.deploy.execution_env import find_interpreter; print('Python 3.10 for the stock-image test:', find_interpreter('3.10'))"
 	@echo "setup done: $(BIN)/fusion-emotion"
 
 test: lint
@@ -72,6 +75,10 @@ model-analyzer:
 
 sbom:
 	bash scripts/supply_chain.sh
+
+# hashed lock files (requirements/*.lock) from pyproject's extras + constraints.txt; needs the package index
+lock:
+	UV=$(BIN)/uv bash scripts/lock.sh
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -76,15 +76,20 @@ def weights_provenance(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion_emotion.core.media import MediaError
+    # Only the in-process route decodes media here; the others must not import the decoder
+    # (PyAV, scipy), which a client install (`pip install fusion-emotion[client]`) does not have.
+    local_errors: tuple[type[Exception], ...] = ()
+    if args.local:
+        from fusion_emotion.core.media import MediaError
 
+        local_errors = (MediaError,)
     try:
         video, audio = read_inputs(args.file, args.audio)
         result = predict(args, video, audio)
         provenance = weights_provenance(args)
         if provenance and provenance.startswith("UNTRAINED"):
             log.warning("%s", provenance)
-    except (OSError, ValueError, MediaError) as exc:
+    except (OSError, ValueError, *local_errors) as exc:
         log.error("%s", exc)
         return 2
     except Exception as exc:  # server-side errors (tritonclient, HTTP) reach the user as one line

@@ -10,11 +10,21 @@ layout per ``docs/protocol/extension_binary_data.md``): a BYTES element is a
 4-byte little-endian length followed by the bytes, tensors follow the JSON in
 input order, and each input declares ``"parameters": {"binary_data_size": N}``.
 Errors come back as ``{"error": "..."}`` with HTTP 400.
+
+Plain KServe v2 JSON (``application/json``) works too (``form="json"``): BYTES
+elements are JSON strings, and Triton parses request JSON without UTF-8
+validation (rapidjson without ``kParseValidateEncodingFlag``,
+``common/include/triton/common/triton_json.h``), so a string's bytes reach the
+model unchanged. The media bytes are written into the strings as they are, only
+``"``, ``\\`` and control characters escaped (all below 0x80, so each escape
+decodes to exactly one byte). Such a body is not UTF-8, so strict JSON tools
+refuse it; binary+json is the compact, standard form.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Any
 
@@ -39,15 +49,29 @@ def _bytes_element(data: bytes) -> bytes:
     return struct.pack("<I", len(data)) + data
 
 
-def build_request(video: bytes | None, audio: bytes | None) -> tuple[bytes, dict[str, str]]:
-    """Body and headers for ``POST /invocations``: both inputs as binary BYTES tensors, outputs as JSON."""
+FORMS = ("binary+json", "json")
+
+
+def _inputs(video: bytes | None, audio: bytes | None) -> list[tuple[C.TensorSpec, bytes]]:
     if video is None and audio is None:
         raise ValueError("need video and/or audio bytes")
+    return [(spec, data) for spec, data in ((C.IN_VIDEO, video), (C.IN_AUDIO, audio)) if data is not None]
+
+
+def _outputs(binary_outputs: bool) -> list[dict[str, Any]]:
+    return [
+        {"name": C.OUT_PROBABILITIES.name, "parameters": {"binary_data": binary_outputs}},
+        {"name": C.OUT_QA_FLAGS.name, "parameters": {"binary_data": binary_outputs}},
+    ]
+
+
+def build_request(
+    video: bytes | None, audio: bytes | None, *, binary_outputs: bool = False
+) -> tuple[bytes, dict[str, str]]:
+    """Body and headers for ``POST /invocations``: both inputs as binary BYTES tensors after a JSON header."""
     inputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    for spec, data in ((C.IN_VIDEO, video), (C.IN_AUDIO, audio)):
-        if data is None:
-            continue
+    for spec, data in _inputs(video, audio):
         blob = _bytes_element(data)
         inputs.append(
             {
@@ -58,13 +82,7 @@ def build_request(video: bytes | None, audio: bytes | None) -> tuple[bytes, dict
             }
         )
         blobs.append(blob)
-    header = {
-        "inputs": inputs,
-        "outputs": [
-            {"name": C.OUT_PROBABILITIES.name, "parameters": {"binary_data": False}},
-            {"name": C.OUT_QA_FLAGS.name, "parameters": {"binary_data": False}},
-        ],
-    }
+    header = {"inputs": inputs, "outputs": _outputs(binary_outputs)}
     head = json.dumps(header, separators=(",", ":")).encode()
     body = head + b"".join(blobs)
     headers = {
@@ -72,6 +90,27 @@ def build_request(video: bytes | None, audio: bytes | None) -> tuple[bytes, dict
         "Accept": "application/json",
     }
     return body, headers
+
+
+_JSON_ESCAPES = {b'"': b'\\"', b"\\": b"\\\\", **{bytes([c]): b"\\u%04x" % c for c in range(0x20)}}
+_NEEDS_ESCAPE = re.compile(rb'["\\\x00-\x1f]')
+
+
+def _json_string(data: bytes) -> bytes:
+    """A JSON string literal whose bytes, as Triton decodes them, are exactly ``data`` (module docstring)."""
+    return b'"' + _NEEDS_ESCAPE.sub(lambda m: _JSON_ESCAPES[m.group()], data) + b'"'
+
+
+def build_json_request(video: bytes | None, audio: bytes | None) -> tuple[bytes, dict[str, str]]:
+    """Body and headers for ``POST /invocations`` as plain KServe v2 JSON (``application/json``)."""
+    parts = [
+        b'{"name":"%s","shape":%s,"datatype":"%s","data":[%s]}'
+        % (spec.name.encode(), json.dumps([1, *spec.dims]).encode(), spec.wire_dtype.encode(), _json_string(data))
+        for spec, data in _inputs(video, audio)
+    ]
+    outputs = json.dumps(_outputs(False), separators=(",", ":")).encode()
+    body = b'{"inputs":[' + b",".join(parts) + b'],"outputs":' + outputs + b"}"
+    return body, {"Content-Type": "application/json", "Accept": "application/json"}
 
 
 def _header_size(content_type: str | None, body_len: int) -> int:
@@ -114,13 +153,30 @@ def parse_prediction(body: bytes, content_type: str | None = None) -> tuple[np.n
     return probs, None if qa is None else qa.astype(np.float32).reshape(-1)
 
 
-def invoke_url(url: str, video: bytes | None, audio: bytes | None, timeout: float = 120.0) -> dict[str, Any]:
-    """POST to a tritonserver SageMaker port (``http://HOST:PORT``) and return the product JSON."""
+def invoke_url(
+    url: str,
+    video: bytes | None,
+    audio: bytes | None,
+    timeout: float = 120.0,
+    *,
+    form: str = "binary+json",
+    binary_outputs: bool = False,
+) -> dict[str, Any]:
+    """POST to a tritonserver SageMaker port (``http://HOST:PORT``) and return the product JSON.
+
+    ``form`` is the request body: ``binary+json`` (default) or plain KServe ``json``;
+    ``binary_outputs`` asks for the outputs as binary tensors after a JSON header.
+    """
     import httpx
 
     from fusion_emotion.core.result import result_dict
 
-    body, headers = build_request(video, audio)
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+    if form == "json":
+        body, headers = build_json_request(video, audio)
+    else:
+        body, headers = build_request(video, audio, binary_outputs=binary_outputs)
     target = url.rstrip("/") + "/invocations"
     resp = httpx.post(target, content=body, headers=headers, timeout=timeout)
     if resp.status_code != 200:

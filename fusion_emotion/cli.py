@@ -12,23 +12,58 @@ import importlib
 import logging
 import sys
 
-# Modules that register subcommands, in help order.
-COMMAND_MODULES = (
-    "fusion_emotion.export.cli",  # export
-    "fusion_emotion.server.launcher",  # triton
-    "fusion_emotion.client.cli",  # predict
-    "fusion_emotion.frontend.cli",  # serve
-    "fusion_emotion.deploy.cli",  # package, deploy, undeploy
-    "fusion_emotion.ops.bench",  # bench
-    "fusion_emotion.ops.perf_analyzer",  # perf-analyzer
-    "fusion_emotion.ops.stream_bench",  # bench-stream
-    "fusion_emotion.ops.quantize",  # quantize
-    "fusion_emotion.client.timeline_cli",  # timeline
-    "fusion_emotion.client.stream_cli",  # stream
-    "fusion_emotion.ops.evaluate",  # evaluate
-    "fusion_emotion.client.batch",  # batch (and --transform-job)
-    "fusion_emotion.client.search",  # search
-)
+# Modules that register subcommands, in help order, with the commands they register.
+COMMAND_MODULES = {
+    "fusion_emotion.export.cli": ("export",),
+    "fusion_emotion.server.launcher": ("triton",),
+    "fusion_emotion.client.cli": ("predict",),
+    "fusion_emotion.frontend.cli": ("serve",),
+    "fusion_emotion.deploy.cli": ("package", "deploy", "undeploy"),
+    "fusion_emotion.ops.bench": ("bench",),
+    "fusion_emotion.ops.perf_analyzer": ("perf-analyzer",),
+    "fusion_emotion.ops.stream_bench": ("bench-stream",),
+    "fusion_emotion.ops.quantize": ("quantize",),
+    "fusion_emotion.client.timeline_cli": ("timeline",),
+    "fusion_emotion.client.stream_cli": ("stream",),
+    "fusion_emotion.ops.evaluate": ("evaluate",),
+    "fusion_emotion.client.batch": ("batch",),
+    "fusion_emotion.client.search": ("search",),
+}
+
+# Which `pip install fusion-emotion[...]` extra brings a missing third-party module.
+EXTRA_FOR_MODULE = {
+    "av": "models",
+    "scipy": "models",
+    "cv2": "models",
+    "onnxruntime": "models",
+    "fastapi": "serving",
+    "uvicorn": "serving",
+    "pytriton": "triton",
+    "matplotlib": "plots",
+    "websockets": "client",
+    "psutil": "client",
+    "torch": "export",
+    "torchvision": "export",
+    "transformers": "export",
+    "onnx": "export",
+}
+
+
+def _unavailable(sub: argparse._SubParsersAction, module: str, missing: str) -> None:
+    """Commands of a role that is not installed: say which extra brings them instead of failing the CLI."""
+    extra = EXTRA_FOR_MODULE.get(missing.split(".")[0], "serving")
+    message = f"needs `pip install fusion-emotion[{extra}]` (module {missing} is not installed)"
+    for name in COMMAND_MODULES[module]:
+        if name in sub.choices:
+            continue
+        p = sub.add_parser(name, help=f"(unavailable: {message})", add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda _args, m=message, n=name: _fail(n, m))
+
+
+def _fail(name: str, message: str) -> int:
+    sys.stderr.write(f"fusion-emotion {name}: {message}\n")
+    return 2
 
 
 # Commands whose run imports only their own module: some modules import scipy/PyAV when registering
@@ -43,11 +78,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name in (FAST_COMMANDS[command],) if command in FAST_COMMANDS else COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
+            module.register(sub)
         except ModuleNotFoundError as exc:
             if exc.name and name.startswith(exc.name):
                 continue  # that part of the product is not installed in this tree
+            if exc.name and not exc.name.startswith("fusion_emotion"):
+                _unavailable(sub, name, exc.name)  # a role's dependency is not installed (e.g. a client install)
+                continue
             raise
-        module.register(sub)
     return parser
 
 

@@ -1,7 +1,9 @@
-"""Packaging, argument validation, and deploy/undeploy against a real local AWS API (moto server)."""
+"""Packaging (both SageMaker targets), argument validation, and deploy/undeploy against a real local AWS API (moto server)."""
 
 from __future__ import annotations
 
+import os
+import sys
 import tarfile
 from pathlib import Path
 
@@ -9,8 +11,11 @@ import pytest
 
 from fusion_emotion import contract as C
 from fusion_emotion.contract import ENSEMBLE, MODEL_NAMES
+from fusion_emotion.deploy import execution_env as E
 from fusion_emotion.deploy import sagemaker as sm
-from fusion_emotion.deploy.package import PackageError, build_model_tarball
+from fusion_emotion.deploy.package import PackageError, build_model_tarball, build_stock_triton_tarball
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "model_repository"
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/fusion-emotion:test"
@@ -19,17 +24,31 @@ BUCKET = "fusion-models"
 
 # --- packaging --------------------------------------------------------------------
 
+CPU_PYTHON = 'backend: "python"\n'
+ONNX_GPU = 'backend: "onnxruntime"\n'
+
 
 @pytest.fixture()
 def repository(tmp_path: Path) -> Path:
+    """A complete (servable) repository layout with placeholder weights: what export writes."""
     repo = tmp_path / "model_repository"
     for name in MODEL_NAMES:
-        (repo / name / "configs").mkdir(parents=True)
-        (repo / name / "config.pbtxt").write_text(f'name: "{name}"\n')
-        (repo / name / "configs" / "cpu.pbtxt").write_text(f'name: "{name}"\n# cpu\n')
-        if name != ENSEMBLE:
-            (repo / name / "1").mkdir()
-            (repo / name / "1" / "model.py").write_text("# model\n")
+        (repo / name / "1").mkdir(parents=True)
+    for name in (C.PREPROCESS, C.FUSION_HEAD):
+        (repo / name / "config.pbtxt").write_text(f'name: "{name}"\n{CPU_PYTHON}')
+        (repo / name / "1" / "model.py").write_text("# model\n")
+    for name in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
+        (repo / name / "configs").mkdir()
+        (repo / name / "config.pbtxt").write_text(f'name: "{name}"\n{ONNX_GPU}')
+        (repo / name / "configs" / "cpu.pbtxt").write_text(f'name: "{name}"\n# cpu\n{CPU_PYTHON}')
+        (repo / name / "1" / "model.py").write_text("# adapter\n")
+        (repo / name / "1" / "model.onnx").write_bytes(b"onnx-" + name.encode())
+    labelled = 'output [ { name: "probabilities" label_filename: "labels.txt" } ]\n'
+    (repo / ENSEMBLE / "config.pbtxt").write_text(f'name: "{ENSEMBLE}"\nplatform: "ensemble"\n{labelled}')
+    (repo / C.FUSION_HEAD / "config.pbtxt").write_text(f'name: "fusion_head"\n{CPU_PYTHON}{labelled}')
+    for name in (ENSEMBLE, C.FUSION_HEAD):
+        (repo / name / "labels.txt").write_text("\n".join(C.LABELS) + "\n")
+    (repo / C.FUSION_HEAD / "1" / "fusion_head.npz").write_bytes(b"npz")
     (repo / "preprocess" / "1" / "__pycache__").mkdir()
     (repo / "preprocess" / "1" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"\0junk")
     (repo / "preprocess" / "1" / "stale.pyc").write_bytes(b"\0junk")
@@ -45,7 +64,7 @@ def test_package_layout_and_round_trip(repository: Path, tmp_path: Path) -> None
     top = {n.split("/", 1)[0] for n in names}
     assert top == set(MODEL_NAMES)  # model folders at the top level, no leading directory
     assert "config.pbtxt" not in names
-    assert f"{ENSEMBLE}/config.pbtxt" in names and "preprocess/configs/cpu.pbtxt" in names
+    assert f"{ENSEMBLE}/config.pbtxt" in names and "video_encoder/configs/cpu.pbtxt" in names
 
     with tarfile.open(out, "r:gz") as tar:
         for member in tar.getmembers():
@@ -89,6 +108,100 @@ def test_package_refuses_non_repository(tmp_path: Path, repository: Path) -> Non
         build_model_tarball(tmp_path / "missing", tmp_path / "x.tar.gz")
 
 
+def test_package_refuses_the_templates_naming_what_is_missing(tmp_path: Path) -> None:
+    """model_repository/ is configs and adapters only: packaging it would ship a tarball that cannot load."""
+    out = tmp_path / "model.tar.gz"
+    with pytest.raises(PackageError) as info:
+        build_model_tarball(TEMPLATES, out)
+    message = str(info.value)
+    for missing in (
+        "video_encoder/1/model.onnx",
+        "audio_encoder/1/model.onnx",
+        "fusion_head/1/fusion_head.npz",
+        "fusion_emotion/labels.txt",
+        "fusion_emotion/qa_flags.txt",
+    ):
+        assert missing in message
+    assert "fusion-emotion export" in message
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_package_checks_the_chosen_profile(repository: Path, tmp_path: Path) -> None:
+    """cpu_int8 reads model_int8.onnx (onnx_filename): packaging for it needs that graph."""
+    for name in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
+        cfg = repository / name / "configs" / "cpu_int8.pbtxt"
+        cfg.write_text(
+            f'name: "{name}"\n{CPU_PYTHON}parameters {{ key: "onnx_filename" value: {{ string_value: "model_int8.onnx" }} }}\n'
+        )
+    build_model_tarball(repository, tmp_path / "gpu.tar.gz", profile="gpu")
+    with pytest.raises(PackageError, match="video_encoder/1/model_int8.onnx, audio_encoder/1/model_int8.onnx"):
+        build_model_tarball(repository, tmp_path / "int8.tar.gz", profile="cpu_int8")
+    (repository / C.FUSION_HEAD / "labels.txt").unlink()
+    with pytest.raises(PackageError, match="missing: fusion_head/labels.txt"):
+        build_model_tarball(repository, tmp_path / "gpu.tar.gz", profile="gpu")
+
+
+def test_triton_refuses_the_templates(caplog: pytest.LogCaptureFixture) -> None:
+    from fusion_emotion.cli import main
+
+    assert main(["triton", "--repository", str(TEMPLATES), "--profile", "cpu"]) == 2
+    err = caplog.text
+    assert "cannot be served, missing: video_encoder/1/model.onnx" in err and "fusion-emotion export" in err
+
+
+def test_package_refuses_a_symlink_leaving_the_repository(repository: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "credentials"
+    secret.write_text("aws_secret_access_key = do-not-ship")
+    (repository / "preprocess" / "1" / "notes.txt").symlink_to(secret)
+    out = tmp_path / "out" / "model.tar.gz"
+    with pytest.raises(PackageError, match=r"preprocess/1/notes.txt: symlink to .*credentials leaves"):
+        build_model_tarball(repository, out)
+    assert not out.exists() and not out.with_name("model.tar.gz.partial").exists()
+    # a folder link out of the repository too
+    (repository / "preprocess" / "1" / "notes.txt").unlink()
+    (repository / "fusion_head" / "extra").symlink_to(tmp_path)
+    with pytest.raises(PackageError, match="fusion_head/extra: symlink to .* leaves"):
+        build_model_tarball(repository, out)
+
+
+def test_package_refuses_link_loops_and_special_files(repository: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model.tar.gz"
+    loop = repository / "preprocess" / "1" / "loop"
+    loop.symlink_to(repository / "preprocess")  # a parent of itself: endless recursion if followed
+    with pytest.raises(PackageError, match="preprocess/1/loop: symlink loop"):
+        build_model_tarball(repository, out)
+    loop.unlink()
+    a, b = repository / "preprocess" / "a", repository / "preprocess" / "b"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    with pytest.raises(PackageError, match="preprocess/a: broken or looping symlink"):
+        build_model_tarball(repository, out)
+    a.unlink()
+    b.unlink()
+    os.mkfifo(repository / "preprocess" / "pipe")  # reading it would block forever
+    with pytest.raises(PackageError, match="preprocess/pipe: not a regular file"):
+        build_model_tarball(repository, out)
+    assert not list(tmp_path.glob("model.tar.gz*"))  # no tarball, no .partial left behind
+
+
+def test_package_follows_links_inside_and_stores_hard_links_once(repository: Path, tmp_path: Path) -> None:
+    """Links within the repository are archived as contents; the same file under two names is stored once."""
+    onnx = repository / C.VIDEO_ENCODER / "1" / "model.onnx"
+    (repository / C.VIDEO_ENCODER / "1" / "model_int8.onnx").hardlink_to(onnx)
+    (repository / C.AUDIO_ENCODER / "1" / "copy.onnx").symlink_to(onnx)
+    out = tmp_path / "model.tar.gz"
+    build_model_tarball(repository, out)
+    with tarfile.open(out) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert members["audio_encoder/1/copy.onnx"].isfile()  # first of the three names holds the bytes
+        assert members["video_encoder/1/model.onnx"].islnk()
+        assert members["video_encoder/1/model.onnx"].linkname == "audio_encoder/1/copy.onnx"
+        dest = tmp_path / "x"
+        tar.extractall(dest, filter="data")
+    assert (dest / "video_encoder/1/model_int8.onnx").read_bytes() == onnx.read_bytes()
+    assert not (dest / "audio_encoder/1/copy.onnx").is_symlink()
+
+
 def test_package_cli(repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from fusion_emotion.cli import main
 
@@ -97,6 +210,65 @@ def test_package_cli(repository: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert "fusion_emotion" in capsys.readouterr().out
     assert main(["package", "--repository", str(tmp_path), "--output", str(out)]) == 2
     assert "not a fusion-emotion Triton model repository" in capsys.readouterr().err
+
+
+def test_stock_triton_tarball_layout(repository: Path, tmp_path: Path) -> None:
+    """sagemaker-triton: the profile's configs as config.pbtxt, configs/ gone, one env for every Python model."""
+    env = tmp_path / "env.tar.gz"
+    env.write_bytes(b"packed-environment")
+    out = tmp_path / "stock.tar.gz"
+    names = build_stock_triton_tarball(repository, out, profile="cpu", env_tarball=env)
+    assert not any("/configs" in n for n in names)
+    with tarfile.open(out) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        video = tar.extractfile("video_encoder/config.pbtxt").read().decode()
+        ensemble = tar.extractfile("fusion_emotion/config.pbtxt").read().decode()
+        dest = tmp_path / "x"
+        tar.extractall(dest, filter="data")
+    assert "# cpu" in video and 'backend: "python"' in video  # the cpu profile, not the gpu default
+    assert 'string_value: "$$TRITON_MODEL_DIRECTORY/env.tar.gz"' in video
+    assert "EXECUTION_ENV_PATH" not in ensemble
+    envs = sorted(n for n in members if n.endswith("/env.tar.gz"))
+    assert envs == [f"{m}/env.tar.gz" for m in sorted((C.AUDIO_ENCODER, C.FUSION_HEAD, C.PREPROCESS, C.VIDEO_ENCODER))]
+    assert [members[n].isfile() for n in envs].count(True) == 1  # stored once, hard-linked
+    assert all((dest / n).read_bytes() == b"packed-environment" for n in envs)
+    # gpu profile: the encoders stay on the onnxruntime backend and need no environment
+    out_gpu = tmp_path / "stock-gpu.tar.gz"
+    names = build_stock_triton_tarball(repository, out_gpu, profile="gpu", env_tarball=env)
+    assert "video_encoder/env.tar.gz" not in names and "preprocess/env.tar.gz" in names
+    # a config that manages its own environment is refused rather than silently overridden
+    cfg = repository / C.PREPROCESS / "config.pbtxt"
+    cfg.write_text(cfg.read_text() + 'parameters { key: "EXECUTION_ENV_PATH" value: { string_value: "/x" } }\n')
+    with pytest.raises(PackageError, match="preprocess: the config already sets EXECUTION_ENV_PATH"):
+        build_stock_triton_tarball(repository, out, profile="cpu", env_tarball=env)
+
+
+def test_execution_env_python_of_images() -> None:
+    assert E.image_python("24.10") == "3.10"
+    assert E.image_python("24.05-py3") == "3.10"
+    assert E.image_python("763104351884.dkr.ecr.us-west-2.amazonaws.com/sagemaker-tritonserver:25.04-py3") == "3.12"
+    assert E.image_python("24.12") == "3.12"
+    with pytest.raises(E.EnvError, match="not known here"):
+        E.image_python("23.12")
+    with pytest.raises(E.EnvError, match="cannot read a Triton release"):
+        E.image_python("latest")
+
+
+def test_execution_env_refuses_a_python_mismatch(repository: Path, tmp_path: Path, capsys) -> None:
+    """Packing with this interpreter (3.11) for the 24.10 image (3.10) is refused before any work."""
+    from fusion_emotion.cli import main
+
+    here = E.probe(sys.executable)
+    with pytest.raises(
+        E.EnvError, match=rf"Python {here.version}, but the image's Python-backend stub runs Python 3.10"
+    ):
+        E.check_interpreter(here, "3.10")
+    E.check_interpreter(here, here.minor)
+    args = ["package", "--repository", str(repository), "--output", str(tmp_path / "m.tar.gz")]
+    args += ["--target", "sagemaker-triton", "--profile", "cpu", "--image", "24.10", "--python", sys.executable]
+    assert main(args) == 2
+    assert "stub runs Python 3.10" in capsys.readouterr().err
+    assert not list(tmp_path.glob("m.tar.gz*"))
 
 
 # --- argument validation ---------------------------------------------------------

@@ -32,7 +32,8 @@ def test_hadolint_passes() -> None:
 
 def test_dockerfile_contract() -> None:
     text = DOCKERFILE.read_text()
-    assert re.search(r"^FROM nvcr\.io/nvidia/tritonserver:24\.10-py3$", text, re.M)  # Triton 2.51
+    assert re.search(r"^FROM \$\{BASE_IMAGE\} AS runtime$", text, re.M)  # pinned by digest (test_supply_chain)
+    assert 'default_base="nvcr.io/nvidia/tritonserver:24.10-py3"' in BUILD_AND_PUSH.read_text()  # Triton 2.51
     installs = " ".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     assert not re.search(r"\b(torch|torchvision|transformers|nvidia-pytriton)\b", installs)
     assert re.search(r"^USER (?!0|root)", text, re.M)
@@ -73,7 +74,12 @@ def fake_tools(tmp_path: Path) -> tuple[dict[str, str], Path]:
     bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
     bin_dir.mkdir()
     for name, body in {
-        "docker": 'echo "docker $*" >> "$LOG"; [ "$1" = login ] && cat >/dev/null; exit 0',
+        "docker": (
+            'echo "docker $*" >> "$LOG"\n'
+            '[ "$1" = login ] && cat >/dev/null\n'
+            '[ "$1 $2 $3" = "buildx imagetools inspect" ] && echo "${FAKE_DIGEST-sha256:$(printf \'a%.0s\' {1..64})}"\n'
+            "exit 0"
+        ),
         "aws": (
             'echo "aws $*" >> "$LOG"\n'
             'case "$1 $2" in\n'
@@ -107,7 +113,8 @@ def test_build_and_push_flow(fake_tools: tuple[dict[str, str], Path]) -> None:
     calls = log.read_text().splitlines()
     order = [
         "aws sts get-caller-identity",
-        "docker build",
+        "docker buildx imagetools inspect nvcr.io/nvidia/tritonserver:24.10-py3",
+        "docker build ",
         "docker tag fusion-emotion:abc1234 " + image,
         "aws ecr describe-repositories",
         "aws ecr create-repository",
@@ -117,5 +124,25 @@ def test_build_and_push_flow(fake_tools: tuple[dict[str, str], Path]) -> None:
     positions = [next(i for i, c in enumerate(calls) if c.startswith(prefix)) for prefix in order]
     assert positions == sorted(positions), calls
     assert "aws ecr get-login-password --region eu-west-1" in calls  # piped into docker login
-    build = next(c for c in calls if c.startswith("docker build"))
+    build = next(c for c in calls if c.startswith("docker build "))
     assert "--build-arg X=1" in build and build.endswith(str(ROOT))
+    assert f"--build-arg BASE_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3@sha256:{'a' * 64}" in build
+    assert "--target final" in build
+
+
+def test_build_and_push_base_image_digest(fake_tools: tuple[dict[str, str], Path]) -> None:
+    """A digest given is used as is; one that cannot be resolved stops the build."""
+    env, log = fake_tools
+    pinned = "nvcr.io/nvidia/tritonserver:24.10-py3@sha256:" + "b" * 64
+    args = [str(BUILD_AND_PUSH), "--no-push", "-t", "t1", "--base-image", pinned]
+    result = subprocess.run(args, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    assert not any("imagetools" in c for c in calls)
+    assert any(f"--build-arg BASE_IMAGE={pinned}" in c for c in calls if c.startswith("docker build "))
+    log.write_text("")
+    bad = subprocess.run(
+        [str(BUILD_AND_PUSH), "--no-push", "-t", "t1"], capture_output=True, text=True, env={**env, "FAKE_DIGEST": ""}
+    )
+    assert bad.returncode == 2 and "could not resolve the digest" in bad.stderr
+    assert not any(c.startswith("docker build ") for c in log.read_text().splitlines())

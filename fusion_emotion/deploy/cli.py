@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
+from pathlib import Path
 
+from fusion_emotion import contract as C
 from fusion_emotion.contract import PROFILES
+from fusion_emotion.deploy.execution_env import DEFAULT_IMAGE
+from fusion_emotion.deploy.package import TARGETS
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +34,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "package",
         help="pack a Triton model repository as a SageMaker model.tar.gz",
         description="Write a deterministic model.tar.gz with the model folders at the top level "
-        "(SageMaker extracts it into /opt/ml/model).",
+        "(SageMaker extracts it into /opt/ml/model). --target sagemaker (default) is for this project's "
+        "image; --target sagemaker-triton is for SageMaker's stock Triton image: the profile's configs "
+        "become config.pbtxt and the Python-backend models get a packed Python environment.",
     )
-    p.add_argument("--repository", required=True, help="Triton model repository (contains fusion_emotion/)")
-    p.add_argument("--output", default="model.tar.gz", help="tarball to write (default: model.tar.gz)")
+    p.add_argument("--repository", required=True, type=Path, help="exported model repository (`fusion-emotion export`)")
+    p.add_argument("--output", default="model.tar.gz", type=Path, help="tarball to write (default: model.tar.gz)")
+    p.add_argument("--target", choices=TARGETS, default="sagemaker", help="serving image (default: sagemaker)")
+    p.add_argument(
+        "--profile",
+        choices=C.PROFILES,
+        default="gpu",
+        help="config profile the tarball must be able to serve; for sagemaker-triton the one written as "
+        "each model's config.pbtxt (default gpu)",
+    )
+    p.add_argument(
+        "--image",
+        default=DEFAULT_IMAGE,
+        help=f"sagemaker-triton: the stock image's release or URI, e.g. 24.10 or "
+        f"<account>.dkr.ecr.<region>.amazonaws.com/sagemaker-tritonserver:24.10-py3 (default {DEFAULT_IMAGE}); "
+        "it decides the Python version to pack for",
+    )
+    p.add_argument("--image-python", metavar="X.Y", help="sagemaker-triton: the image's Python when not known here")
+    p.add_argument(
+        "--python",
+        help="sagemaker-triton: interpreter to pack with; its version must be the image's (default: pythonX.Y on PATH)",
+    )
+    p.add_argument(
+        "--image-python-dir",
+        default="/usr/bin",
+        help="sagemaker-triton: folder of the image's pythonX.Y, which the environment links to (default /usr/bin)",
+    )
+    p.add_argument("--lock", type=Path, help="sagemaker-triton: hashed lock (default requirements/models-pyXY.lock)")
+    p.add_argument("--rebuild-env", action="store_true", help="sagemaker-triton: do not reuse a cached environment")
     p.set_defaults(func=_package)
 
     d = subparsers.add_parser(
@@ -96,15 +130,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _package(args: argparse.Namespace) -> int:
-    from fusion_emotion.deploy.package import PackageError, build_model_tarball
+    from fusion_emotion.deploy import execution_env as E
+    from fusion_emotion.deploy.package import (
+        PackageError,
+        build_model_tarball,
+        build_stock_triton_tarball,
+        validate_repository,
+    )
 
     try:
-        names = build_model_tarball(args.repository, args.output)
-    except PackageError as exc:
+        if args.target == "sagemaker":
+            names = build_model_tarball(args.repository, args.output, profile=args.profile)
+        else:
+            validate_repository(args.repository, args.profile)  # refuse before minutes of packing
+            if args.image_python and not re.fullmatch(r"3\.\d+", args.image_python):
+                raise E.EnvError(f"--image-python takes a version like 3.10, got {args.image_python!r}")
+            minor = args.image_python or E.image_python(args.image)
+            interp = E.probe(args.python or E.find_interpreter(minor))
+            E.check_interpreter(interp, minor)
+            lock = args.lock or E.default_lock(minor)
+            env = E.cached_env(interp, lock, image_python_dir=args.image_python_dir, rebuild=args.rebuild_env)
+            names = build_stock_triton_tarball(args.repository, args.output, profile=args.profile, env_tarball=env)
+            print(f"packed environment: Python {minor} ({interp.path}), {lock.name}, {env.stat().st_size / 1e6:.0f} MB")
+    except (PackageError, E.EnvError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    models = sorted({n.split("/", 1)[0] for n in names})
-    print(f"wrote {args.output}: {len(names)} entries, models: {', '.join(models)}")
+    models = sorted({n.split("/", 1)[0] for n in names if "/" in n})
+    size = args.output.stat().st_size / 1e6
+    print(f"wrote {args.output} ({size:.1f} MB): {len(names)} entries, models: {', '.join(models)}")
     return 0
 
 

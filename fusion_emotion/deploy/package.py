@@ -4,35 +4,48 @@ SageMaker extracts ModelDataUrl into /opt/ml/model, and both our ``serve``
 entrypoint and the stock SageMaker Triton container expect the model folders
 directly there: so the tarball has the model folders at its top level, no
 leading directory and no config.pbtxt at the root. The archive is deterministic
-(sorted entries, fixed mtimes, owners and modes, no gzip timestamp) so the
-same repository always gives the same bytes and S3 ETag.
+(``fusion_emotion.deploy.archive``): the same repository always gives the same
+bytes and S3 ETag.
+
+Two targets:
+
+- ``sagemaker`` (our image): the repository as it is, every profile's configs
+  included; the container picks one with ``FUSION_EMOTION_PROFILE``.
+- ``sagemaker-triton`` (SageMaker's stock Triton image, whose ``serve`` script
+  cannot pass ``--model-config-name``): each model's config for the chosen
+  profile written as its ``config.pbtxt``, ``configs/`` dropped, and every
+  Python-backend model given the packed execution environment
+  (``<model>/env.tar.gz``, ``EXECUTION_ENV_PATH``); the copies are hard links
+  inside the archive, so the environment is stored once.
+
+Both refuse a repository the profile cannot serve (the weight-less templates in
+``model_repository/``), naming every missing file.
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
-import stat
-import tarfile
 from pathlib import Path
 
+from fusion_emotion import repository as R
 from fusion_emotion.contract import ENSEMBLE
+from fusion_emotion.deploy.archive import ArchiveError, Member, list_tarball, scan_tree, write_tarball
 
 log = logging.getLogger(__name__)
 
-# 1980-01-01T00:00:00Z: zip-safe and what reproducible-build tools use as "no time".
-FIXED_MTIME = 315532800
-EXCLUDED_DIRS = frozenset({"__pycache__", ".ipynb_checkpoints", ".git"})
-EXCLUDED_SUFFIXES = (".pyc", ".pyo")
-EXCLUDED_NAMES = frozenset({".DS_Store"})
+TARGETS = ("sagemaker", "sagemaker-triton")
+ENV_FILENAME = "env.tar.gz"
+ENV_PARAMETER = "EXECUTION_ENV_PATH"
+
+__all__ = ["PackageError", "build_model_tarball", "build_stock_triton_tarball", "list_tarball", "validate_repository"]
 
 
 class PackageError(ValueError):
-    """The directory cannot be packaged (not a Triton repository, wrong layout)."""
+    """The directory cannot be packaged (not a Triton repository, incomplete, unsafe links)."""
 
 
-def validate_repository(repository: Path) -> None:
+def validate_repository(repository: Path, profile: str = R.DEFAULT_PROFILE) -> None:
     """Refuse anything SageMaker/Triton would reject at container start, before uploading it."""
     if not repository.is_dir():
         raise PackageError(f"{repository}: not a directory")
@@ -46,73 +59,75 @@ def validate_repository(repository: Path) -> None:
             f"{repository} is not a fusion-emotion Triton model repository: "
             f"{ENSEMBLE}/config.pbtxt is missing (build one with `fusion-emotion export`)"
         )
+    try:
+        R.check_servable(repository, profile)
+    except R.IncompleteRepositoryError as exc:
+        raise PackageError(str(exc)) from exc
 
 
-def _excluded(name: str) -> bool:
-    return name in EXCLUDED_NAMES or name.endswith(EXCLUDED_SUFFIXES)
+def _scan(repository: Path, output: Path) -> list[Member]:
+    try:
+        return scan_tree(repository, skip=[output, output.with_name(output.name + ".partial")])
+    except ArchiveError as exc:
+        raise PackageError(f"{repository}: {exc}") from exc
 
 
-def iter_members(repository: Path, skip: Path | None = None) -> list[Path]:
-    """Files and folders to archive, relative to the repository, in sorted (deterministic) order."""
-    found: list[Path] = []
-    skip_resolved = skip.resolve() if skip else None
-    for dirpath, dirnames, filenames in os.walk(repository, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDED_DIRS)
-        base = Path(dirpath)
-        for d in dirnames:
-            found.append((base / d).relative_to(repository))
-        for f in sorted(filenames):
-            path = base / f
-            if _excluded(f) or (skip_resolved is not None and path.resolve() == skip_resolved):
-                continue
-            found.append(path.relative_to(repository))
-    return sorted(found, key=lambda p: p.as_posix())
-
-
-def _tarinfo(name: str, source: Path) -> tarfile.TarInfo:
-    st = source.stat()  # follows symlinks: the archive holds contents, never links
-    info = tarfile.TarInfo(name)
-    info.mtime = FIXED_MTIME
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    if stat.S_ISDIR(st.st_mode):
-        info.type = tarfile.DIRTYPE
-        info.mode = 0o755
-    else:
-        info.type = tarfile.REGTYPE
-        info.size = st.st_size
-        info.mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644
-    return info
-
-
-def build_model_tarball(repository: str | os.PathLike[str], output: str | os.PathLike[str]) -> list[str]:
-    """Write ``output`` (tar.gz) from ``repository``; return the member names in archive order."""
-    repo = Path(repository)
-    out = Path(output)
-    validate_repository(repo)
-    members = iter_members(repo, skip=out)
-    names: list[str] = []
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    with open(tmp, "wb") as raw:
-        # filename="" and mtime=0 keep the gzip header free of names and times.
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
-            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for rel in members:
-                    src = repo / rel
-                    info = _tarinfo(rel.as_posix(), src)
-                    if info.isdir():
-                        tar.addfile(info)
-                    else:
-                        with open(src, "rb") as fh:
-                            tar.addfile(info, fh)
-                    names.append(info.name)
-    os.replace(tmp, out)
+def build_model_tarball(
+    repository: str | os.PathLike[str], output: str | os.PathLike[str], *, profile: str = R.DEFAULT_PROFILE
+) -> list[str]:
+    """Our image's tarball: the repository as it is. Returns the member names in archive order."""
+    repo, out = Path(repository), Path(output)
+    validate_repository(repo, profile)
+    names = write_tarball(_scan(repo, out), out)
     log.info("packaged %s -> %s (%d entries, %d bytes)", repo, out, len(names), out.stat().st_size)
     return names
 
 
-def list_tarball(path: str | os.PathLike[str]) -> list[str]:
-    """Member names of a tarball (for checks and the CLI summary)."""
-    with tarfile.open(path, "r:gz") as tar:
-        return tar.getnames()
+def stock_config(text: str, profile: str, with_env: bool) -> bytes:
+    """A profile's config as the model's only config.pbtxt, plus the execution environment for Python models."""
+    if ENV_PARAMETER in R.parameters(text):
+        raise PackageError(f"the config already sets {ENV_PARAMETER}; remove it to let package ship the environment")
+    out = text.rstrip() + "\n"
+    if with_env:
+        out += (
+            f"# written by `fusion-emotion package --target sagemaker-triton --profile {profile}`: the stock\n"
+            "# image's Python backend lacks this model's dependencies; they come from the packed environment.\n"
+            f'parameters {{ key: "{ENV_PARAMETER}" value: {{ string_value: "$$TRITON_MODEL_DIRECTORY/{ENV_FILENAME}" }} }}\n'
+        )
+    return out.encode()
+
+
+def build_stock_triton_tarball(
+    repository: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    profile: str,
+    env_tarball: str | os.PathLike[str],
+) -> list[str]:
+    """The stock SageMaker Triton image's tarball (see the module docstring). Returns member names."""
+    repo, out, env = Path(repository), Path(output), Path(env_tarball)
+    validate_repository(repo, profile)
+    models = R.model_dirs(repo)
+    replaced: dict[str, Member] = {}
+    for model in models:
+        text = R.config_path(repo / model, profile).read_text(encoding="utf-8")
+        python = R.backend(text) == "python"
+        try:
+            replaced[f"{model}/config.pbtxt"] = Member(
+                f"{model}/config.pbtxt", data=stock_config(text, profile, python)
+            )
+        except PackageError as exc:
+            raise PackageError(f"{model}: {exc}") from exc
+        if python:
+            replaced[f"{model}/{ENV_FILENAME}"] = Member(f"{model}/{ENV_FILENAME}", source=env)
+    members = [
+        m
+        for m in _scan(repo, out)
+        if m.name not in replaced
+        and not any(m.name == f"{x}/configs" or m.name.startswith(f"{x}/configs/") for x in models)
+    ]
+    names = write_tarball(members + list(replaced.values()), out)
+    log.info(
+        "packaged %s (profile %s) for the stock Triton image -> %s (%d bytes)", repo, profile, out, out.stat().st_size
+    )
+    return names

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusion_emotion import contract as C
+from fusion_emotion.repository import check_servable
 from fusion_emotion.server import procs
 
 log = logging.getLogger(__name__)
@@ -48,13 +48,18 @@ class Bundle:
     stub: Path
 
     @classmethod
-    def locate(cls) -> Bundle:
+    def locate(cls, python_version: str | None = None) -> Bundle:
+        """The bundle with the stub for ``python_version`` ("3.10"; default: this interpreter's).
+
+        Another version's stub serves a packed execution environment of that version
+        (``fusion-emotion package --target sagemaker-triton``), as in the stock image.
+        """
         try:
             import pytriton
         except ImportError as exc:
             raise RuntimeError("nvidia-pytriton is not installed: run `make setup`") from exc
         root = Path(pytriton.__file__).resolve().parent / "tritonserver"
-        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
         bundle = cls(
             binary=root / "bin" / "tritonserver",
             libs=root.parent.parent / "nvidia_pytriton.libs",
@@ -69,7 +74,7 @@ class Bundle:
     def backend_dir(self) -> Path:
         """A backends/ directory with the stub beside libtriton_python.so (prepared once)."""
         cache = Path(os.environ.get("FUSION_EMOTION_CACHE", Path(sys.prefix) / "share" / "fusion-emotion"))
-        target = cache / f"backends-py{sys.version_info.major}{sys.version_info.minor}"
+        target = cache / f"backends-py{self.stub.parent.name.replace('.', '')}"
         python_dir = target / "python"
         wanted = {p.name: p for p in self.python_backend.iterdir() if p.is_file()}
         wanted[self.stub.name] = self.stub
@@ -151,13 +156,9 @@ def build_command(opts: ServerOptions, binary: Path, backend_dir: Path | None) -
     return cmd + list(opts.extra_args)
 
 
-def check_repository(path: Path) -> None:
-    missing = [m for m in C.MODEL_NAMES if not (path / m / "config.pbtxt").is_file()]
-    if missing:
-        raise FileNotFoundError(f"{path} is not a fusion-emotion model repository (missing {', '.join(missing)})")
-    for model in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
-        if not any((path / model / "1").glob("*.onnx")):
-            raise FileNotFoundError(f"{path / model / '1'} has no ONNX graph: run `fusion-emotion export` first")
+def check_repository(path: Path, profile: str = "cpu") -> None:
+    """Refuse a repository the profile cannot serve (templates without weights), naming what is missing."""
+    check_servable(path, profile)
 
 
 def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> Callable[[], None]:
@@ -194,7 +195,7 @@ class TritonProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        check_repository(self.opts.repository)
+        check_repository(self.opts.repository, self.opts.profile)
         override = os.environ.get("FUSION_EMOTION_TRITONSERVER")
         bundle = None if override else Bundle.locate()
         binary = Path(override) if override else bundle.binary
