@@ -6,6 +6,7 @@ import os
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -432,6 +433,17 @@ def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch):
     return session
 
 
+def _models_named(sagemaker: Any, part: str) -> list[str]:
+    """Model names containing ``part``: moto ignores ListModels' NameContains and other tests share its server."""
+    return [m["ModelName"] for m in sagemaker.list_models()["Models"] if part in m["ModelName"]]
+
+
+def _configs_named(sagemaker: Any, part: str) -> list[str]:
+    """Endpoint config names containing ``part`` (filtered here for the same reason)."""
+    configs = sagemaker.list_endpoint_configs()["EndpointConfigs"]
+    return [c["EndpointConfigName"] for c in configs if part in c["EndpointConfigName"]]
+
+
 def _describe_scaling(session, endpoint: str) -> tuple[list[dict], list[dict]]:
     aas = session.client("application-autoscaling")
     rid = sm.scaling_resource_id(endpoint)
@@ -493,8 +505,8 @@ def test_deploy_realtime_with_autoscaling_and_undeploy(aws, repository: Path, tm
     assert f"deleted endpoint {endpoint}" in out and "deleted model" in out and "deleted scaling policy" in out
     assert _describe_scaling(aws, endpoint) == ([], [])
     assert not [e for e in sagemaker.list_endpoints()["Endpoints"] if e["EndpointName"] == endpoint]
-    assert not sagemaker.list_endpoint_configs(NameContains=endpoint)["EndpointConfigs"]
-    assert not sagemaker.list_models(NameContains=endpoint)["Models"]
+    assert not _configs_named(sagemaker, endpoint)
+    assert not _models_named(sagemaker, endpoint)
 
     # Second run: everything is already gone, still a clean exit.
     assert main(["undeploy", "--endpoint-name", endpoint]) == 0
@@ -601,7 +613,7 @@ def test_deploy_rolls_back_when_the_api_rejects_a_step(aws) -> None:
     )
     with pytest.raises(sm.DeployError, match="CreateEndpointConfig failed"):
         sm.deploy(cfg, session=aws)
-    assert not sagemaker.list_models(NameContains="fusion-rollback")["Models"]
+    assert not _models_named(sagemaker, "fusion-rollback")
     assert not [e for e in sagemaker.list_endpoints()["Endpoints"] if e["EndpointName"] == "fusion-rollback"]
 
 
@@ -694,14 +706,12 @@ def test_deploy_to_an_existing_endpoint_updates_it(aws, sagemaker_semantics) -> 
     assert sorted(second.retired) == sorted(
         [f"endpoint config {first.endpoint_config_name}", f"model {first.model_name}"]
     )
-    assert [
-        c["EndpointConfigName"] for c in sagemaker.list_endpoint_configs(NameContains=endpoint)["EndpointConfigs"]
-    ] == [second.endpoint_config_name]
-    assert [m["ModelName"] for m in sagemaker.list_models(NameContains=endpoint)["Models"]] == [second.model_name]
+    assert _configs_named(sagemaker, endpoint) == [second.endpoint_config_name]
+    assert _models_named(sagemaker, endpoint) == [second.model_name]
     targets, policies = _describe_scaling(aws, endpoint)
     assert (targets[0]["MinCapacity"], targets[0]["MaxCapacity"]) == (1, 3)
     assert [p["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] for p in policies] == [50]
 
     report = sm.undeploy(endpoint, session=aws)
     assert f"model {second.model_name}" in report.deleted
-    assert not sagemaker.list_models(NameContains=endpoint)["Models"]
+    assert not _models_named(sagemaker, endpoint)

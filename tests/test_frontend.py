@@ -587,19 +587,19 @@ def test_raw_body_errors_name_the_body(live_frontend: str, live) -> None:
 
 
 @pytest.mark.integration
-def test_raw_matroska_and_webm_content_types_are_not_refused(live_frontend: str) -> None:
-    """Accepted by the front end now; whether they decode is the decoder's (Matroska/WebM support lands separately:
-    until then Triton answers 422 "unsupported container", afterwards 200)."""
+def test_raw_matroska_and_webm_bodies_are_served(live_frontend: str) -> None:
+    """Matroska (H.264) and WebM (VP8, as MediaRecorder writes it, without duration) sent raw decode and score."""
     from fusion_emotion.ops import synth
 
-    common = dict(width=320, height=240, fps=25, seconds=1.0, audio=None, audio_rate=48_000, video_bitrate=500_000)
-    common |= dict(video_options=None, kind="face", seed=0, blur_sigma=0.0, audio_format="fltp")
-    for fmt, codec, mime in (("matroska", "libx264", "video/x-matroska"), ("webm", "libvpx", "video/webm")):
-        data = synth._encode(fmt, codec, None, **common)  # type: ignore[arg-type]
+    bodies = (
+        (synth.mkv(width=320, height=240, fps=25, seconds=1.0, video_bitrate=500_000), "video/x-matroska"),
+        (synth.webm(width=320, height=240, fps=25, seconds=1.0, video_bitrate=500_000, live=True), "video/webm"),
+    )
+    for data, mime in bodies:
         resp = httpx.post(live_frontend + "/invocations", content=data, headers={"Content-Type": mime}, timeout=60)
-        assert resp.status_code in (200, 422), resp.text
-        if resp.status_code == 422:
-            assert "unsupported container" in resp.json()["error"]
+        assert resp.status_code == 200, (mime, resp.text)
+        body = resp.json()
+        assert set(body) >= RESULT_KEYS and abs(sum(body[e] for e in C.LABELS) - 1.0) < 1e-3, body
 
 
 @pytest.mark.integration
