@@ -29,6 +29,10 @@ def make_session(path: str | Path, intra_op_threads: int = 0, providers: list[st
     # steals the core another stage needs; blocking waits measured faster (perf/README.md).
     spin = os.environ.get("FUSION_EMOTION_ORT_SPINNING", "0")
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin == "1" else "0")
+    # No CPU arena: with the arena, HuBERT's session grew from 1.2 to 1.4 GB over 55 runs of batch sizes it had
+    # already seen and never gave memory back (the soak's per-request growth); without it, 0.65-0.9 GB and flat,
+    # at the same speed within this machine's noise (docs/reliability.md, "Encoder memory").
+    opts.enable_cpu_mem_arena = os.environ.get("FUSION_EMOTION_ORT_CPU_ARENA", "0") == "1"
     available = ort.get_available_providers()
     chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
     session = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,8 +185,15 @@ async def _load(
     http_timeout: float,
     max_requests: int | None = None,
     completed: list[int] | None = None,
+    quiet_every_s: float | None = None,
+    on_quiet: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Closed-loop mixed load; ``completed[0]`` counts answered requests live (for the memory sampler)."""
+    """Closed-loop mixed load; ``completed[0]`` counts answered requests live (for the memory sampler).
+
+    With ``quiet_every_s``, the load runs in rounds: after each, the clients wait until every request in
+    flight has been answered and ``on_quiet`` is called (a memory sample with nothing in flight), then the
+    next round starts.
+    """
     import httpx
 
     stats: dict[str, Any] = {
@@ -211,9 +219,11 @@ async def _load(
         if len(stats["examples_of_failures"]) < 20:
             stats["examples_of_failures"].append(text)
 
-    async def worker(wid: int, client: httpx.AsyncClient) -> None:
-        rng = random.Random(seed * 1000 + wid)
-        while time.monotonic() < end:
+    rngs = [random.Random(seed * 1000 + wid) for wid in range(concurrency)]
+
+    async def worker(wid: int, client: httpx.AsyncClient, until: float) -> None:
+        rng = rngs[wid]
+        while time.monotonic() < until:
             if max_requests is not None:
                 if budget[0] <= 0:
                     return
@@ -256,7 +266,13 @@ async def _load(
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits) as client:
-        await asyncio.gather(*(worker(i, client) for i in range(concurrency)))
+        while True:
+            until = end if quiet_every_s is None else min(end, time.monotonic() + quiet_every_s)
+            await asyncio.gather(*(worker(i, client, until) for i in range(concurrency)))
+            if on_quiet is not None:
+                on_quiet()
+            if time.monotonic() >= end or (max_requests is not None and budget[0] <= 0):
+                break
     if latencies:
         lat = np.array(latencies)
         stats["latency_s"] = {
@@ -291,22 +307,29 @@ def growth_per_request(samples: list[dict[str, Any]], warmup_s: float) -> dict[s
     """Total RSS growth (KiB) per answered request after warm-up, from samples that carry ``requests`` counts.
 
     A leak grows memory with every request, so it shows as a steady slope of RSS
-    against requests served; ONNX Runtime's arenas instead grow in a few steps
-    when a new batch shape peaks, then stay flat. The median interval slope
-    follows the first and ignores the second.
+    against requests served. Samples taken with nothing in flight (``quiet``: the
+    soak drains its clients every ``quiet_every_s``) are used when there are at
+    least two: mid-load samples swing by hundreds of MB with the tensors in flight,
+    which on a slow machine is more than a minute's requests could leak. The median
+    interval slope then follows a steady leak and ignores one-off steps (allocator
+    arenas reaching a new peak).
     """
     after = [s for s in samples if s["t"] >= warmup_s and "requests" in s]
+    quiet = [s for s in after if s.get("quiet")]
+    if len(quiet) >= 2:
+        after = quiet
     keys = set(after[0]["rss_kb"]) if after else set()
     usable = [s for s in after if set(s["rss_kb"]) == keys]  # a replaced process would fake a jump
     xs = [float(s["requests"]) for s in usable]
     ys = [float(sum(s["rss_kb"].values())) for s in usable]
-    slope = median_interval_slope(xs, ys)
+    slope = median_interval_slope(xs, ys, min_dx=1 if len(quiet) >= 2 else MIN_REQUESTS_PER_INTERVAL)
     span = xs[-1] - xs[0] if xs else 0.0
     return {
         "kb_per_request": None if slope is None else round(slope, 1),
         "end_to_end_kb_per_request": round((ys[-1] - ys[0]) / span, 1) if span else None,
         "requests": int(span),
         "samples": len(usable),
+        "quiet_samples": len(quiet) >= 2,
     }
 
 
@@ -352,8 +375,12 @@ def run_soak(
     request_timeout_s: float = 55.0,
     output: Path | None = None,
     seed: int = 0,
+    quiet_every_s: float = 20.0,
 ) -> dict[str, Any]:
-    """Start the stack, run the load, sample memory; returns (and writes) the report."""
+    """Start the stack, run the load, sample memory; returns (and writes) the report.
+
+    Every ``quiet_every_s`` the clients drain and a quiet memory sample is taken (see growth_per_request).
+    """
     with tempfile.TemporaryDirectory(prefix="fusion-soak-") as tmp:
         work = Path(tmp)
         if repository is None:
@@ -408,7 +435,7 @@ def run_soak(
                     )
                 )
                 warm["ended_at_s"] = round(time.monotonic() - t_start, 1)
-                samples.append(sample() | {"t": warm["ended_at_s"]})
+                samples.append(sample() | {"t": warm["ended_at_s"], "quiet": True})
                 return await _load(
                     stack.base_url,
                     cases,
@@ -418,6 +445,8 @@ def run_soak(
                     seed,
                     request_timeout_s + 30,
                     completed=completed,
+                    quiet_every_s=quiet_every_s,
+                    on_quiet=lambda: samples.append(sample() | {"quiet": True}),
                 )
             finally:
                 stop_sampling.set()
