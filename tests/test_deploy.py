@@ -345,9 +345,17 @@ def test_deploy_cli_rejects_bad_arguments_before_aws(tmp_path: Path, capsys: pyt
 
     tarball = tmp_path / "model.tar.gz"
     tarball.write_bytes(b"x")
-    base = ["deploy", "--model-data", str(tarball), "--image-uri", IMAGE, "--endpoint-name", "ep"]
+    base = ["deploy", "--model-data", str(tarball), "--image-uri", IMAGE, "--endpoint-name", "ep", "--s3-any-bucket"]
     assert main([*base, "--s3-prefix", "s3://b-1/p", "--role-arn", "nope"]) == 2
     assert "--role-arn" in capsys.readouterr().err
+    # The bucket allow-list is an explicit choice: neither flag (or both) is refused before any AWS call.
+    no_choice = [b for b in base if b != "--s3-any-bucket"]
+    assert main([*no_choice, "--s3-prefix", "s3://b-1/p", "--role-arn", ROLE]) == 2
+    assert "--s3-allow-bucket" in capsys.readouterr().err
+    assert main([*base, "--s3-allow-bucket", "b-1", "--s3-prefix", "s3://b-1/p", "--role-arn", ROLE]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main([*no_choice, "--s3-allow-bucket", "Bad_Bucket", "--s3-prefix", "s3://b-1/p", "--role-arn", ROLE]) == 2
+    assert "--s3-allow-bucket" in capsys.readouterr().err
     assert main([*base, "--s3-prefix", "s3://b-1/p", "--role-arn", ROLE, "--autoscaling", "1-4-100"]) == 2
     assert "MIN:MAX:TARGET" in capsys.readouterr().err
 
@@ -394,7 +402,7 @@ def test_deploy_cli_refuses_a_gpu_profile_on_a_cpu_instance(tmp_path: Path, caps
 
     tarball = tmp_path / "model.tar.gz"
     tarball.write_bytes(b"x")
-    argv = ["deploy", "--model-data", str(tarball), "--s3-prefix", "s3://b-1/p", "--image-uri", IMAGE,
+    argv = ["deploy", "--model-data", str(tarball), "--s3-prefix", "s3://b-1/p", "--image-uri", IMAGE, "--s3-any-bucket",
             "--role-arn", ROLE, "--endpoint-name", "ep", "--instance-type", "ml.m5.xlarge", "--profile", "gpu"]  # fmt: skip
     assert main(argv) == 2
     assert "use --profile cpu" in capsys.readouterr().err
@@ -460,6 +468,7 @@ def test_deploy_realtime_with_autoscaling_and_undeploy(aws, repository: Path, tm
     endpoint = "fusion-rt"
     argv = [
         "deploy", "--model-data", str(tarball), "--s3-prefix", f"s3://{BUCKET}/deploys",
+        "--s3-allow-bucket", BUCKET, "--s3-allow-bucket", "media-2",
         "--image-uri", IMAGE, "--role-arn", ROLE, "--endpoint-name", endpoint,
         "--instance-type", "ml.g4dn.2xlarge", "--instance-count", "2", "--autoscaling", "1:4:120",
         "--env", "EXTRA=1",
@@ -485,6 +494,7 @@ def test_deploy_realtime_with_autoscaling_and_undeploy(aws, repository: Path, tm
     assert container["Environment"] == {
         "SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": "fusion_emotion",
         "FUSION_EMOTION_PROFILE": "gpu",
+        "FUSION_EMOTION_S3_ALLOWED_BUCKETS": f"{BUCKET},media-2",
         "EXTRA": "1",
     }
     assert model["ExecutionRoleArn"] == ROLE

@@ -161,8 +161,12 @@ def batching_triton(demo_repository: Path, tmp_path_factory: pytest.TempPathFact
     shutil.copytree(demo_repository, repo, symlinks=True)
     cfg = repo / C.PREPROCESS / "config.pbtxt"
     text = cfg.read_text().replace("count: 4", "count: 1")
-    assert "dynamic_batching" not in text
-    cfg.write_text(text + "dynamic_batching { max_queue_delay_microseconds: 1500000 }\n")
+    # The shipped batcher hands out one request at a time (preferred size 1, no delay): undo both.
+    assert "preferred_batch_size: [ 1 ]" in text and "max_queue_delay_microseconds: 0" in text
+    text = text.replace("preferred_batch_size: [ 1 ]", "").replace(
+        "max_queue_delay_microseconds: 0", "max_queue_delay_microseconds: 1500000"
+    )
+    cfg.write_text(text)
     handle = start_triton(repo, tmp_path_factory.mktemp("batching-log") / "tritonserver.log")
     yield handle
     handle.stop()

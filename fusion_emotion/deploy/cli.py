@@ -113,6 +113,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--env", action="append", type=_env_pair, default=[], metavar="KEY=VALUE", help="extra container environment"
     )
+    d.add_argument(
+        "--s3-allow-bucket",
+        action="append",
+        default=[],
+        metavar="BUCKET",
+        help="a bucket whose objects requests may name as s3:// inputs (repeatable); required unless "
+        "--s3-any-bucket. The execution role's own S3 permissions still apply (README, 'S3 inputs').",
+    )
+    d.add_argument(
+        "--s3-any-bucket",
+        action="store_true",
+        help="let requests name any bucket the execution role can read (no allow-list in the container)",
+    )
     d.add_argument("--region", help="AWS region (default: the boto3 configuration)")
     d.add_argument("--no-wait", action="store_true", help="return once creation has started")
     d.add_argument("--wait-timeout", type=int, default=1800, help="seconds to wait for InService (default 1800)")
@@ -164,6 +177,13 @@ def _package(args: argparse.Namespace) -> int:
 def _deploy(args: argparse.Namespace) -> int:
     from fusion_emotion.deploy import sagemaker as sm
 
+    if bool(args.s3_allow_bucket) == bool(args.s3_any_bucket):
+        print(
+            "error: choose which buckets requests may read: --s3-allow-bucket BUCKET (repeatable) "
+            "or --s3-any-bucket (any bucket the execution role can read), not both",
+            file=sys.stderr,
+        )
+        return 2
     try:
         cfg = sm.DeployConfig(
             model_data=args.model_data,
@@ -178,6 +198,7 @@ def _deploy(args: argparse.Namespace) -> int:
             async_max_concurrency=args.async_max_concurrency,
             async_invocation_timeout_s=args.async_invocation_timeout,
             environment=dict(args.env),
+            s3_allowed_buckets=None if args.s3_any_bucket else tuple(args.s3_allow_bucket),
             wait=not args.no_wait,
             wait_timeout_s=args.wait_timeout,
         )

@@ -37,6 +37,7 @@ ENV_PROFILE = "FUSION_EMOTION_PROFILE"
 ENV_MAX_BODY_BYTES = "FUSION_EMOTION_MAX_BODY_BYTES"
 ENV_REQUEST_TIMEOUT_S = "FUSION_EMOTION_REQUEST_TIMEOUT_S"
 ENV_DEFAULT_OPTIONS = "FUSION_EMOTION_DEFAULT_OPTIONS"
+ENV_S3_ALLOWED_BUCKETS = "FUSION_EMOTION_S3_ALLOWED_BUCKETS"
 # Async: how many queued requests one instance pulls at once. Triton batches
 # dynamically and preprocess decodes media on CPU; 4 keeps a g4dn.xlarge's
 # 4 vCPUs busy without piling requests into Triton's queue.
@@ -114,6 +115,9 @@ class DeployConfig:
     async_max_concurrency: int = DEFAULT_ASYNC_CONCURRENCY
     async_invocation_timeout_s: int = ASYNC_INVOCATION_TIMEOUT_S
     environment: dict[str, str] = field(default_factory=dict)
+    # Buckets a request's s3:// URIs may name (FUSION_EMOTION_S3_ALLOWED_BUCKETS); None = any bucket the
+    # execution role can read. The CLI makes the caller choose one or the other explicitly.
+    s3_allowed_buckets: tuple[str, ...] | None = None
     wait: bool = True
     wait_timeout_s: int = DEFAULT_WAIT_TIMEOUT_S
 
@@ -226,6 +230,8 @@ def validate_config(cfg: DeployConfig) -> None:
             )
     if not cfg.wait_timeout_s > 0:
         raise ArgumentError("--wait-timeout must be > 0")
+    for bucket in cfg.s3_allowed_buckets or ():
+        parse_s3_uri(f"s3://{bucket}", "--s3-allow-bucket")
 
 
 def validate_model_args(cfg: DeployConfig) -> None:
@@ -314,6 +320,8 @@ def container_environment(cfg: DeployConfig) -> dict[str, str]:
     if cfg.async_output is not None:
         env[ENV_MAX_BODY_BYTES] = str(ASYNC_MAX_BODY_BYTES)
         env[ENV_REQUEST_TIMEOUT_S] = str(cfg.async_invocation_timeout_s - ASYNC_DEADLINE_MARGIN_S)
+    if cfg.s3_allowed_buckets:
+        env[ENV_S3_ALLOWED_BUCKETS] = ",".join(cfg.s3_allowed_buckets)
     env.update(cfg.environment)
     return env
 

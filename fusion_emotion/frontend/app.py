@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fusion_emotion import contract as C
+from fusion_emotion.frontend.admission import AdmissionLimit
 from fusion_emotion.frontend.errors import ApiError
 from fusion_emotion.frontend.s3 import S3Fetcher, S3Uri, parse_s3_uri
 from fusion_emotion.frontend.settings import Settings
@@ -39,6 +40,8 @@ from fusion_emotion.frontend.triton import MediaRejected, TritonGateway
 
 log = logging.getLogger("fusion_emotion.frontend")
 
+# Routes that run inference (and hold a request body): the admission limit counts these.
+INFERENCE_ROUTES = {"/invocations": "SageMaker inference route", "/predict": "Same as /invocations"}
 # Form field / JSON key for each ensemble input.
 FORM_FIELDS = {"video_file": C.IN_VIDEO.name, "audio_file": C.IN_AUDIO.name}
 JSON_FIELDS = {"s3_video_uri": C.IN_VIDEO.name, "s3_audio_uri": C.IN_AUDIO.name}
@@ -211,15 +214,22 @@ class RequestLogMiddleware:
             await self.app(scope, counting_receive, tagging_send)
         finally:
             log.info(
-                "request_id=%s method=%s path=%s status=%d request_bytes=%d response_bytes=%d ms=%.1f",
+                "request_id=%s method=%s route=%s status=%d request_bytes=%d response_bytes=%d ms=%.1f",
                 request_id,
                 scope.get("method"),
-                scope.get("path"),
+                _route_of(scope),
                 status,
                 received,
                 sent,
                 (time.perf_counter() - start) * 1000,
             )
+
+
+def _route_of(scope: Scope) -> str:
+    """The matched route's template, never the raw path: a decoded ``%0A`` in a path must not forge log lines."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "-"
 
 
 # --------------------------------------------------------------------------- body handling
@@ -318,12 +328,14 @@ def parse_multipart(body: bytes, boundary: str) -> dict[str, bytes]:
     return parts
 
 
-def parse_json_request(body: bytes) -> dict[str, S3Uri]:
-    """``{"s3_video_uri", "s3_audio_uri"}`` -> parsed URIs keyed by JSON field name."""
+def parse_json_request(body: bytes) -> tuple[dict[str, S3Uri], dict[str, Any]]:
+    """``{"s3_video_uri", "s3_audio_uri"}`` -> (parsed URIs keyed by JSON field name, the whole object)."""
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "malformed JSON body") from None
+    except RecursionError:  # "[[[[...": the parser's recursion limit, not a server fault
+        raise ApiError(400, "malformed JSON body: nested too deeply") from None
     if not isinstance(payload, dict):
         raise ApiError(400, "JSON body must be an object with s3_video_uri and/or s3_audio_uri")
     unknown = sorted(set(payload) - set(JSON_FIELDS) - set(TIMELINE_KEYS))
@@ -332,7 +344,7 @@ def parse_json_request(body: bytes) -> dict[str, S3Uri]:
     uris = {k: parse_s3_uri(v, k) for k, v in payload.items() if k in JSON_FIELDS and v is not None}
     if not uris:
         raise ApiError(400, "no input: give s3_video_uri and/or s3_audio_uri")
-    return uris
+    return uris, payload
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -375,7 +387,11 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
         request_options(default_options)
     except ApiError as exc:
         raise ValueError(f"default options {settings.default_options!r}: {exc.message}") from None
-    fetcher = S3Fetcher(max_object_bytes=settings.max_s3_object_bytes, allowed_buckets=settings.s3_allowed_buckets)
+    fetcher = S3Fetcher(
+        max_object_bytes=settings.max_s3_object_bytes,
+        allowed_buckets=settings.s3_allowed_buckets,
+        max_workers=2 * settings.max_in_flight,  # two objects per admitted request at most
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -390,6 +406,7 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
             yield
         finally:
             await gateway.close()
+            fetcher.close()
 
     app = FastAPI(
         title="fusion-emotion",
@@ -400,6 +417,13 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
     app.state.settings = settings
     app.state.gateway = gateway
     app.state.fetcher = fetcher
+    # Outermost last: the access log (and request id) also covers requests the admission limit refuses.
+    app.add_middleware(
+        AdmissionLimit,
+        limit=settings.max_in_flight,
+        paths=frozenset(INFERENCE_ROUTES),
+        max_drain_bytes=settings.max_body_bytes,
+    )
     app.add_middleware(RequestLogMiddleware)
 
     @app.exception_handler(ApiError)
@@ -432,15 +456,20 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
         return JSONResponse({"error": reason, "request_id": _request_id(request)}, status_code=503)
 
     async def invoke(request: Request) -> JSONResponse:
+        # One deadline from admission to answer: body read, S3 download and Triton all spend from it.
+        deadline = time.monotonic() + settings.request_timeout_s
         try:
-            return await _invoke(request)
+            return await asyncio.wait_for(_invoke(request, deadline), settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            log.info("request_id=%s deadline of %.1f s passed", _request_id(request), settings.request_timeout_s)
+            return _error(ApiError(504, f"request did not finish within {settings.request_timeout_s:g} s"), request)
         except ApiError as exc:
             return _error(exc, request)
         except Exception as exc:  # never a trace to the client
             log.exception("request_id=%s unexpected %s", _request_id(request), type(exc).__name__)
             return JSONResponse({"error": "internal error", "request_id": _request_id(request)}, status_code=500)
 
-    async def _invoke(request: Request) -> JSONResponse:
+    async def _invoke(request: Request, deadline: float) -> JSONResponse:
         from fusion_emotion.core.result import result_dict
 
         rid = _request_id(request)
@@ -467,13 +496,13 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
             source = "multipart"
         elif mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json")):
             body = await read_body_limited(request, settings.max_body_bytes)
-            uris = parse_json_request(body)
-            option_sources.append(json.loads(body))
+            uris, payload = parse_json_request(body)
+            option_sources.append(payload)
             timeline = request_options(*option_sources, defaults=default_options)  # a 400 before any S3 work
             for uri in uris.values():
                 fetcher.check_allowed(uri)
             keys = list(uris)
-            fetched = await asyncio.gather(*(fetcher.fetch(uris[k]) for k in keys))
+            fetched = await fetcher.fetch_all([uris[k] for k in keys], deadline)
             names = {JSON_FIELDS[k]: uris[k].raw for k in keys}
             media = {JSON_FIELDS[k]: data for k, data in zip(keys, fetched, strict=True)}
             for tensor, data in media.items():
@@ -512,10 +541,13 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
             len(audio) if audio is not None else -1,
         )
         start = time.perf_counter()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise asyncio.TimeoutError
         try:
             if timeline.enabled:
                 result = await _unless_disconnected(
-                    request, timeline_request(gateway, video, audio, timeline, settings.request_timeout_s, rid), rid
+                    request, timeline_request(gateway, video, audio, timeline, remaining, rid), rid
                 )
                 log.info(
                     "request_id=%s triton_ms=%.1f segments=%d",
@@ -524,19 +556,14 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
                     len(result["segments"]),
                 )
                 return JSONResponse(result)
-            prediction = await _unless_disconnected(
-                request, gateway.infer(video, audio, settings.request_timeout_s, rid), rid
-            )
+            prediction = await _unless_disconnected(request, gateway.infer(video, audio, remaining, rid), rid)
         except MediaRejected as exc:
             label = names.get(exc.input_name, exc.input_name)
             raise ApiError(exc.status, f"{label}: {exc.reason}", input=label) from None
         log.info("request_id=%s triton_ms=%.1f", rid, (time.perf_counter() - start) * 1000)
         return JSONResponse(result_dict(prediction.probabilities, prediction.qa_flags))
 
-    for path, summary in (
-        ("/invocations", "SageMaker inference route"),
-        ("/predict", "Same as /invocations"),
-    ):
+    for path, summary in INFERENCE_ROUTES.items():
         app.add_api_route(
             path,
             invoke,

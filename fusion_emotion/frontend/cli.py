@@ -35,7 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--request-timeout",
         type=float,
         dest="request_timeout_s",
-        help="Triton deadline in seconds (504 past it) [env FUSION_EMOTION_REQUEST_TIMEOUT_S, default 55]",
+        help="one deadline per request in seconds: body, S3 and Triton (504 past it) "
+        "[env FUSION_EMOTION_REQUEST_TIMEOUT_S, default 55]",
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        help="inference requests served at once; more get 503 + Retry-After "
+        "[env FUSION_EMOTION_MAX_IN_FLIGHT, default 16]",
     )
     p.add_argument(
         "--ping-timeout",
@@ -70,6 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_s3_object_bytes=args.max_s3_object_bytes,
         request_timeout_s=args.request_timeout_s,
         ping_timeout_s=args.ping_timeout_s,
+        max_in_flight=args.max_in_flight,
         s3_allowed_buckets=args.s3_allowed_buckets,
         default_options=args.default_options,
     )

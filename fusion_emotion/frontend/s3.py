@@ -15,6 +15,7 @@ import os
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,17 +58,36 @@ def parse_s3_uri(raw: Any, field_name: str) -> S3Uri:
     bucket, sep, key = raw[len("s3://") :].partition("/")
     if not sep or not key or not _BUCKET_RE.match(bucket) or _IP_LIKE_RE.match(bucket) or ".." in bucket:
         raise ApiError(400, f"{field_name} is not of the form s3://bucket/key: {raw!r}")
+    if any(segment in (".", "..") for segment in key.split("/")):
+        # S3 itself treats them as plain characters, but a normalising proxy or custom endpoint would
+        # resolve them and could reach outside the allow-listed bucket.
+        raise ApiError(400, f"{field_name}: the key must not contain '.' or '..' path segments")
     return S3Uri(bucket=bucket, key=key, raw=raw)
 
 
-class S3Fetcher:
-    """One boto3 client (thread-safe) shared by all requests, created on first use."""
+# Bytes per read from the object body: the stop flag and the deadline are checked between reads.
+READ_CHUNK_BYTES = 1024 * 1024
 
-    def __init__(self, *, max_object_bytes: int, allowed_buckets: frozenset[str] | None = None) -> None:
+
+class _Stopped(Exception):
+    """A download ended early: its sibling failed or the request's deadline passed."""
+
+
+class S3Fetcher:
+    """One boto3 client (thread-safe) shared by all requests, created on first use.
+
+    Downloads run on this fetcher's own bounded thread pool (never the event loop's default one), read
+    in chunks, and stop between chunks when the request's deadline passes or a sibling download failed.
+    """
+
+    def __init__(
+        self, *, max_object_bytes: int, allowed_buckets: frozenset[str] | None = None, max_workers: int = 32
+    ) -> None:
         self.max_object_bytes = max_object_bytes
         self.allowed_buckets = allowed_buckets
         self._client: Any = None
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers, "s3")
 
     def _get_client(self) -> Any:
         # Lazy: a front end that only ever sees multipart never needs boto3 or credentials.
@@ -77,10 +97,11 @@ class S3Fetcher:
                 from botocore.config import Config
 
                 region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+                # Per-call bounds; the request's own deadline (fetch_all) bounds the whole download.
                 config = Config(
                     connect_timeout=5,
-                    read_timeout=30,
-                    retries={"mode": "standard", "max_attempts": 3},
+                    read_timeout=10,
+                    retries={"mode": "standard", "max_attempts": 2},
                 )
                 self._client = boto3.session.Session().client("s3", region_name=region, config=config)
             return self._client
@@ -89,13 +110,22 @@ class S3Fetcher:
         if self.allowed_buckets is not None and uri.bucket not in self.allowed_buckets:
             raise ApiError(403, f"access to {uri.raw} is not allowed: bucket is not in this endpoint's allow-list")
 
-    def fetch_sync(self, uri: S3Uri) -> bytes:
-        """Read one object fully into memory, refusing objects over the size limit."""
+    def fetch_sync(self, uri: S3Uri, stop: threading.Event | None = None, deadline: float | None = None) -> bytes:
+        """Read one object fully into memory, refusing objects over the size limit.
+
+        ``stop`` (set by a failed sibling or an expired deadline) and ``deadline`` (time.monotonic())
+        end the download between two chunk reads.
+        """
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        def check() -> None:
+            if (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() > deadline):
+                raise _Stopped
 
         self.check_allowed(uri)
         start = time.perf_counter()
         try:
+            check()
             client = self._get_client()
             resp = client.get_object(Bucket=uri.bucket, Key=uri.key)
             body = resp["Body"]
@@ -103,10 +133,20 @@ class S3Fetcher:
                 declared = int(resp.get("ContentLength") or 0)
                 if declared > self.max_object_bytes:
                     raise ApiError(413, f"{uri.raw} is {declared} bytes, over the {self.max_object_bytes}-byte limit")
-                data = body.read(self.max_object_bytes + 1)
+                chunks: list[bytes] = []
+                total = 0
+                while total <= self.max_object_bytes:
+                    check()
+                    chunk = body.read(min(READ_CHUNK_BYTES, self.max_object_bytes + 1 - total))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    total += len(chunk)
+                data = b"".join(chunks)
+                del chunks
             finally:
                 body.close()
-        except ApiError:
+        except (ApiError, _Stopped):
             raise
         except ClientError as exc:
             err = exc.response.get("Error", {})
@@ -130,4 +170,35 @@ class S3Fetcher:
         return data
 
     async def fetch(self, uri: S3Uri) -> bytes:
-        return await asyncio.to_thread(self.fetch_sync, uri)
+        return (await self.fetch_all([uri], None))[0]
+
+    async def fetch_all(self, uris: list[S3Uri], deadline: float | None) -> list[bytes]:
+        """Download ``uris`` concurrently under one deadline; the first failure stops the others.
+
+        Past the deadline: 504 at once (the threads notice at their next chunk or read timeout).
+        """
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        futures = [loop.run_in_executor(self._pool, self.fetch_sync, uri, stop, deadline) for uri in uris]
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            done, pending = await asyncio.wait(futures, timeout=remaining, return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+        failed = [f for f in done if f.exception() is not None]
+        if failed or pending:
+            stop.set()
+            for f in pending:  # nobody waits for them; keep their late errors out of the loop's log
+                f.add_done_callback(lambda f: f.cancelled() or f.exception())
+            first = next((f.exception() for f in failed if not isinstance(f.exception(), _Stopped)), None)
+            if isinstance(first, ApiError):
+                raise first
+            if first is not None:
+                raise first
+            log.info("s3 download stopped at the request deadline")
+            raise ApiError(504, "S3 download did not finish within the request deadline")
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -22,6 +22,10 @@ SAGEMAKER_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 
 ENV_PREFIX = "FUSION_EMOTION_"
 
+# Front-end in-flight limit; Triton's preprocess queue (model_repository/preprocess/config.pbtxt,
+# default_queue_policy.max_queue_size) holds at least this many, so the front end refuses first.
+DEFAULT_MAX_IN_FLIGHT = 16
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -35,8 +39,13 @@ class Settings:
     max_body_bytes: int = SAGEMAKER_MAX_PAYLOAD_BYTES
     # One S3 object; S3 inputs bypass the SageMaker payload cap, Triton's own cap applies.
     max_s3_object_bytes: int = C.MAX_INPUT_BYTES
-    # Triton deadline per inference (gRPC client_timeout); SageMaker gives containers 60 s.
+    # One deadline per request, from admission to answer: body read, S3 download and Triton (504 past it);
+    # SageMaker gives containers 60 s.
     request_timeout_s: float = 55.0
+    # Inference requests (/invocations, /predict) in flight at once; more get 503 + Retry-After before their
+    # body is read. Sized in docs/reliability.md ("Admission control"): 4 preprocess instances each decoding
+    # one request, 3 more waiting per instance, and a front-end peak measured at ~<= 1 GiB with 16 x 6 MiB.
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     # /ping must answer inside 2 s even when Triton is gone.
     ping_timeout_s: float = 1.0
     # None = any bucket the credentials can read; otherwise only these.
@@ -72,6 +81,8 @@ class Settings:
             values["max_s3_object_bytes"] = int(v)
         if (v := get("REQUEST_TIMEOUT_S")) is not None:
             values["request_timeout_s"] = float(v)
+        if (v := get("MAX_IN_FLIGHT")) is not None:
+            values["max_in_flight"] = int(v)
         if (v := get("PING_TIMEOUT_S")) is not None:
             values["ping_timeout_s"] = float(v)
         if (v := get("S3_ALLOWED_BUCKETS")) is not None:
@@ -89,6 +100,8 @@ class Settings:
             raise ValueError("byte limits must be positive")
         if self.request_timeout_s <= 0 or self.ping_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        if self.max_in_flight <= 0:
+            raise ValueError("max_in_flight must be positive")
         if self.ping_timeout_s > 1.9:
             # /ping must answer within 2 s whatever Triton does.
             return replace(self, ping_timeout_s=1.9)

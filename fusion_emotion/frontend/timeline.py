@@ -19,7 +19,7 @@ from fusion_emotion import contract as C
 from fusion_emotion.core.media import MediaError
 from fusion_emotion.core.timeline import timeline_result, validate_params
 from fusion_emotion.frontend.errors import ApiError
-from fusion_emotion.frontend.triton import TritonGateway, _status_name, map_triton_error
+from fusion_emotion.frontend.triton import TritonGateway, _status_name, map_triton_error, triton_timeout_us
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,12 @@ async def timeline_request(
     outputs = [grpcclient.InferRequestedOutput(s.name) for s in (C.OUT_SEGMENTS, C.OUT_PROBABILITIES, C.OUT_QA_FLAGS)]
     try:
         result = await gateway.client.infer(
-            C.TIMELINE_MODEL, inputs, outputs=outputs, request_id=request_id, client_timeout=timeout_s
+            C.TIMELINE_MODEL,
+            inputs,
+            outputs=outputs,
+            request_id=request_id,
+            client_timeout=timeout_s,
+            timeout=triton_timeout_us(timeout_s),
         )
     except InferenceServerException as exc:
         err = map_triton_error(exc)

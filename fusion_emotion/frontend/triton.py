@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,12 @@ def map_triton_error(exc: Exception) -> ApiError:
         if wire.kind is ErrorKind.DEADLINE:
             return ApiError(504, "inference did not finish within the request timeout")
         return ApiError(500, "inference failed")
-    if status == "DEADLINE_EXCEEDED" or "deadline exceeded" in str(message).lower():
+    lowered = str(message).lower()
+    if "exceeds maximum queue size" in lowered:  # a model's bounded queue (default_queue_policy) is full
+        return ApiError(503, "inference server is overloaded", headers={"Retry-After": "1"})
+    if "request timeout expired" in lowered:  # queued in Triton past the request's deadline (REJECT)
+        return ApiError(504, "inference did not finish within the request timeout")
+    if status == "DEADLINE_EXCEEDED" or "deadline exceeded" in lowered:
         return ApiError(504, "inference did not finish within the request timeout")
     if status in {"UNAVAILABLE", "NOT_FOUND", "CANCELLED"} or not status:
         return ApiError(503, "inference server unavailable")
@@ -107,16 +113,26 @@ class TritonGateway:
         return self._client
 
     async def ready(self, timeout_s: float) -> tuple[bool, str]:
-        """Server live and model ready, answered within ``timeout_s`` whatever Triton does."""
+        """Server live and model ready, answered within ``timeout_s`` overall whatever Triton does.
+
+        One ``asyncio.wait_for`` around both calls (Python 3.10 has no ``asyncio.timeout``): each call's own
+        ``client_timeout`` gets only what is left, so the two together never take longer than ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+
+        async def check() -> tuple[bool, str]:
+            live = await self.client.is_server_live(client_timeout=max(0.01, deadline - time.monotonic()))
+            if not live:
+                return False, "inference server is not live"
+            ready = await self.client.is_model_ready(
+                self.model_name, client_timeout=max(0.01, deadline - time.monotonic())
+            )
+            if not ready:
+                return False, f"model {self.model_name} is not ready"
+            return True, "ok"
+
         try:
-            async with asyncio.timeout(timeout_s) if hasattr(asyncio, "timeout") else _null():
-                live = await self.client.is_server_live(client_timeout=timeout_s)
-                if not live:
-                    return False, "inference server is not live"
-                ready = await self.client.is_model_ready(self.model_name, client_timeout=timeout_s)
-                if not ready:
-                    return False, f"model {self.model_name} is not ready"
-                return True, "ok"
+            return await asyncio.wait_for(check(), timeout_s)
         except (TimeoutError, asyncio.TimeoutError):
             return False, "inference server did not answer in time"
         except ApiError as exc:
@@ -137,6 +153,9 @@ class TritonGateway:
                 outputs=requested_outputs(grpcclient),
                 request_id=request_id,
                 client_timeout=timeout_s,
+                # The same deadline inside Triton: a request still queued when it passes is rejected there
+                # (default_queue_policy with allow_timeout_override) instead of decoding for nobody.
+                timeout=triton_timeout_us(timeout_s),
             )
         except InferenceServerException as exc:
             err = map_triton_error(exc)
@@ -151,11 +170,6 @@ class TritonGateway:
         return Prediction(probabilities=probs, qa_flags=qa_flat)
 
 
-class _null:
-    """Stand-in for ``asyncio.timeout`` on Python 3.10 (client_timeout still bounds each call)."""
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
+def triton_timeout_us(timeout_s: float) -> int:
+    """The request timeout Triton reads (microseconds; 0 would mean "none", so at least 1)."""
+    return max(1, int(timeout_s * 1_000_000))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,18 @@ def bytes_rows(request: Any, name: str) -> list[bytes] | None:
 
 
 def cancel_check(request: Any) -> Callable[[], bool]:
-    """A callable the decoders poll: true once Triton marks the request cancelled (client gone, deadline)."""
-    return request.is_cancelled
+    """A callable the decoders poll: true once Triton marks the request cancelled (client gone, gRPC
+    deadline) or once the request's own timeout (the front end's deadline, carried as Triton's request
+    timeout) has passed, counted from now: a late upper bound, as Triton does not tell when it was queued."""
+    timeout_us = int(request.timeout()) if hasattr(request, "timeout") else 0
+    if timeout_us <= 0:
+        return request.is_cancelled
+    deadline = time.monotonic() + timeout_us / 1e6
+
+    def cancelled() -> bool:
+        return time.monotonic() > deadline or request.is_cancelled()
+
+    return cancelled
 
 
 def fp32_input(request: Any, name: str) -> np.ndarray:

@@ -1,0 +1,177 @@
+"""Overload and hostile requests against the real front end: admission limit, one deadline, small fixes.
+
+The tests here need no Triton (a hung or absent one stands in for a slow one); the corpus, flood and
+cancellation tests against the real tritonserver live in tests/test_hostile_live.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+from test_frontend import assert_error, dead_triton_url, hung_triton_url, multipart, run_frontend  # noqa: F401
+
+from fusion_emotion.frontend.app import parse_json_request
+from fusion_emotion.frontend.errors import ApiError
+from fusion_emotion.frontend.s3 import S3Fetcher, S3Uri, _Stopped, parse_s3_uri
+from fusion_emotion.frontend.settings import Settings
+from fusion_emotion.frontend.triton import TritonGateway
+from fusion_emotion.ops import hostile
+
+
+# --------------------------------------------------------------------------- admission
+def test_in_flight_limit_refuses_at_once_with_retry_after(hung_triton_url: str) -> None:  # noqa: F811
+    """Two requests hang in a silent Triton; the next ones get 503 + Retry-After in well under a second,
+    their large bodies are drained (no reset), and a slot frees when the held requests reach their deadline."""
+    settings = Settings(triton_url=hung_triton_url, max_in_flight=2, request_timeout_s=4.0)
+    body = multipart(video_file=("v.mp4", b"\0" * (2 * 1024 * 1024)))
+    with run_frontend(settings) as base, ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(httpx.post, base + "/invocations", timeout=30, **body) for _ in range(2)]
+        time.sleep(1.0)  # both admitted and waiting on Triton
+        for _ in range(3):
+            start = time.monotonic()
+            resp = httpx.post(base + "/invocations", timeout=30, **body)
+            elapsed = time.monotonic() - start
+            assert_error(resp, 503, "busy")
+            assert resp.headers["retry-after"] == "1"
+            assert elapsed < 1.5, elapsed  # the upload itself is most of it on loopback
+        # /ping is not an inference route: never refused by the limit
+        assert httpx.get(base + "/ping", timeout=5).status_code == 503  # (Triton hung: 503 from the check)
+        for future in held:
+            assert_error(future.result(), 504, "within 4 s")
+        assert httpx.post(base + "/invocations", timeout=30, **body).status_code == 504  # admitted again
+
+
+def test_one_deadline_covers_a_slow_body(hung_triton_url: str) -> None:  # noqa: F811
+    """A client that sends its headers and then trickles the body holds its slot only until the deadline."""
+    settings = Settings(triton_url=hung_triton_url, max_in_flight=1, request_timeout_s=1.5)
+    with run_frontend(settings) as base:
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\nContent-Length: 100000\r\n\r\n"
+                + b"\0" * 1000
+            )
+            start = time.monotonic()
+            answer = sock.recv(4096)
+            assert b" 504 " in answer.split(b"\r\n", 1)[0], answer[:200]
+            assert time.monotonic() - start < 1.5 + 1.0
+        # the slot is free again
+        assert httpx.post(base + "/invocations", content=b"x", headers={"content-type": "video/mp4"}).status_code == 504
+
+
+# --------------------------------------------------------------------------- S3
+@pytest.mark.parametrize("key", ["a/../b.mp4", "../b.mp4", "a/./b.mp4", ".", "a/..", "x/./"])
+def test_s3_keys_with_dot_segments_are_refused(key: str) -> None:
+    with pytest.raises(ApiError) as info:
+        parse_s3_uri(f"s3://my-bucket/{key}", "s3_video_uri")
+    assert info.value.status == 400 and "s3_video_uri" in info.value.message and "'..'" in info.value.message
+
+
+@pytest.mark.parametrize("key", ["a..b/c.mp4", "a/.hidden.mp4", "a/b.../c", "..a/b"])
+def test_s3_keys_with_dots_inside_names_pass(key: str) -> None:
+    assert parse_s3_uri(f"s3://my-bucket/{key}", "s3_video_uri").key == key
+
+
+class _SlowFetcher(S3Fetcher):
+    """The real fetch_all over a download that fails (``bad``) or reads chunks until stopped."""
+
+    def __init__(self) -> None:
+        super().__init__(max_object_bytes=1 << 20, max_workers=4)
+        self.stopped_at: dict[str, float] = {}
+
+    def fetch_sync(self, uri: S3Uri, stop: Any = None, deadline: float | None = None) -> bytes:
+        if uri.key == "bad":
+            time.sleep(0.2)
+            raise ApiError(404, f"{uri.raw} does not exist")
+        for _ in range(600):  # 60 s of "chunks" unless stopped
+            if stop.is_set() or (deadline is not None and time.monotonic() > deadline):
+                self.stopped_at[uri.key] = time.monotonic()
+                raise _Stopped
+            time.sleep(0.1)
+        return b"data"
+
+
+def test_s3_sibling_stops_when_one_download_fails() -> None:
+    fetcher = _SlowFetcher()
+    uris = [parse_s3_uri("s3://my-bucket/slow", "v"), parse_s3_uri("s3://my-bucket/bad", "a")]
+    start = time.monotonic()
+    with pytest.raises(ApiError) as info:
+        asyncio.run(fetcher.fetch_all(uris, time.monotonic() + 30))
+    assert info.value.status == 404
+    deadline = time.monotonic() + 2
+    while "slow" not in fetcher.stopped_at and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fetcher.stopped_at["slow"] - start < 1.0  # stopped at its next chunk, not after 60 s
+    fetcher.close()
+
+
+def test_s3_download_has_one_deadline() -> None:
+    fetcher = _SlowFetcher()
+    uris = [parse_s3_uri("s3://my-bucket/slow", "v"), parse_s3_uri("s3://my-bucket/slow2", "a")]
+    start = time.monotonic()
+    with pytest.raises(ApiError) as info:
+        asyncio.run(fetcher.fetch_all(uris, time.monotonic() + 0.5))
+    assert info.value.status == 504 and time.monotonic() - start < 1.5
+    time.sleep(0.5)
+    assert set(fetcher.stopped_at) == {"slow", "slow2"}
+    fetcher.close()
+
+
+# --------------------------------------------------------------------------- small ones
+def test_deeply_nested_json_is_400() -> None:
+    with pytest.raises(ApiError) as info:
+        parse_json_request(hostile.nested_json())
+    assert info.value.status == 400 and "nested" in info.value.message
+
+
+def test_nested_json_and_forged_log_lines_over_http(
+    dead_triton_url: str,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="fusion_emotion.frontend")
+    with run_frontend(Settings(triton_url=dead_triton_url)) as base:
+        resp = httpx.post(
+            base + "/invocations", content=hostile.nested_json(), headers={"content-type": "application/json"}
+        )
+        assert_error(resp, 400, "nested")
+        with httpx.Client() as client:
+            # a raw path whose decoded form holds a newline and a fake access-log line
+            forged = "/ping%0Arequest_id=forged method=GET route=/invocations status=200"
+            assert client.get(base + forged).status_code == 404
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "fusion_emotion.frontend" and "status=" in r.getMessage()
+    ]
+    assert any("route=/invocations status=400" in line for line in lines), lines
+    assert any("route=- status=404" in line for line in lines), lines
+    assert not any("forged" in line or "\n" in line for line in lines), lines
+
+
+def test_ping_has_one_overall_bound(hung_triton_url: str) -> None:  # noqa: F811
+    """Both calls of the check share one bound (Python 3.10 has no asyncio.timeout)."""
+
+    async def check() -> tuple[float, tuple[bool, str]]:
+        gateway = TritonGateway(hung_triton_url)
+        await gateway.start()
+        try:
+            start = time.monotonic()
+            result = await gateway.ready(0.5)
+            return time.monotonic() - start, result
+        finally:
+            await gateway.close()
+
+    elapsed, (ok, reason) = asyncio.run(check())
+    assert not ok and elapsed < 0.9, (elapsed, reason)
+
+
+def test_settings_max_in_flight_env() -> None:
+    assert Settings.from_env({}).max_in_flight == 16
+    assert Settings.from_env({"FUSION_EMOTION_MAX_IN_FLIGHT": "3"}).max_in_flight == 3
+    with pytest.raises(ValueError):
+        Settings.from_env({"FUSION_EMOTION_MAX_IN_FLIGHT": "0"})
