@@ -93,7 +93,8 @@ def test_updates_in_order_batched_across_streams_then_end_flushes() -> None:
         for sink in sinks:
             assert sink.ends() == [1.0, 2.0, 3.0, 3.5] and sink.events[-1][0] == "finish"
         # what queued while the encoder was busy went in one call: windows of the three streams together
-        assert max(slow.batches) >= 8 and sum(slow.batches) == 12
+        # (the first call takes whatever had queued when the worker woke, the second all the rest)
+        assert len(slow.batches) <= 2 and sum(slow.batches) == 12, slow.batches
         assert rt.active == 0 and rt.stats.updates_sent == 12
     finally:
         rt.close()
