@@ -9,9 +9,14 @@ the machine.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
+
+from fusion_emotion import contract as C
+
+log = logging.getLogger(__name__)
 
 
 class FrontendError(RuntimeError):
@@ -52,6 +57,12 @@ def encode_multipart(video: bytes | None, audio: bytes | None) -> tuple[bytes, s
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
 
+def warn_if_untrained(attributes: str | None) -> None:
+    """Log the front end's ``weights=untrained`` response attribute: demo weights, meaningless predictions."""
+    if attributes and C.UNTRAINED_ATTRIBUTE in [a.strip() for a in attributes.split(",")]:
+        log.warning("the endpoint serves UNTRAINED random-init weights (demo only): its predictions are meaningless")
+
+
 def _decode(status: int, body: bytes) -> dict[str, Any]:
     try:
         payload = json.loads(body)
@@ -87,6 +98,7 @@ def predict_url(
     resp = httpx.post(
         invocations_url(url), params=params, content=body, headers={"Content-Type": content_type}, timeout=timeout
     )
+    warn_if_untrained(resp.headers.get(C.RESPONSE_ATTRIBUTES_HEADER))
     return _decode(resp.status_code, resp.content)
 
 
@@ -107,6 +119,7 @@ def post_raw(
         resp = httpx.post(invocations_url(url), params=params, content=data, headers=headers, timeout=timeout)
     else:
         resp = client.post(invocations_url(url), params=params, content=data, headers=headers, timeout=timeout)
+    warn_if_untrained(resp.headers.get(C.RESPONSE_ATTRIBUTES_HEADER))
     return _decode(resp.status_code, resp.content)
 
 
@@ -125,6 +138,7 @@ def _invoke_endpoint(
         raise FrontendError(
             status, str(err.get("OriginalMessage") or err.get("Error", {}).get("Message", ""))
         ) from None
+    warn_if_untrained(resp.get("CustomAttributes"))
     return _decode(200, resp["Body"].read())
 
 

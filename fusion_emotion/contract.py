@@ -158,6 +158,10 @@ ONNX_FILENAME = "model.onnx"
 TORCHSCRIPT_FILENAME = "model.pt"
 HEAD_WEIGHTS_FILENAME = "fusion_head.npz"
 PROVENANCE_PARAMETER = "weights_provenance"
+RESPONSE_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+"""Response header the front end sets (SageMaker relays it as invoke_endpoint's ``CustomAttributes``)."""
+UNTRAINED_ATTRIBUTE = "weights=untrained"
+"""Its value when the served repository's weights are random-init demo weights (provenance UNTRAINED...)."""
 
 # Hard limits applied before heavy work (bytes of one encoded input).
 MAX_INPUT_BYTES = 100 * 1024 * 1024

@@ -44,6 +44,17 @@ PLANTED_KEY = "private/patient-42-secret-key-9c1e.wav"
 BUCKET = "fe-test-bucket"
 
 
+def test_untrained_attribute_is_warned_about_only_when_present(caplog: pytest.LogCaptureFixture) -> None:
+    from fusion_emotion.client.http import warn_if_untrained
+
+    with caplog.at_level(logging.WARNING, logger="fusion_emotion.client.http"):
+        for attrs in (None, "", "timeline=true", "weights=trained"):
+            warn_if_untrained(attrs)
+        assert not caplog.records
+        warn_if_untrained("timeline=true, weights=untrained")
+    assert len(caplog.records) == 1 and "UNTRAINED" in caplog.text
+
+
 # --------------------------------------------------------------------------- helpers
 @contextlib.contextmanager
 def run_frontend(settings: Settings) -> Iterator[str]:
@@ -587,8 +598,11 @@ def test_raw_body_errors_name_the_body(live_frontend: str, live) -> None:
 
 
 @pytest.mark.integration
-def test_raw_matroska_and_webm_bodies_are_served(live_frontend: str) -> None:
-    """Matroska (H.264) and WebM (VP8, as MediaRecorder writes it, without duration) sent raw decode and score."""
+def test_raw_matroska_and_webm_bodies_are_served(live_frontend: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Matroska (H.264) and WebM (VP8, as MediaRecorder writes it, without duration) sent raw decode and score.
+
+    The demo repository's weights are random-init: every answer says so in the custom-attributes header, and
+    the HTTP client warns (as ``predict --local`` and ``--triton`` do)."""
     from fusion_emotion.ops import synth
 
     bodies = (
@@ -600,6 +614,10 @@ def test_raw_matroska_and_webm_bodies_are_served(live_frontend: str) -> None:
         assert resp.status_code == 200, (mime, resp.text)
         body = resp.json()
         assert set(body) >= RESULT_KEYS and abs(sum(body[e] for e in C.LABELS) - 1.0) < 1e-3, body
+        assert resp.headers[C.RESPONSE_ATTRIBUTES_HEADER] == C.UNTRAINED_ATTRIBUTE
+    with caplog.at_level(logging.WARNING, logger="fusion_emotion.client.http"):
+        assert set(predict_url(live_frontend, bodies[0][0], None, timeout=60)) >= RESULT_KEYS
+    assert "UNTRAINED" in caplog.text
 
 
 @pytest.mark.integration

@@ -555,13 +555,15 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
                     (time.perf_counter() - start) * 1000,
                     len(result["segments"]),
                 )
-                return JSONResponse(result)
+                return JSONResponse(result, headers=await gateway.response_headers())
             prediction = await _unless_disconnected(request, gateway.infer(video, audio, remaining, rid), rid)
         except MediaRejected as exc:
             label = names.get(exc.input_name, exc.input_name)
             raise ApiError(exc.status, f"{label}: {exc.reason}", input=label) from None
         log.info("request_id=%s triton_ms=%.1f", rid, (time.perf_counter() - start) * 1000)
-        return JSONResponse(result_dict(prediction.probabilities, prediction.qa_flags))
+        return JSONResponse(
+            result_dict(prediction.probabilities, prediction.qa_flags), headers=await gateway.response_headers()
+        )
 
     for path, summary in INFERENCE_ROUTES.items():
         app.add_api_route(

@@ -93,6 +93,7 @@ class TritonGateway:
         self.url = url
         self.model_name = model_name
         self._client: Any = None
+        self._provenance: str | None = None
 
     async def start(self) -> None:
         import tritonclient.grpc.aio as grpcclient
@@ -111,6 +112,26 @@ class TritonGateway:
         if self._client is None:
             raise ApiError(503, "inference server client not started")
         return self._client
+
+    async def weights_provenance(self) -> str | None:
+        """The ensemble's weights provenance (its config parameter), asked once; None while Triton cannot tell."""
+        if self._provenance is None:
+            try:
+                cfg = await self.client.get_model_config(self.model_name, as_json=True, client_timeout=2.0)
+            except Exception as exc:  # not known yet is not an error of the request being answered
+                log.debug("model config not available: %s", type(exc).__name__)
+                return None
+            params = cfg.get("config", {}).get("parameters", {})
+            self._provenance = params.get(C.PROVENANCE_PARAMETER, {}).get("string_value", "")
+        return self._provenance or None
+
+    async def response_headers(self) -> dict[str, str] | None:
+        """``weights=untrained`` in the custom-attributes header when the weights are demo weights, so every
+        client (HTTP, SageMaker's ``CustomAttributes``) can warn as the in-process route does."""
+        provenance = await self.weights_provenance()
+        if provenance and provenance.startswith("UNTRAINED"):
+            return {C.RESPONSE_ATTRIBUTES_HEADER: C.UNTRAINED_ATTRIBUTE}
+        return None
 
     async def ready(self, timeout_s: float) -> tuple[bool, str]:
         """Server live and model ready, answered within ``timeout_s`` overall whatever Triton does.
