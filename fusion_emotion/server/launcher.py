@@ -15,6 +15,7 @@ import argparse
 import ctypes
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusion_emotion import contract as C
-from fusion_emotion.repository import backend, check_servable, config_path
+from fusion_emotion.repository import backend, check_servable, config_path, parameters
 from fusion_emotion.server import procs
 
 log = logging.getLogger(__name__)
@@ -186,10 +187,15 @@ class ShmPlan:
     region_bytes: int
     needed_bytes: int  # at the real-time input limit, every decoder busy
     input_limit_bytes: int  # the largest input per decoder this /dev/shm carries
+    timeline_bytes: int = 0  # one timeline request at the same limit on top (its BLS batches of frames)
 
     @property
     def fits(self) -> bool:
         return self.needed_bytes <= self.dev_shm_bytes
+
+    @property
+    def fits_timeline(self) -> bool:
+        return self.needed_bytes + self.timeline_bytes <= self.dev_shm_bytes
 
     def describe(self) -> str:
         mib = 1024 * 1024
@@ -206,7 +212,16 @@ def plan_shm(repository: Path, profile: str, dev_shm_bytes: int, region_bytes: i
     counts = python_instances(repository, profile)
     stubs = sum(counts.values())
     decoders = counts.get(C.PREPROCESS, 0)
+    timeline = 0
+    if C.TIMELINE_MODEL in counts:
+        text = config_path(repository / C.TIMELINE_MODEL, profile).read_text(encoding="utf-8")
+        batch = int(parameters(text).get("bls_max_batch", "8") or 8)
+        frames = batch * 4 * math.prod(C.VIDEO_FRAMES.dims)
+        # its input, one chunk of frames in its region and, when the encoder is a stub too, in the encoder's
+        callees = 2 if C.VIDEO_ENCODER in counts else 1
+        timeline = C.SHM_REALTIME_INPUT_BYTES + C.SHM_DECODER_OVERHEAD_BYTES + callees * frames
     return ShmPlan(
+        timeline_bytes=timeline,
         dev_shm_bytes=dev_shm_bytes,
         stubs=stubs,
         decoders=decoders,
@@ -239,6 +254,13 @@ def check_shm(opts: ServerOptions) -> ShmPlan | None:
             f"(docker run --shm-size={need_mib}m), or lower --shm-default-bytes / preprocess instances"
         )
     log.info("shared memory: %s", plan.describe())
+    if not plan.fits_timeline:
+        log.warning(
+            "shared memory: a timeline request at the same input size on top needs %.0f MiB more (%.0f MiB in "
+            "all): on this /dev/shm, timelines running beside full decoders can get 503 (docker run --shm-size)",
+            plan.timeline_bytes / 2**20,
+            (plan.needed_bytes + plan.timeline_bytes) / 2**20,
+        )
     return plan
 
 
