@@ -101,3 +101,13 @@ def parse_wire(message: str) -> WireError | None:
     at = body.rfind(f"{subject}: ")
     reason = body[at + len(subject) + 2 :] if at >= 0 else body
     return WireError(kind, subject, " ".join(reason.split())[:_MAX_REASON_CHARS])
+
+
+# python_backend's texts when /dev/shm cannot hold a region or its growth (src/shm_manager.cc, r24.10).
+_SHM_EXHAUSTED = ("failed to increase the shared memory pool", "unable to initialize shared memory key")
+
+
+def is_shm_exhausted(message: str) -> bool:
+    """True for the Python backend's "/dev/shm is full" errors: an overload of the host, not a bad request."""
+    lowered = message.lower()
+    return any(marker in lowered for marker in _SHM_EXHAUSTED)

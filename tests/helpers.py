@@ -67,15 +67,23 @@ def start_triton(
     extra_args: list[str] | None = None,
     extra_ports: dict[str, int] | None = None,
     timeout: float = 240.0,
+    shm_size: str | None = None,
+    launcher_args: list[str] | None = None,
 ) -> TritonHandle:
+    """``shm_size`` ("64m") runs the launcher in a private mount namespace with a tmpfs of that size on
+    /dev/shm (Docker's ``--shm-size``; needs root), as in a container."""
     grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
     cmd = [
         sys.executable, "-m", "fusion_emotion.cli", "triton",
         "--repository", str(repository), "--profile", profile,
         "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
     ]  # fmt: skip
+    cmd += launcher_args or []
     if extra_args:
         cmd += ["--", *extra_args]
+    if shm_size is not None:
+        mount = f'mount -t tmpfs -o size={shm_size} tmpfs /dev/shm && exec "$@"'
+        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh", *cmd]
     log = open(log_path, "wb")  # noqa: SIM115 - handed to the child
     # dies with this process (pytest killed by a timeout or the OOM killer leaves no server behind)
     proc = subprocess.Popen(

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from fusion_emotion import contract as C
 from fusion_emotion.deploy import supervisor as sv
+from fusion_emotion.server.launcher import dev_shm_size, plan_shm
 from fusion_emotion.server.procs import alive, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +180,7 @@ def test_commands_from_environment() -> None:
     assert cli[cli.index("--repository") + 1] == "/models" and cli[cli.index("--profile") + 1] == "gpu"
     assert cli[cli.index("--grpc-port") + 1] == "9001"
 
-    assert cli[cli.index("--shm-default-bytes") + 1] == "16777216"
+    assert cli[cli.index("--shm-default-bytes") + 1] == "1048576"
     assert cli[cli.index("--shm-growth-bytes") + 1] == "1048576"
     sized = sv.triton_command(
         {**base, "SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE": "33554432", "FUSION_EMOTION_PROFILE": "cpu"}
@@ -189,6 +191,7 @@ def test_commands_from_environment() -> None:
     front = sv.frontend_command({**base, "SAGEMAKER_BIND_TO_PORT": "9090"})
     assert front[front.index("--port") + 1] == "9090"
     assert front[front.index("--triton-url") + 1] == "127.0.0.1:9001"
+    assert "--max-s3-object-bytes" not in front  # no repository at /models: nothing to size from
     assert sv.frontend_command({"FUSION_EMOTION_FRONTEND_CMD": "a 'b c'"}) == ["a", "b c"]
     with pytest.raises(ValueError, match="FUSION_EMOTION_GRPC_PORT"):
         sv.triton_command({"FUSION_EMOTION_GRPC_PORT": "x"})
@@ -196,3 +199,13 @@ def test_commands_from_environment() -> None:
 
 def test_serve_rejects_unknown_arguments() -> None:
     assert sv.main(["serve", "--bogus"]) == 2
+
+
+def test_s3_limit_follows_dev_shm(demo_repository: Path) -> None:
+    """In the container the front end refuses S3 objects the Python backend's shm regions cannot carry."""
+    env = {"FUSION_EMOTION_MODEL_DIR": str(demo_repository), "FUSION_EMOTION_PROFILE": "cpu"}
+    front = sv.frontend_command(env)
+    limit = int(front[front.index("--max-s3-object-bytes") + 1])
+    plan = plan_shm(demo_repository, "cpu", dev_shm_size())
+    assert limit == max(plan.input_limit_bytes, 1) and 0 < limit <= C.MAX_INPUT_BYTES
+    assert "--max-s3-object-bytes" not in sv.frontend_command({**env, "FUSION_EMOTION_MAX_S3_OBJECT_BYTES": "5"})

@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fusion_emotion.contract import ENSEMBLE, MAX_INPUT_BYTES, PROFILES
+from fusion_emotion.contract import (
+    ENSEMBLE,
+    MAX_INPUT_BYTES,
+    PROFILES,
+    SHM_DEFAULT_DEV_SHM_BYTES,
+    shm_input_limit,
+    shm_needed_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,8 @@ WAITER_DELAY_S = 30
 ASYNC_INVOCATION_TIMEOUT_S = 900
 ASYNC_MAX_INVOCATION_TIMEOUT_S = 3600
 ASYNC_MAX_BODY_BYTES = 2 * MAX_INPUT_BYTES + 1024 * 1024
+# What one decoder carries in a 64 MiB /dev/shm with the CPU profile's 9 stubs and 4 decoders (the worst case).
+SHM_64_INPUT_LIMIT = shm_input_limit(SHM_DEFAULT_DEV_SHM_BYTES, 9, 4)
 ASYNC_DEADLINE_MARGIN_S = 5
 ENV_MAX_BODY_BYTES = "FUSION_EMOTION_MAX_BODY_BYTES"
 ENV_REQUEST_TIMEOUT_S = "FUSION_EMOTION_REQUEST_TIMEOUT_S"
@@ -320,6 +329,15 @@ def container_environment(cfg: DeployConfig) -> dict[str, str]:
     if cfg.async_output is not None:
         env[ENV_MAX_BODY_BYTES] = str(ASYNC_MAX_BODY_BYTES)
         env[ENV_REQUEST_TIMEOUT_S] = str(cfg.async_invocation_timeout_s - ASYNC_DEADLINE_MARGIN_S)
+        # Inputs reach Triton's Python backend through /dev/shm (docs/reliability.md "Shared memory").
+        log.warning(
+            "async endpoint: inputs over ~%.1f MiB need a /dev/shm larger than %d MiB (about %d MiB for "
+            "%d MiB inputs); on a smaller one they are refused (S3: 413) or answered 503",
+            SHM_64_INPUT_LIMIT / 2**20,
+            SHM_DEFAULT_DEV_SHM_BYTES // 2**20,
+            shm_needed_bytes(9, 4, MAX_INPUT_BYTES) // 2**20,
+            MAX_INPUT_BYTES // 2**20,
+        )
     if cfg.s3_allowed_buckets:
         env[ENV_S3_ALLOWED_BUCKETS] = ",".join(cfg.s3_allowed_buckets)
     env.update(cfg.environment)

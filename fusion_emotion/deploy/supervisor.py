@@ -18,8 +18,10 @@ FUSION_EMOTION_HTTP_PORT           8000 (also used for the readiness probe)
 FUSION_EMOTION_METRICS_PORT        8002
 SAGEMAKER_BIND_TO_PORT             front-end port (default 8080)
 SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE / SAGEMAKER_TRITON_SHM_GROWTH_BYTE_SIZE
-                                   Python-backend shm (16 MiB / 1 MiB, as the stock
-                                   SageMaker Triton image: fits a 64 MiB /dev/shm)
+                                   Python-backend shm regions (1 MiB / 1 MiB: contract.py,
+                                   checked against /dev/shm by ``fusion-emotion triton``)
+FUSION_EMOTION_MAX_S3_OBJECT_BYTES unset: the largest input one decoder's shm region can
+                                   carry in this /dev/shm (at most 100 MiB)
 FUSION_EMOTION_TRITON_CMD          full Triton command (shlex), overrides the above
 FUSION_EMOTION_FRONTEND_CMD        full front-end command (shlex)
 FUSION_EMOTION_FRONTEND_TRITON_URL HOST:PORT given to ``serve --triton-url`` (gRPC)
@@ -44,6 +46,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from fusion_emotion import contract as C
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = "/opt/ml/model"
@@ -51,11 +55,10 @@ DEFAULT_FRONTEND_PORT = 8080
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_METRICS_PORT = 8002
-# The stock SageMaker Triton image's defaults: each Python-backend model instance
-# maps a region of shm-default-byte-size, so 16 MiB leaves room in SageMaker's
-# fixed 64 MiB /dev/shm for a few preprocess instances plus 1 MiB growth steps.
-DEFAULT_SHM_BYTES = 16 * 1024 * 1024
-DEFAULT_SHM_GROWTH_BYTES = 1024 * 1024
+# Each Python-backend model instance fallocates a region of shm-default-byte-size that only grows:
+# small regions, sized in contract.py (docs/reliability.md "Shared memory").
+DEFAULT_SHM_BYTES = C.SHM_REGION_BYTES
+DEFAULT_SHM_GROWTH_BYTES = C.SHM_GROWTH_BYTES
 DEFAULT_STARTUP_TIMEOUT_S = 900.0
 # SageMaker (and docker stop) send SIGKILL 30 s after SIGTERM; stay well inside.
 DEFAULT_STOP_TIMEOUT_S = 20.0
@@ -129,7 +132,32 @@ def frontend_command(env: Mapping[str, str]) -> list[str]:
     port = _int_env(env, "SAGEMAKER_BIND_TO_PORT", DEFAULT_FRONTEND_PORT)
     grpc = _int_env(env, "FUSION_EMOTION_GRPC_PORT", DEFAULT_GRPC_PORT)
     triton_url = env.get("FUSION_EMOTION_FRONTEND_TRITON_URL") or f"127.0.0.1:{grpc}"
-    return [sys.executable, "-m", "fusion_emotion.cli", "serve", "--triton-url", triton_url, "--port", str(port)]
+    cmd = [sys.executable, "-m", "fusion_emotion.cli", "serve", "--triton-url", triton_url, "--port", str(port)]
+    if not env.get("FUSION_EMOTION_MAX_S3_OBJECT_BYTES", "").strip() and (limit := shm_s3_limit(env)) is not None:
+        cmd += ["--max-s3-object-bytes", str(limit)]
+    return cmd
+
+
+def shm_s3_limit(env: Mapping[str, str], dev_shm: str = "/dev/shm") -> int | None:
+    """The S3 object limit this container's /dev/shm carries per decoder (None: not known here).
+
+    Triton and the front end share the container's /dev/shm; an object over this limit would fail in the
+    Python backend, so the front end refuses it first with a 413 naming the limit.
+    """
+    from pathlib import Path
+
+    from fusion_emotion.server.launcher import dev_shm_size, plan_shm
+
+    model_dir = Path(env.get("FUSION_EMOTION_MODEL_DIR") or DEFAULT_MODEL_DIR)
+    profile = env.get("FUSION_EMOTION_PROFILE") or "gpu"
+    region = _int_env(env, "SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE", DEFAULT_SHM_BYTES)
+    try:
+        plan = plan_shm(model_dir, profile, dev_shm_size(Path(dev_shm)), region)
+    except OSError:
+        return None
+    if plan.decoders == 0:
+        return None
+    return max(plan.input_limit_bytes, 1)
 
 
 def config_from_env(env: Mapping[str, str] | None = None) -> ServeConfig:

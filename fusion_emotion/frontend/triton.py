@@ -17,7 +17,7 @@ import numpy as np
 
 from fusion_emotion import contract as C
 from fusion_emotion.client.triton import build_inputs, requested_outputs
-from fusion_emotion.errors import ErrorKind, parse_wire
+from fusion_emotion.errors import ErrorKind, is_shm_exhausted, parse_wire
 from fusion_emotion.frontend.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,9 @@ def map_triton_error(exc: Exception) -> ApiError:
             return ApiError(504, "inference did not finish within the request timeout")
         return ApiError(500, "inference failed")
     lowered = str(message).lower()
+    if is_shm_exhausted(lowered):  # the Python backend could not copy the inputs into its /dev/shm region
+        log.warning("inference server's /dev/shm is full: %s", message)
+        return ApiError(503, "inference server is overloaded", headers={"Retry-After": "1"})
     if "exceeds maximum queue size" in lowered:  # a model's bounded queue (default_queue_policy) is full
         return ApiError(503, "inference server is overloaded", headers={"Retry-After": "1"})
     if "request timeout expired" in lowered:  # queued in Triton past the request's deadline (REJECT)

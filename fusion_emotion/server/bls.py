@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fusion_emotion.errors import ErrorKind, ServingError, parse_wire
+from fusion_emotion.errors import ErrorKind, ServingError, is_shm_exhausted, parse_wire
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,12 @@ class BlsModel:
         wire = parse_wire(message)
         if wire is not None:
             return ServingError(wire.kind, wire.subject, wire.reason)
+        if is_shm_exhausted(message):
+            # regions never shrink: retrying once the other requests finish can succeed (docs/reliability.md)
+            log.warning(
+                "BLS call to %s: /dev/shm full (%s); give the container a larger --shm-size", self.model, message
+            )
+            return ServingError(ErrorKind.OVERLOADED, self.model, "shared memory (/dev/shm) full")
         log.error("BLS call to %s failed: %s", self.model, message)
         return ServingError(ErrorKind.INTERNAL, self.model, "model call failed")
 
