@@ -120,3 +120,48 @@ def test_documented_make_targets_exist() -> None:
             match = re.match(r"^make ([\w-]+)", command)
             if match:
                 assert match.group(1) in targets, f"{path.name}:{number}: make {match.group(1)} is not a target"
+
+
+def _python_commands() -> list[tuple[str, list[str]]]:
+    """Every documented `python …` invocation (venv or not), as tokens after the interpreter."""
+    found = []
+    for path in DOCS:
+        for number, command in code_commands(path):
+            lexer = shlex.shlex(_strip(command), posix=True, punctuation_chars=True)
+            lexer.whitespace_split = True
+            try:
+                tokens = list(lexer)
+            except ValueError:
+                continue
+            part: list[str] = []
+            for token in [*tokens, ";"]:
+                if token not in (";", "&&", "||", "|", "&"):
+                    part.append(token)
+                    continue
+                while part and re.match(r"^\w+=", part[0]):  # VAR=value prefixes
+                    part.pop(0)
+                if part and re.match(r"^(\.venv/bin/)?python3?$", part[0]) and len(part) > 1:
+                    found.append((f"{path.relative_to(ROOT)}:{number}", part[1:]))
+                part = []
+    return found
+
+
+PYTHON = _python_commands()
+
+
+def test_documented_python_scripts_modules_and_imports_exist() -> None:
+    """`python path.py`, `python -m module` and the imports inside `python -c "…"` resolve as shown."""
+    import importlib
+
+    assert any(t[0] == "-c" for _, t in PYTHON) and any(t[0] == "-m" for _, t in PYTHON)
+    for where, tokens in PYTHON:
+        if tokens[0] == "-m":
+            assert importlib.util.find_spec(tokens[1]) is not None, f"{where}: no module {tokens[1]}"
+        elif tokens[0] == "-c":
+            for stmt in re.findall(r"(?:^|;)\s*((?:from \S+ import [\w, ]+)|(?:import [\w., ]+))", tokens[1]):
+                try:
+                    exec(stmt, {})  # an import statement only
+                except ImportError as exc:
+                    pytest.fail(f"{where}: `{stmt}` fails: {exc}")
+        elif tokens[0].endswith(".py"):
+            assert (ROOT / tokens[0]).is_file(), f"{where}: no script {tokens[0]}"
