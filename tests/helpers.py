@@ -6,15 +6,52 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from fusion_emotion.server.launcher import die_with_parent
 from fusion_emotion.server.procs import free_port
 
 __all__ = ["free_port", "http_ready", "start_triton", "TritonHandle"]
+
+
+T = TypeVar("T")
+
+
+def clients_with_peak(
+    client: Callable[[int], T], count: int, measure: Callable[[], float], every_s: float = 0.01
+) -> tuple[list[T], float, float]:
+    """Run ``client(i)`` for ``count`` clients at once while sampling ``measure()``.
+
+    Returns (results in client order, the peak of ``measure`` including before the start, wall seconds).
+    """
+    peak = [measure()]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                peak[0] = max(peak[0], measure())
+            except Exception:  # the measured process went away: the test's own checks say so
+                return
+            time.sleep(every_s)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.monotonic()
+    try:
+        with ThreadPoolExecutor(count) as pool:
+            results = list(pool.map(client, range(count)))
+    finally:
+        stop.set()
+        sampler.join(5)
+    return results, peak[0], time.monotonic() - t0
 
 
 def http_ready(url: str, timeout: float = 1.0) -> bool:

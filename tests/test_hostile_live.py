@@ -18,9 +18,7 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-from helpers import free_port, http_ready
+from helpers import clients_with_peak, free_port, http_ready
 from test_frontend import RESULT_KEYS, multipart, run_frontend
 
 from fusion_emotion import contract as C
@@ -174,16 +172,6 @@ def test_flood_of_large_uploads_gets_answers_or_fast_refusals(served: Any, refer
     expected = reference.predict(None, audio)[0]
     server = psutil.Process(proc.pid)
     idle_rss = server.memory_info().rss / 2**20
-    peak = [idle_rss]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            try:
-                peak[0] = max(peak[0], server.memory_info().rss / 2**20)
-            except psutil.NoSuchProcess:
-                return
-            time.sleep(0.01)
 
     def client(_: int) -> tuple[int, float, str]:
         start = time.monotonic()
@@ -200,28 +188,19 @@ def test_flood_of_large_uploads_gets_answers_or_fast_refusals(served: Any, refer
             return 200, elapsed, ""
         return resp.status_code, elapsed, resp.headers.get("retry-after", "")
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    t0 = time.monotonic()
-    try:
-        with ThreadPoolExecutor(FLOOD_CLIENTS) as pool:
-            results = list(pool.map(client, range(FLOOD_CLIENTS)))
-    finally:
-        stop.set()
-        sampler.join(5)
-    wall = time.monotonic() - t0
+    results, peak_rss, wall = clients_with_peak(client, FLOOD_CLIENTS, lambda: server.memory_info().rss / 2**20)
     answered = [r for r in results if r[0] == 200]
     refused = [r for r in results if r[0] == 503]
     print(
         f"\nflood: {FLOOD_CLIENTS} clients x {len(audio) / 2**20:.1f} MiB, in-flight limit {FLOOD_IN_FLIGHT}: "
         f"{len(answered)} x 200 (max {max((r[1] for r in answered), default=0):.1f} s), "
         f"{len(refused)} x 503 (max {max((r[1] for r in refused), default=0):.2f} s), wall {wall:.1f} s; "
-        f"front-end RSS idle {idle_rss:.0f} MB, peak {peak[0]:.0f} MB"
+        f"front-end RSS idle {idle_rss:.0f} MB, peak {peak_rss:.0f} MB"
     )
     assert [r for r in results if r[0] not in (200, 503)] == []
     assert len(answered) >= FLOOD_IN_FLIGHT
     assert all(r[2] == "1" and r[1] < REFUSAL_BOUND_S for r in refused), refused
-    assert peak[0] - idle_rss < FLOOD_RSS_BASE_MB + FLOOD_IN_FLIGHT * FLOOD_RSS_PER_IN_FLIGHT_MB
+    assert peak_rss - idle_rss < FLOOD_RSS_BASE_MB + FLOOD_IN_FLIGHT * FLOOD_RSS_PER_IN_FLIGHT_MB
     assert httpx.get(base + "/ping", timeout=5).status_code == 200
 
 

@@ -12,16 +12,14 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from helpers import free_port, http_ready, start_triton
+from helpers import clients_with_peak, free_port, http_ready, start_triton
 
 from fusion_emotion import contract as C
 from fusion_emotion.errors import is_shm_exhausted
@@ -137,13 +135,6 @@ def test_real_time_limit_fits_64_mib_dev_shm(
 
         pid = handle.proc.pid
         idle = _shm_used(pid)
-        peak = [idle]
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                peak[0] = max(peak[0], _shm_used(pid))
-                time.sleep(0.005)
 
         def client(_: int) -> tuple[int, str]:
             resp = httpx.post(base + "/invocations", files=files, timeout=200)
@@ -152,25 +143,16 @@ def test_real_time_limit_fits_64_mib_dev_shm(
             np.testing.assert_allclose([resp.json()[k] for k in C.LABELS], expected, atol=1e-4)
             return 200, ""
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        t0 = time.monotonic()
-        try:
-            with ThreadPoolExecutor(CONCURRENT) as pool:
-                results = list(pool.map(client, range(CONCURRENT)))
-        finally:
-            stop.set()
-            sampler.join(5)
-        wall = time.monotonic() - t0
+        results, peak_used, wall = clients_with_peak(client, CONCURRENT, lambda: _shm_used(pid), every_s=0.005)
         regions = sorted(p.stat().st_size for p in Path(f"/proc/{pid}/root/dev/shm").iterdir())
         plan = plan_shm(demo_repository, "cpu", C.SHM_DEFAULT_DEV_SHM_BYTES)
         print(
             f"\nshm: {CONCURRENT} x {body / MIB:.2f} MiB bodies in {wall:.1f} s; /dev/shm used idle "
-            f"{idle / MIB:.0f} MiB, peak {peak[0] / MIB:.0f} MiB of 64 (budget {plan.needed_bytes / MIB:.0f}); "
+            f"{idle / MIB:.0f} MiB, peak {peak_used / MIB:.0f} MiB of 64 (budget {plan.needed_bytes / MIB:.0f}); "
             f"regions MiB {[round(r / MIB, 1) for r in regions]}"
         )
         assert results == [(200, "")] * CONCURRENT
-        assert peak[0] <= plan.needed_bytes  # the budget covers what the regions grew to
+        assert peak_used <= plan.needed_bytes  # the budget covers what the regions grew to
         assert http_ready(f"http://{handle.http_url}/v2/health/ready")
         assert handle.proc.poll() is None
     finally:

@@ -9,7 +9,6 @@ the main route. Window parameters are checked here first so a bad value is a
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +18,7 @@ from fusion_emotion import contract as C
 from fusion_emotion.core.media import MediaError
 from fusion_emotion.core.timeline import timeline_result, validate_params
 from fusion_emotion.frontend.errors import ApiError
-from fusion_emotion.frontend.triton import TritonGateway, _status_name, map_triton_error, triton_timeout_us
-
-log = logging.getLogger(__name__)
+from fusion_emotion.frontend.triton import TritonGateway
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -114,7 +111,6 @@ async def timeline_request(
 ) -> dict[str, Any]:
     """One timeline call -> the usual top-level keys plus ``"segments"`` in time order."""
     import tritonclient.grpc.aio as grpcclient
-    from tritonclient.utils import InferenceServerException
 
     inputs = []
     for spec, data in ((C.IN_VIDEO, video), (C.IN_AUDIO, audio)):
@@ -130,19 +126,7 @@ async def timeline_request(
         tensor.set_data_from_numpy(np.array([[value]], dtype=np.float32))
         inputs.append(tensor)
     outputs = [grpcclient.InferRequestedOutput(s.name) for s in (C.OUT_SEGMENTS, C.OUT_PROBABILITIES, C.OUT_QA_FLAGS)]
-    try:
-        result = await gateway.client.infer(
-            C.TIMELINE_MODEL,
-            inputs,
-            outputs=outputs,
-            request_id=request_id,
-            client_timeout=timeout_s,
-            timeout=triton_timeout_us(timeout_s),
-        )
-    except InferenceServerException as exc:
-        err = map_triton_error(exc)
-        log.warning("triton timeline failed: status=%s -> %d", _status_name(exc) or "?", err.status)
-        raise err from None
+    result = await gateway.call(C.TIMELINE_MODEL, inputs, outputs, timeout_s, request_id)
     segments = result.as_numpy(C.OUT_SEGMENTS.name)
     probs = result.as_numpy(C.OUT_PROBABILITIES.name)
     if segments is None or probs is None:

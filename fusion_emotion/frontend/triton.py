@@ -165,16 +165,15 @@ class TritonGateway:
             log.debug("ping failed: %s", type(exc).__name__)
             return False, "inference server unavailable"
 
-    async def infer(self, video: bytes | None, audio: bytes | None, timeout_s: float, request_id: str) -> Prediction:
-        """One ensemble call with only the inputs present (both are optional in the model)."""
-        import tritonclient.grpc.aio as grpcclient
+    async def call(self, model: str, inputs: list, outputs: list, timeout_s: float, request_id: str) -> Any:
+        """One Triton call with the request's deadline carried inside Triton; its errors mapped to ApiError."""
         from tritonclient.utils import InferenceServerException
 
         try:
-            result = await self.client.infer(
-                self.model_name,
-                build_inputs(video, audio, grpcclient),
-                outputs=requested_outputs(grpcclient),
+            return await self.client.infer(
+                model,
+                inputs,
+                outputs=outputs,
                 request_id=request_id,
                 client_timeout=timeout_s,
                 # The same deadline inside Triton: a request still queued when it passes is rejected there
@@ -183,8 +182,20 @@ class TritonGateway:
             )
         except InferenceServerException as exc:
             err = map_triton_error(exc)
-            log.warning("triton infer failed: status=%s -> %d", _status_name(exc) or "?", err.status)
+            log.warning("triton %s failed: status=%s -> %d", model, _status_name(exc) or "?", err.status)
             raise err from None
+
+    async def infer(self, video: bytes | None, audio: bytes | None, timeout_s: float, request_id: str) -> Prediction:
+        """One ensemble call with only the inputs present (both are optional in the model)."""
+        import tritonclient.grpc.aio as grpcclient
+
+        result = await self.call(
+            self.model_name,
+            build_inputs(video, audio, grpcclient),
+            requested_outputs(grpcclient),
+            timeout_s,
+            request_id,
+        )
         probs = result.as_numpy(C.OUT_PROBABILITIES.name)
         qa = result.as_numpy(C.OUT_QA_FLAGS.name)
         if probs is None:
