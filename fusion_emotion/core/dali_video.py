@@ -145,6 +145,10 @@ class DaliPool:
         self._built = 0
         self.size = max(1, int(size))
         self.device_id = device_id
+        # One pipeline now: a missing DALI, a missing GPU or NVDEC library fails the model load loudly,
+        # instead of every request quietly falling back to PyAV.
+        self._free.put(build_pipeline(device, device_id=device_id))
+        self._built = 1
 
     def _acquire(self) -> Any:
         with self._lock:
