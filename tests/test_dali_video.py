@@ -7,16 +7,19 @@ import threading
 from pathlib import Path
 
 import av
+import httpx
 import numpy as np
 import pytest
 from fusion_emotion.client.triton import infer_grpc
 from helpers import start_triton
+from test_frontend import run_frontend
 
 from fusion_emotion.core import dali_video as dv
 from fusion_emotion.core import media
 from fusion_emotion.core.features import prepare_request
 from fusion_emotion.core.pipeline import ReferencePipeline
 from fusion_emotion.errors import ErrorKind
+from fusion_emotion.frontend.settings import Settings
 from fusion_emotion.ops import synth
 
 # Parity tolerances, in Kinetics-normalised units (one uint8 step is 1/255/0.22 ~ 0.018 units). Same frames
@@ -233,5 +236,12 @@ def test_cpu_dali_profile_serves_and_falls_back(demo_repository: Path, tmp_path:
             np.testing.assert_allclose(np.nan_to_num(flags), np.nan_to_num(served_by[1]), atol=1e-5, err_msg=name)
             if name in DALI_SERVED:  # the two decoders really differ here, so the check above is DALI's
                 assert np.abs(want_dali[0] - want_pyav[0]).max() > 1e-5, name
+        # and through the HTTP front end, as SageMaker sends raw bodies: a 200 for DALI and fallback files
+        with run_frontend(Settings(triton_url=handle.grpc_url, request_timeout_s=120)) as url:
+            for name, mime in [("mkv", "video/x-matroska"), ("flv", "video/x-flv"), ("avi_mpeg4", "video/x-msvideo")]:
+                resp = httpx.post(
+                    f"{url}/invocations", content=small[name], headers={"Content-Type": mime}, timeout=120
+                )
+                assert resp.status_code == 200, (name, resp.text)
     finally:
         handle.stop()
