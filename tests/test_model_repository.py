@@ -189,3 +189,26 @@ def test_trt_profile_shapes_parser():
     for bad in ("frames", "frames:1x", ":1x2", "a:0x2", "a:1x2,a:1x2", "a:1*2"):
         with pytest.raises(ValueError):
             trt_profile_shapes(bad)
+
+
+@pytest.mark.parametrize(
+    "profile,decoder,encoder_kind",
+    [
+        ("cpu", None, mc.ModelInstanceGroup.KIND_CPU),
+        ("cpu_dali", "dali_cpu", mc.ModelInstanceGroup.KIND_CPU),
+        ("gpu", None, mc.ModelInstanceGroup.KIND_GPU),
+        ("gpu_dali", "dali_gpu", mc.ModelInstanceGroup.KIND_GPU),
+    ],
+)
+def test_dali_profiles_resolve(profile: str, decoder: str | None, encoder_kind: int):
+    """What Triton loads under --model-config-name=<profile>: the decoder preprocess uses, the encoders' device."""
+    from fusion_emotion.repository import config_path
+    from fusion_emotion.server.launcher import PROFILE_CONFIG_NAME
+
+    assert profile in C.PROFILES and profile in PROFILE_CONFIG_NAME
+    pre = parse(config_path(TEMPLATES / C.PREPROCESS, profile))
+    got = pre.parameters["video_decoder"].string_value if "video_decoder" in pre.parameters else None
+    assert got == decoder
+    assert [g.kind for g in pre.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]  # decode threads live here
+    for encoder in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
+        assert [g.kind for g in parse(config_path(TEMPLATES / encoder, profile)).instance_group] == [encoder_kind]

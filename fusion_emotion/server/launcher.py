@@ -40,6 +40,7 @@ PROFILE_CONFIG_NAME = {
     "gpu_fp16": "gpu_fp16",
     "cpu_int8": "cpu_int8",
     "cpu_dali": "cpu_dali",
+    "gpu_dali": "gpu_dali",
 }
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -293,7 +294,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--profile",
         choices=sorted(PROFILE_CONFIG_NAME),
         default="cpu",
-        help="cpu (default here), gpu, gpu_fp16, cpu_int8 (after `fusion-emotion quantize`), cpu_dali (DALI decode on CPU)",
+        help="cpu (default here), gpu, gpu_fp16, cpu_int8 (after `fusion-emotion quantize`), cpu_dali / gpu_dali (DALI decode)",
     )
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--http-port", type=int, default=8000)
