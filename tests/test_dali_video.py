@@ -175,6 +175,14 @@ def test_limits_and_bad_media_fail_as_on_the_pyav_path(small, pool):
     assert pyav_err.value.kind == ErrorKind.INVALID_MEDIA
 
 
+def test_more_frames_than_the_frame_limit_go_to_pyav(small, pool):
+    """PyAV counts only the frames it decodes (non-reference ones skipped); DALI would decode them all."""
+    limits = media.MediaLimits(max_frame_rate=15.0, max_duration_s=1.5)  # 22 frames; the clip has 30, 16 ref
+    got = dv.prepare_request_dali(small["mp4"], None, pool, limits)
+    assert got.decoder == "pyav"
+    np.testing.assert_array_equal(got.features.frames, prepare_request(small["mp4"], None, limits).frames)
+
+
 def test_a_lease_keeps_its_pipeline_until_released(small):
     """DALI reuses its buffers on the next run: a held lease's output stays intact while another waits."""
     pool = dv.DaliPool("cpu", 1)

@@ -217,6 +217,8 @@ def decode_frames(
     scan = decoder.scan_frames()
     if not dali_eligible(scan.codec, scan.container, pool.device):
         return None
+    if scan.times.size > limits.max_frames:  # DALI would decode them all: PyAV applies its own frame rule
+        return None
     indices = scan.select(decoder.clip_times())
     width, height = qa_size(scan.width, scan.height)
     try:

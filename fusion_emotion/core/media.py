@@ -565,7 +565,8 @@ class VideoDecoder:
 
         :meth:`sample` decodes with ``skip_frame=NONREF``: for H.264 a frame whose slices all have
         ``nal_ref_idc == 0`` is never decoded, so it never serves a target. The scan marks those frames, so
-        a decoder that sees every frame (DALI) can pick the very frames this one picks.
+        a decoder that sees every frame (DALI) can pick the very frames this one picks. Bounded by the
+        packet limit (``max_packets``); the decoded-frame limit is the caller's to apply.
         """
         container = _open(self.data, self.input_name, VIDEO_FORMATS, self.limits)
         with _decoding(container, self.input_name):
@@ -579,10 +580,6 @@ class VideoDecoder:
                 _poll(n, self.cancel, self.input_name, self.limits)
                 if packet.pts is None or packet.time_base is None or packet.size == 0:
                     continue
-                if len(times) >= self.limits.max_frames:
-                    raise _too_large(
-                        self.input_name, f"video has more than {self.limits.max_frames} frames, over the limit"
-                    )
                 times.append(float(packet.pts * packet.time_base))
                 refs.append(h264_is_reference(bytes(packet), nal_length) if codec == "h264" else True)
             fmt = VIDEO_FORMATS[container.format.name]
