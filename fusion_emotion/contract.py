@@ -36,7 +36,7 @@ VIDEO_ENCODER = "video_encoder"
 AUDIO_ENCODER = "audio_encoder"
 FUSION_HEAD = "fusion_head"
 MODEL_NAMES = (PREPROCESS, VIDEO_ENCODER, AUDIO_ENCODER, FUSION_HEAD, ENSEMBLE)
-PROFILES = ("cpu", "gpu", "gpu_fp16", "cpu_int8")
+PROFILES = ("cpu", "gpu", "gpu_fp16", "cpu_int8", "cpu_dali", "gpu_dali")
 # Emotion timelines (docs/timeline_evaluate.md): a separate model, so the
 # ensemble's contract above is untouched. Optional in a repository.
 TIMELINE_MODEL = "fusion_emotion_timeline"

@@ -98,3 +98,65 @@ def check_servable(repository: Path, profile: str) -> None:
     missing = missing_files(repository, profile)
     if missing:
         raise IncompleteRepositoryError(repository, missing)
+
+
+# TensorRT execution-accelerator parameters Triton's onnxruntime backend accepts (r24.10, src/onnxruntime.cc,
+# ModelState::LoadModel): any other key fails the model load with "unknown parameter".
+TRT_ACCELERATOR_KEYS = frozenset(
+    {
+        "precision_mode",
+        "max_workspace_size_bytes",
+        "trt_max_partition_iterations",
+        "trt_min_subgraph_size",
+        "int8_calibration_table_name",
+        "int8_use_native_calibration_table",
+        "trt_dla_enable",
+        "trt_dla_core",
+        "trt_engine_cache_enable",
+        "trt_engine_cache_path",
+        "trt_engine_cache_prefix",
+        "trt_dump_subgraphs",
+        "trt_force_sequential_engine_build",
+        "trt_context_memory_sharing_enable",
+        "trt_layer_norm_fp32_fallback",
+        "trt_timing_cache_enable",
+        "trt_timing_cache_path",
+        "trt_force_timing_cache",
+        "trt_detailed_build_log",
+        "trt_build_heuristics_enable",
+        "trt_sparsity_enable",
+        "trt_builder_optimization_level",
+        "trt_auxiliary_streams",
+        "trt_tactic_sources",
+        "trt_extra_plugin_lib_paths",
+        "trt_profile_min_shapes",
+        "trt_profile_max_shapes",
+        "trt_profile_opt_shapes",
+        "trt_cuda_graph_enable",
+        "trt_dump_ep_context_model",
+        "trt_ep_context_file_path",
+        "trt_ep_context_embed_mode",
+    }
+)
+TRT_PRECISION_MODES = ("FP32", "FP16", "INT8")
+
+
+def trt_profile_shapes(value: str) -> dict[str, tuple[int, ...]]:
+    """Parse an onnxruntime TensorRT profile string (``"frames:1x3x16x112x112,other:..."``) into shapes.
+
+    The format is onnxruntime's (``trt_profile_min_shapes`` etc.): comma-separated ``name:d0xd1x...``,
+    batch axis included. Raises ValueError on anything else, so a typo fails a test rather than a GPU load.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, sep, dims = item.rpartition(":")
+        if not sep or not name or not dims:
+            raise ValueError(f"bad TensorRT profile entry {item!r} (want name:d0xd1x...)")
+        try:
+            shape = tuple(int(d) for d in dims.split("x"))
+        except ValueError:
+            raise ValueError(f"bad TensorRT profile dims in {item!r}") from None
+        if name in shapes or any(d < 1 for d in shape):
+            raise ValueError(f"bad TensorRT profile entry {item!r}")
+        shapes[name] = shape
+    return shapes

@@ -725,3 +725,13 @@ def test_deploy_to_an_existing_endpoint_updates_it(aws, sagemaker_semantics) -> 
     report = sm.undeploy(endpoint, session=aws)
     assert f"model {second.model_name}" in report.deleted
     assert not _models_named(sagemaker, endpoint)
+
+
+def test_gpu_fp16_endpoint_gets_time_to_build_engines() -> None:
+    fp16 = sm.DeployConfig("s3://b/m", IMAGE, ROLE, "ep", instance_type="ml.g4dn.xlarge", profile="gpu_fp16")
+    (variant,) = sm.endpoint_config_request(fp16, "model", "config")["ProductionVariants"]
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == sm.TRT_STARTUP_TIMEOUT_S
+    assert 60 <= sm.TRT_STARTUP_TIMEOUT_S <= 3600  # SageMaker's allowed range
+    gpu = sm.DeployConfig("s3://b/m", IMAGE, ROLE, "ep", instance_type="ml.g4dn.xlarge")
+    (variant,) = sm.endpoint_config_request(gpu, "model", "config")["ProductionVariants"]
+    assert "ContainerStartupHealthCheckTimeoutInSeconds" not in variant

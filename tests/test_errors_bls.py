@@ -259,3 +259,23 @@ def test_callees_load_once_on_first_use() -> None:
     callees.ensure()
     callees.ensure()
     assert stub.loaded == ["audio_encoder"]
+
+
+def test_bls_encoder_hands_a_dali_tensor_on_by_dlpack_and_asks_for_host_outputs() -> None:
+    """preprocess's DALI route: the clip goes in by DLPack, the embedding comes back in host memory."""
+
+    class DaliTensor:  # what DALI's TensorGPU exposes
+        def __dlpack__(self, stream: Any = None) -> Any:
+            return ("capsule", "clip")
+
+        def __dlpack_device__(self) -> tuple[int, int]:
+            return (2, 0)  # kDLCUDA
+
+    stub = FakeStub(gpu_outputs=True)
+    encoder = BlsEncoder("video_encoder", "frames", "embedding", 8, pb=stub)
+    clip = DaliTensor()
+    asyncio.run(encoder.encode_tensor_async(clip))
+    (req,) = stub.requests
+    assert req["preferred_memory"].kind == "CPU"
+    (tensor,) = req["inputs"]
+    assert tensor.name() == "frames" and tensor.dlpack is clip  # no host copy on the way in

@@ -10,6 +10,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fusion_emotion import contract as C
+from fusion_emotion.repository import TRT_ACCELERATOR_KEYS, TRT_PRECISION_MODES, trt_profile_shapes
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "model_repository"
 CONFIG_FILES = sorted(TEMPLATES.glob("*/config.pbtxt")) + sorted(TEMPLATES.glob("*/configs/*.pbtxt"))
@@ -105,6 +106,13 @@ def test_onnx_graph_matches_configs(encoder: str, demo_repository: Path):
                 assert shape[0].dim_param, f"{g.name}: batch axis must be dynamic"
                 assert tuple(d.dim_value for d in shape[1:]) == tuple(t.dims), path
                 assert ONNX_DTYPE[g.type.tensor_type.elem_type] == dtype_name(t.data_type)
+        graph_dims = {g.name: tuple(d.dim_value for d in g.type.tensor_type.shape.dim[1:]) for g in graph_inputs}
+        for w in cfg.model_warmup:  # warmup tensors are fed to the graph as they are
+            assert {k: tuple(v.dims) for k, v in w.inputs.items()} == graph_dims, path
+        for accel in cfg.optimization.execution_accelerators.gpu_execution_accelerator:
+            for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
+                shapes = trt_profile_shapes(accel.parameters[key])
+                assert {n: s[1:] for n, s in shapes.items()} == graph_dims, (path, key)
 
 
 def test_exported_labels_and_metadata(demo_repository: Path):
@@ -114,3 +122,93 @@ def test_exported_labels_and_metadata(demo_repository: Path):
         cfg = parse(demo_repository / model / "config.pbtxt")
         assert "UNTRAINED" in cfg.parameters[C.PROVENANCE_PARAMETER].string_value
     assert (demo_repository / C.FUSION_HEAD / "1" / C.HEAD_WEIGHTS_FILENAME).is_file()
+
+
+GPU_CONFIGS = [
+    (encoder, TEMPLATES / encoder / name)
+    for encoder in (C.VIDEO_ENCODER, C.AUDIO_ENCODER)
+    for name in ("config.pbtxt", "configs/gpu_fp16.pbtxt")
+]
+
+
+def _warmup_ok(cfg: mc.ModelConfig) -> None:
+    """Warmup covers batch 1, every preferred batch and the max, with the config's own input shapes."""
+    sizes = {w.batch_size for w in cfg.model_warmup}
+    assert {1, cfg.max_batch_size, *cfg.dynamic_batching.preferred_batch_size} <= sizes
+    assert all(1 <= b <= cfg.max_batch_size for b in sizes)
+    inputs = {i.name: i for i in cfg.input}
+    for w in cfg.model_warmup:
+        assert w.count >= 1 and w.name
+        assert set(w.inputs) == set(inputs), w.name
+        for name, data in w.inputs.items():
+            assert tuple(data.dims) == tuple(inputs[name].dims), w.name
+            assert data.data_type == inputs[name].data_type, w.name
+            assert data.WhichOneof("input_data_type") in ("zero_data", "random_data"), w.name
+
+
+@pytest.mark.parametrize("encoder,path", GPU_CONFIGS, ids=lambda v: str(v).rsplit("model_repository/", 1)[-1])
+def test_gpu_configs_warm_up_every_batch_the_batcher_forms(encoder: str, path: Path):
+    cfg = parse(path)
+    assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    assert all(1 <= b <= cfg.max_batch_size for b in cfg.dynamic_batching.preferred_batch_size)
+    _warmup_ok(cfg)
+
+
+@pytest.mark.parametrize("encoder", [C.VIDEO_ENCODER, C.AUDIO_ENCODER])
+def test_gpu_fp16_tensorrt_profiles_cover_batch_1_to_max(encoder: str):
+    cfg = parse(TEMPLATES / encoder / "configs" / "gpu_fp16.pbtxt")
+    (accel,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
+    params = dict(accel.parameters)
+    assert accel.name == "tensorrt"
+    assert set(params) <= TRT_ACCELERATOR_KEYS, set(params) - TRT_ACCELERATOR_KEYS
+    assert params["precision_mode"] == "FP16" and params["precision_mode"] in TRT_PRECISION_MODES
+    dims = {i.name: tuple(i.dims) for i in cfg.input}
+    lo, opt, hi = (
+        trt_profile_shapes(params[f"trt_profile_{k}_shapes"]) for k in ("min", "opt", "max")
+    )  # fmt: skip
+    for shapes in (lo, opt, hi):
+        assert {n: s[1:] for n, s in shapes.items()} == dims  # every input, the contract's shape
+    for name in dims:
+        assert lo[name][0] == 1 and hi[name][0] == cfg.max_batch_size
+        assert 1 <= opt[name][0] <= cfg.max_batch_size
+    # the contract fixes the audio window, so one profile covers every length a request can produce
+    assert dims == {s.name: s.dims for s in C.MODEL_IO[encoder][0]}
+    # engines are cached; onnxruntime creates only the last path component, so it sits right under /tmp
+    assert params["trt_engine_cache_enable"] == "1"
+    cache = Path(params["trt_engine_cache_path"])
+    assert cache.is_absolute() and cache.parent == Path("/tmp") and encoder in cache.name
+    if params.get("trt_timing_cache_enable") == "1":
+        assert Path(params["trt_timing_cache_path"]).parent == Path("/tmp")
+    if encoder == C.AUDIO_ENCODER:  # HuBERT's layer norms stay FP32
+        assert params["trt_layer_norm_fp32_fallback"] == "1"
+
+
+def test_trt_profile_shapes_parser():
+    assert trt_profile_shapes("frames:1x3x16x112x112") == {"frames": (1, 3, 16, 112, 112)}
+    assert trt_profile_shapes("a:1x2,b:3x4") == {"a": (1, 2), "b": (3, 4)}
+    for bad in ("frames", "frames:1x", ":1x2", "a:0x2", "a:1x2,a:1x2", "a:1*2"):
+        with pytest.raises(ValueError):
+            trt_profile_shapes(bad)
+
+
+@pytest.mark.parametrize(
+    "profile,decoder,encoder_kind",
+    [
+        ("cpu", None, mc.ModelInstanceGroup.KIND_CPU),
+        ("cpu_dali", "dali_cpu", mc.ModelInstanceGroup.KIND_CPU),
+        ("gpu", None, mc.ModelInstanceGroup.KIND_GPU),
+        ("gpu_dali", "dali_gpu", mc.ModelInstanceGroup.KIND_GPU),
+    ],
+)
+def test_dali_profiles_resolve(profile: str, decoder: str | None, encoder_kind: int):
+    """What Triton loads under --model-config-name=<profile>: the decoder preprocess uses, the encoders' device."""
+    from fusion_emotion.repository import config_path
+    from fusion_emotion.server.launcher import PROFILE_CONFIG_NAME
+
+    assert profile in C.PROFILES and profile in PROFILE_CONFIG_NAME
+    pre = parse(config_path(TEMPLATES / C.PREPROCESS, profile))
+    got = pre.parameters["video_decoder"].string_value if "video_decoder" in pre.parameters else None
+    assert got == decoder
+    assert [g.kind for g in pre.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]  # decode threads live here
+    for encoder in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
+        assert [g.kind for g in parse(config_path(TEMPLATES / encoder, profile)).instance_group] == [encoder_kind]

@@ -359,6 +359,28 @@ def sample_times(duration_s: float, num: int = C.NUM_FRAMES, start_s: float = 0.
     return start_s + (np.arange(num, dtype=np.float64) + 0.5) * (duration_s / num)
 
 
+# A decoded frame serves a target time when it is shown at (or, within this slack, just before) the target.
+FRAME_TIME_EPS = 1e-6
+
+
+def serves(frame_time: float, target: float) -> bool:
+    """The clip sampling rule for one frame and one target: the first frame at or after the target serves it."""
+    return frame_time + FRAME_TIME_EPS >= target
+
+
+def select_frames(frame_times: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """For each target, the index of the frame that serves it (:func:`serves`), else the last frame.
+
+    ``frame_times`` are the candidate frames' times in presentation order. This is the batch form of what
+    :meth:`VideoDecoder.sample` does while streaming; the DALI path (core/dali_video.py) selects with it.
+    """
+    times = np.asarray(frame_times, dtype=np.float64).reshape(-1)
+    if times.size == 0:
+        raise ValueError("no frames to select from")
+    targets = np.asarray(targets, dtype=np.float64).reshape(-1)
+    return np.minimum(np.searchsorted(times, targets - FRAME_TIME_EPS, side="left"), times.size - 1)
+
+
 def uniform_indices(total: int, num: int = C.NUM_FRAMES) -> np.ndarray:
     """Indices of ``num`` frames spread uniformly over ``total`` (repeats when total < num)."""
     if total <= 0:
@@ -373,12 +395,78 @@ def _resize(frame: av.VideoFrame) -> np.ndarray:
     return frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
 
 
+def qa_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) of the face detector's copy: height at most QA_MAX_HEIGHT, aspect kept, never upscaled."""
+    if height > QA_MAX_HEIGHT:
+        return max(2, int(round(width * QA_MAX_HEIGHT / height))), QA_MAX_HEIGHT
+    return width, height
+
+
 def _qa_copy(frame: av.VideoFrame) -> np.ndarray:
-    """The frame for the face detector: height at most QA_MAX_HEIGHT, aspect kept, never upscaled."""
-    w, h = frame.width, frame.height
-    if h > QA_MAX_HEIGHT:
-        w, h = max(2, int(round(w * QA_MAX_HEIGHT / h))), QA_MAX_HEIGHT
+    """The frame for the face detector (size: :func:`qa_size`)."""
+    w, h = qa_size(frame.width, frame.height)
     return frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+
+
+@dataclass(frozen=True)
+class FrameScan:
+    """A video stream's frames in presentation order, from the demuxer alone (no frame decoded)."""
+
+    times: np.ndarray  # float64 [n] stream seconds, ascending
+    reference: np.ndarray  # bool [n]: decoded by VideoDecoder.sample (False: a skipped non-reference frame)
+    codec: str  # FFmpeg's codec name, e.g. "h264", "mpeg4", "flv1", "vp8"
+    container: str  # VIDEO_FORMATS value: "MP4", "FLV", "AVI", "MKV/WebM"
+    width: int
+    height: int
+
+    def select(self, targets: np.ndarray) -> np.ndarray:
+        """Indices into all frames (presentation order) of the frames :meth:`VideoDecoder.sample` would pick."""
+        candidates = np.flatnonzero(self.reference)
+        if candidates.size == 0:
+            candidates = np.arange(self.times.size)
+        return candidates[select_frames(self.times[candidates], targets)]
+
+
+def h264_nal_length_size(extradata: bytes) -> int:
+    """Bytes of each NAL length prefix from an avcC record (MP4/MKV); 0 means Annex B start codes (AVI)."""
+    if len(extradata) >= 5 and extradata[0] == 1:
+        return (extradata[4] & 0x03) + 1
+    return 0
+
+
+def _length_prefixed(data: bytes, nal_length: int) -> list[int] | None:
+    """NAL header bytes of an avcC packet, or None when the length prefixes do not tile it exactly."""
+    headers: list[int] = []
+    pos = 0
+    while pos < len(data):
+        size = int.from_bytes(data[pos : pos + nal_length], "big")
+        if size <= 0 or pos + nal_length + size > len(data):
+            return None
+        headers.append(data[pos + nal_length])
+        pos += nal_length + size
+    return headers
+
+
+def _nal_headers(data: bytes, nal_length: int) -> list[int]:
+    """The first byte of every NAL unit in one H.264 packet (avcC length prefixes, else Annex B)."""
+    if nal_length:
+        headers = _length_prefixed(data, nal_length)
+        if headers is not None:
+            return headers
+    out: list[int] = []
+    start = 0
+    while True:  # Annex B: 00 00 01 start codes (AVI, or an avcC stream muxed as Annex B)
+        i = data.find(b"\x00\x00\x01", start)
+        if i < 0 or i + 3 >= len(data):
+            return out
+        out.append(data[i + 3])
+        start = i + 3
+
+
+def h264_is_reference(data: bytes, nal_length: int) -> bool:
+    """False when every coded slice in the packet has ``nal_ref_idc == 0`` (FFmpeg's ``skip_frame=NONREF``)."""
+    slices = [h for h in _nal_headers(data, nal_length) if (h & 0x1F) in (1, 5)]
+    return not slices or any((h >> 5) & 0x03 for h in slices)
 
 
 class VideoDecoder:
@@ -439,6 +527,7 @@ class VideoDecoder:
             _check_audio_stream(astream, name, limits)
             _check_stream_duration(astream, name, limits)
         self.fps = float(vstream.average_rate) if vstream.average_rate else 0.0
+        self.width, self.height = int(cc.width or 0), int(cc.height or 0)
         self.start_s = float(vstream.start_time * vstream.time_base) if vstream.start_time is not None else 0.0
         duration: float | None = None
         if vstream.duration is not None and vstream.time_base is not None:
@@ -470,6 +559,36 @@ class VideoDecoder:
             )
         self.start_s = first
         return max(duration, 1e-3)
+
+    def scan_frames(self) -> FrameScan:
+        """Every video frame's time and whether :meth:`sample` may pick it, by demuxing without decoding.
+
+        :meth:`sample` decodes with ``skip_frame=NONREF``: for H.264 a frame whose slices all have
+        ``nal_ref_idc == 0`` is never decoded, so it never serves a target. The scan marks those frames, so
+        a decoder that sees every frame (DALI) can pick the very frames this one picks. Bounded by the
+        packet limit (``max_packets``); the decoded-frame limit is the caller's to apply.
+        """
+        container = _open(self.data, self.input_name, VIDEO_FORMATS, self.limits)
+        with _decoding(container, self.input_name):
+            vstream = container.streams.video[0]
+            codec = vstream.codec_context.name or ""
+            extradata = bytes(vstream.codec_context.extradata or b"")
+            nal_length = h264_nal_length_size(extradata) if codec == "h264" else 0
+            times: list[float] = []
+            refs: list[bool] = []
+            for n, packet in enumerate(container.demux(vstream)):
+                _poll(n, self.cancel, self.input_name, self.limits)
+                if packet.pts is None or packet.time_base is None or packet.size == 0:
+                    continue
+                times.append(float(packet.pts * packet.time_base))
+                refs.append(h264_is_reference(bytes(packet), nal_length) if codec == "h264" else True)
+            fmt = VIDEO_FORMATS[container.format.name]
+        if not times:
+            raise MediaError(self.input_name, "no decodable video frames")
+        order = np.argsort(np.asarray(times), kind="stable")
+        return FrameScan(
+            np.asarray(times, np.float64)[order], np.asarray(refs, bool)[order], codec, fmt, self.width, self.height
+        )
 
     def clip_times(self, num: int = C.NUM_FRAMES) -> np.ndarray:
         """The clip-level sample: centres of ``num`` equal slices of the whole clip (stream time)."""
@@ -532,7 +651,7 @@ class VideoDecoder:
         for t, frame in self._frames():
             last = frame
             rgb = None
-            while k < len(order) and t + 1e-6 >= times[order[k]]:
+            while k < len(order) and serves(t, times[order[k]]):
                 slot = int(order[k])
                 rgb = _resize(frame) if rgb is None else rgb
                 yield slot, rgb, (_qa_copy(frame) if slot in wanted_qa else None)

@@ -21,15 +21,39 @@ log = logging.getLogger(__name__)
 
 
 class ReferencePipeline:
-    def __init__(self, repository: str | Path, intra_op_threads: int = 0, limits: MediaLimits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        repository: str | Path,
+        intra_op_threads: int = 0,
+        limits: MediaLimits = DEFAULT_LIMITS,
+        video_decoder: str = "pyav",
+    ) -> None:
+        """``video_decoder``: "pyav" or "dali_cpu" (the cpu_dali profile's decoder, for same-decoder checks)."""
         repo = Path(repository)
         self.video_encoder = Encoder(repo / C.VIDEO_ENCODER / "1" / C.ONNX_FILENAME, intra_op_threads)
         self.audio_encoder = Encoder(repo / C.AUDIO_ENCODER / "1" / C.ONNX_FILENAME, intra_op_threads)
         self.head = FusionHead.load(repo / C.FUSION_HEAD / "1" / C.HEAD_WEIGHTS_FILENAME)
         self.limits = limits
+        if video_decoder not in ("pyav", "dali_cpu"):
+            raise ValueError(f"video_decoder must be pyav or dali_cpu, not {video_decoder!r}")
+        self.dali = None
+        if video_decoder == "dali_cpu":
+            from fusion_emotion.core.dali_video import DaliPool
+
+            self.dali = DaliPool("cpu", 1)
 
     def features(self, video: bytes | None, audio: bytes | None) -> RequestFeatures:
-        return prepare_request(video, audio, self.limits)
+        if self.dali is None:
+            return prepare_request(video, audio, self.limits)
+        from fusion_emotion.core.dali_video import prepare_request_dali
+
+        got = prepare_request_dali(video, audio, self.dali, self.limits)
+        if got.lease is not None:
+            try:
+                got.features.frames = got.lease.host_clip()[0]
+            finally:
+                got.lease.release()
+        return got.features
 
     def run_features(self, feats: RequestFeatures) -> tuple[np.ndarray, np.ndarray]:
         """-> (probabilities [6], qa_flags [6])."""

@@ -89,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--profile",
         choices=PROFILES,
-        help="model config profile: gpu, gpu_fp16 (GPU instances), cpu, cpu_int8 (after `fusion-emotion quantize`); "
+        help="model config profile: gpu, gpu_fp16, gpu_dali (GPU instances), cpu, cpu_dali, cpu_int8 (after `fusion-emotion quantize`); "
         "default: gpu on a GPU instance type, cpu otherwise. A GPU profile on a CPU instance is refused.",
     )
     d.add_argument(

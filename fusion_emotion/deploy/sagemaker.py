@@ -366,6 +366,10 @@ def create_model(sagemaker: Any, cfg: DeployConfig, model_name: str, model_data_
     )
 
 
+# gpu_fp16's first load builds TensorRT engines (estimate: minutes for HuBERT; not measured, no GPU run yet).
+TRT_STARTUP_TIMEOUT_S = 1800
+
+
 def endpoint_config_request(cfg: DeployConfig, model_name: str, config_name: str) -> dict[str, Any]:
     """The CreateEndpointConfig request: one variant, plus AsyncInferenceConfig for async endpoints."""
     request: dict[str, Any] = {
@@ -380,6 +384,10 @@ def endpoint_config_request(cfg: DeployConfig, model_name: str, config_name: str
             }
         ],
     }
+    if effective_profile(cfg) == "gpu_fp16":
+        # TensorRT engines are built while the encoders load (model_warmup), before /ping answers 200:
+        # give the container time for that on a fresh instance (README "TensorRT engines").
+        request["ProductionVariants"][0]["ContainerStartupHealthCheckTimeoutInSeconds"] = TRT_STARTUP_TIMEOUT_S
     if cfg.async_output is not None:
         request["AsyncInferenceConfig"] = {
             "OutputConfig": {"S3OutputPath": str(parse_s3_uri(cfg.async_output))},

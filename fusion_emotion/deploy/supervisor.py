@@ -11,7 +11,7 @@ image, locally and in tests (which swap the commands for stand-in scripts):
 
 =================================  ==============================================
 FUSION_EMOTION_MODEL_DIR           model repository (default /opt/ml/model)
-FUSION_EMOTION_PROFILE             gpu (default), gpu_fp16, cpu or cpu_int8
+FUSION_EMOTION_PROFILE             gpu (default), gpu_fp16, gpu_dali, cpu, cpu_dali or cpu_int8
 FUSION_EMOTION_TRITONSERVER        tritonserver binary run by ``fusion-emotion triton``; unset: the bundled one
 FUSION_EMOTION_GRPC_PORT           8001
 FUSION_EMOTION_HTTP_PORT           8000 (also used for the readiness probe)

@@ -123,6 +123,14 @@ class BlsEncoder:
         outs = [self.bls.infer({self.input_name: chunk})[self.output_name] for chunk in self._chunks(batch)]
         return np.concatenate(outs).astype(np.float32, copy=False)
 
+    async def encode_tensor_async(self, tensor: Any) -> np.ndarray:
+        """One already-batched DLPack tensor (a DALI output, ``[n <= max_batch, ...]``), without a host copy.
+
+        The tensor must stay alive (and its producer must not overwrite it) until this returns.
+        """
+        result = await self.bls.infer_async({self.input_name: tensor})
+        return np.asarray(result[self.output_name], dtype=np.float32)
+
     async def encode_async(self, batch: Any) -> np.ndarray:
         """All chunks in flight at once (the encoder's dynamic batcher sees them together)."""
         results = await asyncio.gather(*(self.bls.infer_async({self.input_name: c}) for c in self._chunks(batch)))

@@ -37,7 +37,14 @@ from fusion_emotion.server import procs
 log = logging.getLogger(__name__)
 
 # cpu_int8 exists once `fusion-emotion quantize` has written it into a repository.
-PROFILE_CONFIG_NAME = {"gpu": None, "cpu": "cpu", "gpu_fp16": "gpu_fp16", "cpu_int8": "cpu_int8"}
+PROFILE_CONFIG_NAME = {
+    "gpu": None,
+    "cpu": "cpu",
+    "gpu_fp16": "gpu_fp16",
+    "cpu_int8": "cpu_int8",
+    "cpu_dali": "cpu_dali",
+    "gpu_dali": "gpu_dali",
+}
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -398,7 +405,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--profile",
         choices=sorted(PROFILE_CONFIG_NAME),
         default="cpu",
-        help="cpu (default here), gpu, gpu_fp16, cpu_int8 (after `fusion-emotion quantize`)",
+        help="cpu (default here), gpu, gpu_fp16, cpu_int8 (after `fusion-emotion quantize`), cpu_dali / gpu_dali (DALI decode)",
     )
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--http-port", type=int, default=8000)
