@@ -109,6 +109,15 @@ def candidates() -> list[tuple[str, object]]:
                     lambda f, k, file=file, height=height: qa.detect_faces(f, k, detect_height=height, cascade=file),
                 )
             )
+    for height, frames in ((250, 4), (250, 3), (250, 2), (300, 2)):  # alt2's own 20 px window: 8 % of 250 px
+        out.append(
+            (
+                f"alt2 @{height}px min20, {frames} frames",
+                lambda f, k, height=height, frames=frames: qa.detect_faces(
+                    f, min(k, frames) if k == 4 else k, detect_height=height, min_size=20
+                ),
+            )
+        )
     for scale in (1.2, 1.3):  # fewer pyramid levels: the cost, against recall at 8-10 %
         out.append(
             (

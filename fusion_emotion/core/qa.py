@@ -32,13 +32,15 @@ SILENCE_DBFS = -40.0
 BLUR_REF_VARIANCE = 100.0
 """Variance of the Laplacian at which blur_level is 0.5 (the classic "blurry" threshold)."""
 
-FACE_FRAMES = 4
-"""Frames the face detector examines (evenly spaced over the clip)."""
-FACE_MIN_FRACTION = 0.08
-"""Smallest face found, as a share of the frame height (brow to chin, the detector's box)."""
-FACE_WINDOW = 24
-"""The Haar cascade's native window (px): frames are scaled so FACE_MIN_FRACTION of their height is this."""
-FACE_DETECT_HEIGHT = round(FACE_WINDOW / FACE_MIN_FRACTION)  # 300 px
+FACE_FRAMES = 2
+"""Frames the face detector examines (evenly spaced over the clip): 2 found as many faces as 4 at 62 % of the CPU
+(perf/face_flag.py, README "video_face_detection_confidence")."""
+FACE_WINDOW = 20
+"""``haarcascade_frontalface_alt2``'s native window (px, its XML's width/height): the smallest face it finds."""
+FACE_DETECT_HEIGHT = 300
+"""Frames are scaled down to at most this height before detection."""
+FACE_MIN_FRACTION = FACE_WINDOW / FACE_DETECT_HEIGHT
+"""Smallest face found, as a share of the frame height (brow to chin, the detector's box): 6.7 %."""
 FACE_SCALE_FACTOR = 1.1
 FACE_MIN_NEIGHBORS = 3
 FACE_SUPPORT_SCALE = 2.5
@@ -184,16 +186,17 @@ def detect_faces(
     detect_height: int = FACE_DETECT_HEIGHT,
     cascade: str = FACE_CASCADE,
     scale_factor: float = FACE_SCALE_FACTOR,
+    min_size: int = FACE_WINDOW,
 ) -> list[FaceFrame]:
     """Frontal faces in ``max_frames`` evenly spaced frames of uint8 RGB [T, H, W, 3].
 
     Each frame is converted to grayscale and scaled down (area filter, never up)
-    to at most FACE_DETECT_HEIGHT = 300 px, where a face of FACE_MIN_FRACTION = 8 %
-    of the frame height fills the cascade's 24 px window; OpenCV's
+    to at most FACE_DETECT_HEIGHT = 300 px, where a face of FACE_MIN_FRACTION = 6.7 %
+    of the frame height fills the cascade's native 20 px window; OpenCV's
     ``haarcascade_frontalface_alt2`` then runs with scale factor 1.1 and
     minNeighbors 3. Frames smaller than 300 px (the 128x171 model frames) are used
-    as they are, so there the smallest face found is 24 px. ``detect_height``,
-    ``cascade`` and ``scale_factor`` exist for the detector comparison (perf/face_flag.py).
+    as they are, so there the smallest face found is 20 px. ``detect_height``,
+    ``cascade``, ``scale_factor`` and ``min_size`` exist for the detector comparison (perf/face_flag.py).
     """
     import cv2
 
@@ -208,7 +211,7 @@ def detect_faces(
             gray,
             scaleFactor=scale_factor,
             minNeighbors=FACE_MIN_NEIGHBORS,
-            minSize=(FACE_WINDOW, FACE_WINDOW),
+            minSize=(min_size, min_size),
         )
         out.append(
             FaceFrame(np.asarray(boxes, dtype=np.int64).reshape(-1, 4), np.asarray(support, dtype=np.int64).reshape(-1))
@@ -231,16 +234,16 @@ def face_count_of(found: list[FaceFrame]) -> int:
 
 
 def face_confidence(frames: np.ndarray) -> float:
-    """How clearly a frontal face is seen: mean over 4 examined frames of the per-frame score.
+    """How clearly a frontal face is seen: mean over FACE_FRAMES (2) examined frames of the per-frame score.
 
     Per frame, 0 when no face is found, else ``1 - exp(-n / 2.5)`` with ``n`` the
     number of overlapping detector windows merged into the best face (at least 4,
     so a found face scores at least 0.80; larger and clearer faces gather more
     windows and approach 1). ``frames`` are best the decoder's ``qa_frames``
     (height up to 360 px); the 128x171 model frames work too, but there faces
-    under 24 px (19 % of the height) are not found. See :func:`detect_faces`.
+    under 20 px (16 % of the height) are not found. See :func:`detect_faces`.
     Frontal face of >= 10 % of the frame height throughout -> >= 0.8; no face,
-    noise, a blank wall -> 0; faces in profile or under 8 % of the height -> 0.
+    noise, a blank wall -> 0; faces in profile or under 6.7 % of the height -> 0.
     """
     return face_confidence_of(detect_faces(frames))
 
