@@ -300,3 +300,19 @@ def test_stream_cli_prints_csv(frontend, tmp_path: Path, speech16, capsys) -> No
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("t_start,t_end,angry") and len(lines) == 1 + 3  # 1 s, 2 s, then the partial 2.5 s
     assert [line.split(",")[1] for line in lines[1:]] == ["1.0", "2.0", "2.5"]
+
+
+def test_bench_stream_phase_measures_a_live_stream(triton, frontend) -> None:
+    """`fusion-emotion bench-stream`'s phase against the live front end: updates, latency and server CPU."""
+    import os
+
+    from fusion_emotion.ops import stream_bench
+
+    source = stream_bench.speech_source(3.0, video=False, fps=5.0)
+    doc = stream_bench.run_phase(
+        frontend, 1, source, hop_s=1.0, chunk_s=0.1, aligned=True, server_pids=[triton.proc.pid, os.getpid()]
+    )
+    assert doc["updates_expected"] == stream_bench.expected_updates(3.0, 1.0) >= 3
+    assert doc["updates_lost"] == 0 and not doc["errors"], doc
+    assert doc["server_latency_ms"]["p50"] is not None and doc["server_cpu_s"] > 0
+    assert stream_bench.report_line(doc).startswith("N= 1 A")

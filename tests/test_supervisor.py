@@ -209,3 +209,18 @@ def test_s3_limit_follows_dev_shm(demo_repository: Path) -> None:
     plan = plan_shm(demo_repository, "cpu", dev_shm_size())
     assert limit == max(plan.input_limit_bytes, 1) and 0 < limit <= C.MAX_INPUT_BYTES
     assert "--max-s3-object-bytes" not in sv.frontend_command({**env, "FUSION_EMOTION_MAX_S3_OBJECT_BYTES": "5"})
+
+
+def test_body_limit_capped_by_a_small_dev_shm(demo_repository: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An async-sized body limit on a 64 MiB /dev/shm is cut to what one decoder's region carries (413 there)."""
+    import fusion_emotion.server.launcher as launcher
+
+    monkeypatch.setattr(launcher, "dev_shm_size", lambda *a, **k: C.SHM_DEFAULT_DEV_SHM_BYTES)
+    env = {"FUSION_EMOTION_MODEL_DIR": str(demo_repository), "FUSION_EMOTION_PROFILE": "cpu"}
+    plan = plan_shm(demo_repository, "cpu", C.SHM_DEFAULT_DEV_SHM_BYTES)
+    assert 0 < plan.input_limit_bytes < C.MAX_INPUT_BYTES
+    front = sv.frontend_command({**env, "FUSION_EMOTION_MAX_BODY_BYTES": str(201 * 2**20)})
+    assert int(front[front.index("--max-body-bytes") + 1]) == plan.input_limit_bytes
+    assert int(front[front.index("--max-s3-object-bytes") + 1]) == plan.input_limit_bytes
+    # the real-time 6 MiB limit fits: left alone
+    assert "--max-body-bytes" not in sv.frontend_command(env)

@@ -47,6 +47,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fusion_emotion import contract as C
+from fusion_emotion.frontend.settings import SAGEMAKER_MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,20 @@ def frontend_command(env: Mapping[str, str]) -> list[str]:
     grpc = _int_env(env, "FUSION_EMOTION_GRPC_PORT", DEFAULT_GRPC_PORT)
     triton_url = env.get("FUSION_EMOTION_FRONTEND_TRITON_URL") or f"127.0.0.1:{grpc}"
     cmd = [sys.executable, "-m", "fusion_emotion.cli", "serve", "--triton-url", triton_url, "--port", str(port)]
-    if not env.get("FUSION_EMOTION_MAX_S3_OBJECT_BYTES", "").strip() and (limit := shm_s3_limit(env)) is not None:
+    limit = shm_s3_limit(env)
+    if not env.get("FUSION_EMOTION_MAX_S3_OBJECT_BYTES", "").strip() and limit is not None:
         cmd += ["--max-s3-object-bytes", str(limit)]
+    # A body's inputs sit in one decoder's shm region too: an async-sized body limit (201 MiB) on a small
+    # /dev/shm would reach Triton and fail there (503); the front end refuses it first with a 413 naming the limit.
+    body = _int_env(env, "FUSION_EMOTION_MAX_BODY_BYTES", SAGEMAKER_MAX_PAYLOAD_BYTES)
+    if limit is not None and limit < C.MAX_INPUT_BYTES and body > limit:
+        log.warning(
+            "request bodies limited to %.1f MiB (asked %.1f MiB): that is what this /dev/shm carries per decoder; "
+            "give the container more shared memory (docs/reliability.md, 'Shared memory')",
+            limit / 2**20,
+            body / 2**20,
+        )
+        cmd += ["--max-body-bytes", str(limit)]
     return cmd
 
 

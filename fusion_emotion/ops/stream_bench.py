@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,10 @@ class Servers:
 def _pid_cpu_s(pid: int) -> float:
     """utime + stime of one process (all its threads), 0 when it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        t = psutil.Process(pid).cpu_times()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return t.user + t.system
 
 
 def process_cpu(servers: Servers | None) -> dict[str, float]:
@@ -167,7 +168,8 @@ def run_phase(
     url: str, n: int, source: Any, *, hop_s: float, chunk_s: float, aligned: bool, server_pids: list[int],
     stats: Any = None, servers: Servers | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    from fusion_emotion.ops.bench import _load, _proc_tree_cpu_s, latency_summary, stats_delta
+    from fusion_emotion.ops.bench import _load, latency_summary, stats_delta
+    from fusion_emotion.server.procs import tree_cpu_seconds as _proc_tree_cpu_s
 
     before_stats = stats.settled_snapshot() if stats is not None else None
     load_before = _load()
