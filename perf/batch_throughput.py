@@ -150,7 +150,7 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from fusion_emotion.cli import main as fe
-    from fusion_emotion.ops.bench import _proc_tree_cpu_s
+    from fusion_emotion.server.procs import tree_cpu_seconds
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repository", type=Path, required=True, help="exported model repository")
@@ -196,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             if mode == "timeline":
                 cmd.append("--timeline")
             load0 = os.getloadavg()[0]
-            cpu0, t0 = _proc_tree_cpu_s(pids), time.monotonic()
+            cpu0, t0 = tree_cpu_seconds(pids), time.monotonic()
             rc = fe(cmd)
-            cpu, wall = _proc_tree_cpu_s(pids) - cpu0, time.monotonic() - t0
+            cpu, wall = tree_cpu_seconds(pids) - cpu0, time.monotonic() - t0
             records = [json.loads(line) for line in out.read_text().splitlines()]
             ok = [r for r in records if r["status"] == "ok"]
             media_min = sum(r["duration_s"] or 0.0 for r in ok) / 60

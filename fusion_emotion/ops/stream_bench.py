@@ -169,17 +169,17 @@ def run_phase(
     stats: Any = None, servers: Servers | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     from fusion_emotion.ops.bench import _load, latency_summary, stats_delta
-    from fusion_emotion.server.procs import tree_cpu_seconds as _proc_tree_cpu_s
+    from fusion_emotion.server.procs import tree_cpu_seconds
 
     before_stats = stats.settled_snapshot() if stats is not None else None
     load_before = _load()
-    cpu0 = _proc_tree_cpu_s(server_pids) if server_pids else None
+    cpu0 = tree_cpu_seconds(server_pids) if server_pids else None
     parts0 = process_cpu(servers)
     own0, t0 = time.process_time(), time.perf_counter()
     results = asyncio.run(_phase(url, n, source, hop_s, chunk_s, aligned))
     wall = time.perf_counter() - t0
     own = time.process_time() - own0
-    cpu = _proc_tree_cpu_s(server_pids) - cpu0 if cpu0 is not None else None
+    cpu = tree_cpu_seconds(server_pids) - cpu0 if cpu0 is not None else None
     parts = {k: v - parts0.get(k, 0.0) for k, v in process_cpu(servers).items()}
     expected = expected_updates(source.duration_s, hop_s)
     server_lat, client_lat, lost, errors, closes = [], [], 0, [], []
