@@ -28,13 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from fusion_emotion.server.procs import free_port
 
 
 def make_library(out: Path, count: int, seconds: float, bitrate: int) -> list[Path]:

@@ -69,14 +69,7 @@ def _rss_mb(pids: list[int]) -> float:
 
 
 def _cpu_s(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
+    return sum(procs.cpu_seconds(pid) for pid in pids)
 
 
 # --------------------------------------------------------------------------- the hostile corpus

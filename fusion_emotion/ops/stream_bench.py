@@ -24,7 +24,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -34,15 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
+
+from fusion_emotion.server import procs
 
 log = logging.getLogger(__name__)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -59,7 +53,7 @@ class Servers:
     def start(cls, repository: Path, profile: str, log_dir: Path, timeout_s: float = 600.0) -> Servers:
         from fusion_emotion.server.launcher import ServerOptions, TritonProcess
 
-        grpc, http, metrics, fe = _free_port(), _free_port(), _free_port(), _free_port()
+        grpc, http, metrics, fe = procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port()
         log_dir.mkdir(parents=True, exist_ok=True)
         triton = TritonProcess(
             ServerOptions(repository.resolve(), profile, grpc, http, metrics), log_file=log_dir / "tritonserver.log"
@@ -103,25 +97,16 @@ class Servers:
             self.triton.stop()
 
 
-def _pid_cpu_s(pid: int) -> float:
-    """utime + stime of one process (all its threads), 0 when it is gone."""
-    try:
-        t = psutil.Process(pid).cpu_times()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return 0.0
-    return t.user + t.system
-
-
 def process_cpu(servers: Servers | None) -> dict[str, float]:
     """CPU seconds so far per server part: each Triton model's stub(s), tritonserver itself, the front end."""
     if servers is None or servers.triton is None or servers.frontend is None:
         return {}
     out: dict[str, float] = {
-        "tritonserver": _pid_cpu_s(servers.triton.proc.pid),
-        "frontend": _pid_cpu_s(servers.frontend.pid),
+        "tritonserver": procs.cpu_seconds(servers.triton.proc.pid),
+        "frontend": procs.cpu_seconds(servers.frontend.pid),
     }
     for pid, model in servers.triton.stubs().items():
-        out[model] = out.get(model, 0.0) + _pid_cpu_s(pid)
+        out[model] = out.get(model, 0.0) + procs.cpu_seconds(pid)
     return out
 
 
@@ -169,17 +154,16 @@ def run_phase(
     stats: Any = None, servers: Servers | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     from fusion_emotion.ops.bench import _load, latency_summary, stats_delta
-    from fusion_emotion.server.procs import tree_cpu_seconds
 
     before_stats = stats.settled_snapshot() if stats is not None else None
     load_before = _load()
-    cpu0 = tree_cpu_seconds(server_pids) if server_pids else None
+    cpu0 = procs.tree_cpu_seconds(server_pids) if server_pids else None
     parts0 = process_cpu(servers)
     own0, t0 = time.process_time(), time.perf_counter()
     results = asyncio.run(_phase(url, n, source, hop_s, chunk_s, aligned))
     wall = time.perf_counter() - t0
     own = time.process_time() - own0
-    cpu = tree_cpu_seconds(server_pids) - cpu0 if cpu0 is not None else None
+    cpu = procs.tree_cpu_seconds(server_pids) - cpu0 if cpu0 is not None else None
     parts = {k: v - parts0.get(k, 0.0) for k, v in process_cpu(servers).items()}
     expected = expected_updates(source.duration_s, hop_s)
     server_lat, client_lat, lost, errors, closes = [], [], 0, [], []

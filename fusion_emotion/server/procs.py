@@ -72,6 +72,16 @@ def is_tritonserver(proc: psutil.Process | int) -> bool:
     return bool(argv) and Path(argv[0]).name == "tritonserver"
 
 
+def cpu_seconds(proc: psutil.Process | int) -> float:
+    """User + system CPU seconds of one process (all its threads); 0 when it is gone."""
+    try:
+        p = proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
+        t = p.cpu_times()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return 0.0
+    return t.user + t.system
+
+
 def tree_cpu_seconds(roots: Iterable[int]) -> float:
     """User + system CPU seconds of ``roots`` and their live descendants.
 
@@ -86,14 +96,9 @@ def tree_cpu_seconds(roots: Iterable[int]) -> float:
         except psutil.NoSuchProcess:
             continue
         for proc in procs:
-            if proc.pid in seen:
-                continue
-            seen.add(proc.pid)
-            try:
-                t = proc.cpu_times()
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-            total += t.user + t.system
+            if proc.pid not in seen:
+                seen.add(proc.pid)
+                total += cpu_seconds(proc)
     return total
 
 
