@@ -50,7 +50,7 @@ COPY client/ client/
 # --no-deps: the lock above is the serving set; --no-build-isolation: build with the locked setuptools
 # instead of fetching an unhashed one.
 RUN python3 -m pip install --no-cache-dir --no-deps --no-build-isolation . \
-    && python3 -c "import fusion_emotion.deploy.supervisor, numpy, av, cv2, onnxruntime, nvidia.dali; assert numpy.__version__.startswith('1.')"
+    && python3 -c "import fusion_emotion.deploy.supervisor, numpy, av, cv2, onnxruntime, openvino, nvidia.dali; assert numpy.__version__.startswith('1.')"
 
 COPY --chmod=755 docker/serve /usr/local/bin/serve
 

@@ -237,6 +237,12 @@ def test_int8_profile_files(tmp_path: Path):
         assert (tmp_path / "int8" / model / "1" / C.ONNX_FILENAME).read_bytes() == b"int8"
         assert (repo / model / "1" / C.ONNX_FILENAME).read_bytes() == b"fp32"
         assert not (tmp_path / "int8" / model / "1" / quantize.INT8_FILENAME).exists()
+        # the copy's cpu profile runs the int8 graphs on onnxruntime; the fp32 repository's config is untouched
+        assert (
+            '"runtime" value: { string_value: "onnxruntime" }'
+            in (tmp_path / "int8" / model / "configs" / "cpu.pbtxt").read_text()
+        )
+        assert '"runtime"' not in (repo / model / "configs" / "cpu.pbtxt").read_text()
 
 
 def test_baseline_target_predicts_a_distribution(media):

@@ -15,7 +15,7 @@ from fusion_emotion import contract as C
 from fusion_emotion.core.features import RequestFeatures, prepare_request, score_features
 from fusion_emotion.core.fusion import FusionHead
 from fusion_emotion.core.media import DEFAULT_LIMITS, MediaLimits
-from fusion_emotion.core.onnx_runtime import Encoder
+from fusion_emotion.core.onnx_runtime import DEFAULT_RUNTIME, Encoder
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +27,13 @@ class ReferencePipeline:
         intra_op_threads: int = 0,
         limits: MediaLimits = DEFAULT_LIMITS,
         video_decoder: str = "pyav",
+        runtime: str = DEFAULT_RUNTIME,
     ) -> None:
-        """``video_decoder``: "pyav" or "dali_cpu" (the cpu_dali profile's decoder, for same-decoder checks)."""
+        """``video_decoder``: "pyav" or "dali_cpu" (the cpu_dali profile's decoder, for same-decoder checks);
+        ``runtime``: the encoders' runtime, as the cpu profile's configs name it (parameter ``runtime``)."""
         repo = Path(repository)
-        self.video_encoder = Encoder(repo / C.VIDEO_ENCODER / "1" / C.ONNX_FILENAME, intra_op_threads)
-        self.audio_encoder = Encoder(repo / C.AUDIO_ENCODER / "1" / C.ONNX_FILENAME, intra_op_threads)
+        self.video_encoder = Encoder(repo / C.VIDEO_ENCODER / "1" / C.ONNX_FILENAME, intra_op_threads, runtime)
+        self.audio_encoder = Encoder(repo / C.AUDIO_ENCODER / "1" / C.ONNX_FILENAME, intra_op_threads, runtime)
         self.head = FusionHead.load(repo / C.FUSION_HEAD / "1" / C.HEAD_WEIGHTS_FILENAME)
         self.limits = limits
         if video_decoder not in ("pyav", "dali_cpu"):

@@ -1,7 +1,7 @@
 """A packed Python execution environment for SageMaker's stock Triton image.
 
 The stock image's Python backend has none of what the models import
-(PyAV, OpenCV, onnxruntime, scipy, this package). python_backend's
+(PyAV, OpenCV, OpenVINO, onnxruntime, scipy, this package). python_backend's
 ``EXECUTION_ENV_PATH`` points a model at a tar.gz environment (conda-pack style)
 that it extracts and activates before starting the model's stub. Observed in
 python_backend r24.10 (``src/pb_env.cc``, ``src/stub_launcher.cc``): it needs
@@ -221,7 +221,7 @@ def _smoke_test(interp: Interpreter, site: Path) -> None:
     """Import every model dependency and the serving code with the packing interpreter, isolated."""
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import numpy, scipy.signal, av, cv2, onnxruntime;"
+        "import numpy, scipy.signal, av, cv2, onnxruntime, openvino;"
         "import fusion_emotion.contract, fusion_emotion.core.media, fusion_emotion.core.features,"
         " fusion_emotion.core.fusion, fusion_emotion.core.qa, fusion_emotion.core.onnx_runtime;"
         "assert numpy.__version__.startswith('1.'), numpy.__version__"

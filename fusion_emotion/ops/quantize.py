@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 INT8_FILENAME = "model_int8.onnx"
 INT8_CONFIG = "cpu_int8"
+INT8_RUNTIME = "onnxruntime"
+"""The int8 graphs run where they were calibrated and measured: onnxruntime's CPU provider (QDQ)."""
 # HuBERT's attention (activation x activation MatMuls, softmax, LayerNorm) loses too
 # much under static activation quantization; its weight MatMuls and the whole R3D-18
 # quantize well. Audio therefore quantizes weight-carrying MatMuls only (measured).
@@ -117,10 +119,16 @@ def quantize_encoder(src: Path, dst: Path, model: str, samples: list[np.ndarray]
         tmp.unlink(missing_ok=True)
 
 
+def on_int8_runtime(config_text: str) -> str:
+    """A cpu-profile encoder config with its runtime lines swapped for INT8_RUNTIME (onnxruntime)."""
+    kept = [line for line in config_text.rstrip().splitlines() if '"runtime"' not in line and '"precision"' not in line]
+    return "\n".join(kept) + f'\nparameters {{ key: "runtime" value: {{ string_value: "{INT8_RUNTIME}" }} }}\n'
+
+
 def write_int8_config(repo: Path, model: str) -> Path:
-    """configs/cpu_int8.pbtxt: the cpu profile, pointing the adapter at model_int8.onnx."""
+    """configs/cpu_int8.pbtxt: the cpu profile, pointing the adapter at model_int8.onnx on onnxruntime."""
     cpu = (repo / model / "configs" / "cpu.pbtxt").read_text()
-    text = (
+    text = on_int8_runtime(
         "# int8 CPU profile written by `fusion-emotion quantize` (static QDQ, onnxruntime).\n"
         + cpu.rstrip()
         + f'\nparameters {{ key: "onnx_filename" value: {{ string_value: "{INT8_FILENAME}" }} }}\n'
@@ -131,7 +139,7 @@ def write_int8_config(repo: Path, model: str) -> Path:
 
 
 def serving_copy(repo: Path, out: Path) -> None:
-    """A hard-linked copy of ``repo`` whose encoders' model.onnx are the int8 graphs."""
+    """A hard-linked copy of ``repo`` whose encoders' model.onnx are the int8 graphs, on onnxruntime."""
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(repo, out, copy_function=os.link, ignore=shutil.ignore_patterns("__pycache__", INT8_FILENAME))
@@ -139,13 +147,18 @@ def serving_copy(repo: Path, out: Path) -> None:
         target = out / model / "1" / C.ONNX_FILENAME
         target.unlink()
         os.link(repo / model / "1" / INT8_FILENAME, target)
+        for config in (out / model / "configs").glob("cpu*.pbtxt"):
+            text = on_int8_runtime(config.read_text())
+            config.unlink()  # a hard link to the fp32 repository's config: write a file of its own
+            config.write_text(text)
 
 
 def drift_report(repo: Path, int8_repo: Path, clips: list[bytes]) -> dict[str, Any]:
     """fp32 vs int8 probabilities on held-out clips: max/mean |diff|, top-1 agreement."""
     from fusion_emotion.core.pipeline import ReferencePipeline
 
-    fp32, int8 = ReferencePipeline(repo), ReferencePipeline(int8_repo)
+    # each as its profile serves it: fp32 on the cpu profile's runtime, int8 on onnxruntime (INT8_RUNTIME)
+    fp32, int8 = ReferencePipeline(repo), ReferencePipeline(int8_repo, runtime=INT8_RUNTIME)
     diffs, agree, per_clip = [], 0, []
     cosines: dict[str, list[float]] = {C.VIDEO_ENCODER: [], C.AUDIO_ENCODER: []}
     for clip in clips:

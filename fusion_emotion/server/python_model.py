@@ -18,7 +18,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from fusion_emotion import contract as C
-from fusion_emotion.core.onnx_runtime import Encoder
+from fusion_emotion.core.onnx_runtime import DEFAULT_PRECISION, DEFAULT_RUNTIME, Encoder
 from fusion_emotion.errors import ErrorKind, ServingError
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def respond_batched(
 
 
 class OnnxEncoderModel:
-    """CPU-profile encoder: onnxruntime over the version folder's model.onnx."""
+    """CPU-profile encoder: OpenVINO (or onnxruntime) over the version folder's model.onnx."""
 
     def initialize(self, args: dict[str, Any]) -> None:
         config, params = model_parameters(args)
@@ -141,7 +141,13 @@ class OnnxEncoderModel:
         # `onnx_filename` lets a profile pick another graph, e.g. cpu_int8 -> model_int8.onnx
         filename = params.get("onnx_filename") or C.ONNX_FILENAME
         path = Path(args["model_repository"]) / args["model_version"] / filename
-        self.encoder = Encoder(path, int(params.get("intra_op_threads", "0") or 0))
+        # `runtime` (openvino in the cpu profile, onnxruntime in cpu_int8) and `precision` (OpenVINO's, f32)
+        self.encoder = Encoder(
+            path,
+            int(params.get("intra_op_threads", "0") or 0),
+            params.get("runtime") or DEFAULT_RUNTIME,
+            params.get("precision") or DEFAULT_PRECISION,
+        )
         # warm up so the first real request does not pay for lazy initialisation
         dims = [int(d) for d in config["input"][0]["dims"]]
         self.encoder(np.zeros((1, *dims), dtype=np.float32))
