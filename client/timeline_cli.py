@@ -84,25 +84,6 @@ def timeline_grpc(
     )
 
 
-def timeline_url(
-    url: str,
-    video: bytes | None,
-    audio: bytes | None,
-    window_s: float | None = None,
-    hop_s: float | None = None,
-    timeout_s: float = 600.0,
-) -> dict[str, Any]:
-    """POST the files to the front end with ``?timeline=true`` (path defaults to /invocations)."""
-    from fusion_emotion.client.http import predict_url
-
-    params: dict[str, str] = {"timeline": "true"}
-    if window_s is not None:
-        params["window_s"] = repr(float(window_s))
-    if hop_s is not None:
-        params["hop_s"] = repr(float(hop_s))
-    return predict_url(url, video, audio, timeout=timeout_s, params=params)
-
-
 def segments_csv(result: dict[str, Any]) -> str:
     """One row per window: start, end, the six probabilities, dominant_emotion."""
     out = io.StringIO()
@@ -151,7 +132,12 @@ def compute(args: argparse.Namespace, video: bytes | None, audio: bytes | None) 
         return timeline_local(ReferencePipeline(args.local), video, audio, args.window, args.hop)
     if args.triton:
         return timeline_grpc(args.triton, video, audio, args.window, args.hop, args.timeout)
-    return timeline_url(args.url, video, audio, args.window, args.hop, args.timeout)
+    from fusion_emotion.client.http import predict_url
+
+    # The front end with ?timeline=true (path defaults to /invocations).
+    params = {"timeline": "true"}
+    params.update({k: repr(float(v)) for k, v in (("window_s", args.window), ("hop_s", args.hop)) if v is not None})
+    return predict_url(args.url, video, audio, timeout=args.timeout, params=params)
 
 
 def run(args: argparse.Namespace) -> int:
