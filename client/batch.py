@@ -197,12 +197,7 @@ def process(source: str, read: Callable[[str], bytes], predict: Predict) -> dict
     try:
         data = read(source)
         content_type = C.media_type_for(source) or C.RAW_SNIFF_TYPE
-        if content_type in C.RAW_AUDIO_TYPES:
-            kind = C.IN_AUDIO.name
-        elif content_type in C.RAW_VIDEO_TYPES:
-            kind = C.IN_VIDEO.name
-        else:
-            kind = C.sniff_input(data)
+        kind = C.raw_input(content_type, data)
         result = predict(data, kind, content_type)
         segments = result.pop("segments", None)
         duration = media_duration(data)

@@ -222,6 +222,15 @@ def sniff_input(data: bytes) -> str:
     return IN_AUDIO.name if data[:4] in (b"RIFF", b"RF64") and data[8:12] == b"WAVE" else IN_VIDEO.name
 
 
+def raw_input(content_type: str, data: bytes) -> str:
+    """The input a raw media body feeds: named by its content type, else sniffed from its bytes."""
+    if content_type in RAW_VIDEO_TYPES:
+        return IN_VIDEO.name
+    if content_type in RAW_AUDIO_TYPES:
+        return IN_AUDIO.name
+    return sniff_input(data)
+
+
 def media_type_for(name: str) -> str | None:
     """The media type a file or S3 key is sent with, from its extension (None: not a media file)."""
     base = name.rsplit("/", 1)[-1]
