@@ -24,11 +24,12 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from fusion_emotion.client.cli import add_media_arguments
+
     from fusion_emotion.core.timeline import DEFAULT_HOP_S, DEFAULT_WINDOW_S, MAX_WINDOW_S, MIN_HOP_S, MIN_WINDOW_S
 
     p = sub.add_parser("timeline", help="emotion timeline (overlapping windows) of a video or WAV file")
-    p.add_argument("file", type=Path, help="video (MP4/FLV/AVI) or audio (WAV) file")
-    p.add_argument("--audio", type=Path, help="WAV to use instead of the video's own audio track")
+    add_media_arguments(p)
     route = p.add_mutually_exclusive_group(required=True)
     route.add_argument("--triton", metavar="HOST:PORT", help="Triton gRPC endpoint")
     route.add_argument("--url", metavar="URL", help="fusion-emotion front end, e.g. http://127.0.0.1:8080")
