@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from fusion_emotion import contract as C
+from fusion_emotion.handoff import put_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -413,13 +414,7 @@ def run_batch(
     busy = [0]  # files being handled right now
 
     def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                work.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_until_stopped(work, item, stop, 0.2)
 
     def feed() -> None:
         try:
