@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from fusion_emotion import contract as C
+from fusion_emotion.handoff import put_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -197,12 +198,7 @@ def process(source: str, read: Callable[[str], bytes], predict: Predict) -> dict
     try:
         data = read(source)
         content_type = C.media_type_for(source) or C.RAW_SNIFF_TYPE
-        if content_type in C.RAW_AUDIO_TYPES:
-            kind = C.IN_AUDIO.name
-        elif content_type in C.RAW_VIDEO_TYPES:
-            kind = C.IN_VIDEO.name
-        else:
-            kind = C.sniff_input(data)
+        kind = C.raw_input(content_type, data)
         result = predict(data, kind, content_type)
         segments = result.pop("segments", None)
         duration = media_duration(data)
@@ -418,13 +414,7 @@ def run_batch(
     busy = [0]  # files being handled right now
 
     def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                work.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_until_stopped(work, item, stop, 0.2)
 
     def feed() -> None:
         try:

@@ -15,8 +15,7 @@ AUDIO_SUFFIXES = {".wav", ".wave"}
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict emotions for a video (MP4/FLV/AVI) or a WAV file")
-    p.add_argument("file", type=Path, help="video (MP4/FLV/AVI) or audio (WAV) file")
-    p.add_argument("--audio", type=Path, help="WAV to use instead of the video's own audio track")
+    add_media_arguments(p)
     route = p.add_mutually_exclusive_group(required=True)
     route.add_argument("--triton", metavar="HOST:PORT", help="Triton gRPC endpoint")
     route.add_argument(
@@ -26,6 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     route.add_argument("--sagemaker-endpoint", metavar="NAME", help="SageMaker endpoint (boto3 invoke_endpoint)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds (default 120)")
     p.set_defaults(func=run)
+
+
+def add_media_arguments(p: argparse.ArgumentParser) -> None:
+    """FILE and --audio, as every one-file command (predict, timeline) takes them; read with ``read_inputs``."""
+    p.add_argument("file", type=Path, help="video (MP4/FLV/AVI) or audio (WAV) file")
+    p.add_argument("--audio", type=Path, help="WAV to use instead of the video's own audio track")
 
 
 def read_inputs(file: Path, audio: Path | None) -> tuple[bytes | None, bytes | None]:

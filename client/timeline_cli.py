@@ -24,11 +24,12 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from fusion_emotion.client.cli import add_media_arguments
+
     from fusion_emotion.core.timeline import DEFAULT_HOP_S, DEFAULT_WINDOW_S, MAX_WINDOW_S, MIN_HOP_S, MIN_WINDOW_S
 
     p = sub.add_parser("timeline", help="emotion timeline (overlapping windows) of a video or WAV file")
-    p.add_argument("file", type=Path, help="video (MP4/FLV/AVI) or audio (WAV) file")
-    p.add_argument("--audio", type=Path, help="WAV to use instead of the video's own audio track")
+    add_media_arguments(p)
     route = p.add_mutually_exclusive_group(required=True)
     route.add_argument("--triton", metavar="HOST:PORT", help="Triton gRPC endpoint")
     route.add_argument("--url", metavar="URL", help="fusion-emotion front end, e.g. http://127.0.0.1:8080")
@@ -84,25 +85,6 @@ def timeline_grpc(
     )
 
 
-def timeline_url(
-    url: str,
-    video: bytes | None,
-    audio: bytes | None,
-    window_s: float | None = None,
-    hop_s: float | None = None,
-    timeout_s: float = 600.0,
-) -> dict[str, Any]:
-    """POST the files to the front end with ``?timeline=true`` (path defaults to /invocations)."""
-    from fusion_emotion.client.http import predict_url
-
-    params: dict[str, str] = {"timeline": "true"}
-    if window_s is not None:
-        params["window_s"] = repr(float(window_s))
-    if hop_s is not None:
-        params["hop_s"] = repr(float(hop_s))
-    return predict_url(url, video, audio, timeout=timeout_s, params=params)
-
-
 def segments_csv(result: dict[str, Any]) -> str:
     """One row per window: start, end, the six probabilities, dominant_emotion."""
     out = io.StringIO()
@@ -151,7 +133,12 @@ def compute(args: argparse.Namespace, video: bytes | None, audio: bytes | None) 
         return timeline_local(ReferencePipeline(args.local), video, audio, args.window, args.hop)
     if args.triton:
         return timeline_grpc(args.triton, video, audio, args.window, args.hop, args.timeout)
-    return timeline_url(args.url, video, audio, args.window, args.hop, args.timeout)
+    from fusion_emotion.client.http import predict_url
+
+    # The front end with ?timeline=true (path defaults to /invocations).
+    params = {"timeline": "true"}
+    params.update({k: repr(float(v)) for k, v in (("window_s", args.window), ("hop_s", args.hop)) if v is not None})
+    return predict_url(args.url, video, audio, timeout=args.timeout, params=params)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,9 +8,11 @@ so ``fusion-emotion --help`` stays fast and serving never imports torch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import sys
+from typing import Any
 
 # Modules that register subcommands, in help order, with the commands they register.
 COMMAND_MODULES = {
@@ -47,6 +49,15 @@ EXTRA_FOR_MODULE = {
     "transformers": "export",
     "onnx": "export",
 }
+
+
+def field_args(cls: type, args: argparse.Namespace, **explicit: Any) -> dict[str, Any]:
+    """Keyword arguments for dataclass ``cls``: each field whose flag has the same dest, then ``explicit``.
+
+    Flags named after the fields they set need no hand-written ``field=args.field`` list to drift.
+    """
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return {**values, **explicit}
 
 
 def _unavailable(sub: argparse._SubParsersAction, module: str, missing: str) -> None:

@@ -55,24 +55,22 @@ class TensorSpec:
 
     @property
     def numpy_dtype(self) -> str:
-        return {
-            "TYPE_FP32": "float32",
-            "TYPE_STRING": "object",
-            "TYPE_BOOL": "bool",
-            "TYPE_INT32": "int32",
-            "TYPE_UINT8": "uint8",
-        }[self.triton_dtype]
+        return _DTYPE_NAMES[self.triton_dtype][0]
 
     @property
     def wire_dtype(self) -> str:
         """Datatype name on the KServe v2 wire (tritonclient)."""
-        return {
-            "TYPE_FP32": "FP32",
-            "TYPE_STRING": "BYTES",
-            "TYPE_BOOL": "BOOL",
-            "TYPE_INT32": "INT32",
-            "TYPE_UINT8": "UINT8",
-        }[self.triton_dtype]
+        return _DTYPE_NAMES[self.triton_dtype][1]
+
+
+# config.pbtxt dtype -> (numpy dtype name, KServe v2 wire datatype): one row per dtype the contract uses.
+_DTYPE_NAMES = {
+    "TYPE_FP32": ("float32", "FP32"),
+    "TYPE_STRING": ("object", "BYTES"),
+    "TYPE_BOOL": ("bool", "BOOL"),
+    "TYPE_INT32": ("int32", "INT32"),
+    "TYPE_UINT8": ("uint8", "UINT8"),
+}
 
 
 # Ensemble I/O: what users send and receive.
@@ -222,6 +220,15 @@ RAW_SNIFF_TYPE = "application/octet-stream"
 def sniff_input(data: bytes) -> str:
     """``"audio"`` for RIFF/RF64 WAVE bytes, else ``"video"`` (the decoder then names what it found)."""
     return IN_AUDIO.name if data[:4] in (b"RIFF", b"RF64") and data[8:12] == b"WAVE" else IN_VIDEO.name
+
+
+def raw_input(content_type: str, data: bytes) -> str:
+    """The input a raw media body feeds: named by its content type, else sniffed from its bytes."""
+    if content_type in RAW_VIDEO_TYPES:
+        return IN_VIDEO.name
+    if content_type in RAW_AUDIO_TYPES:
+        return IN_AUDIO.name
+    return sniff_input(data)
 
 
 def media_type_for(name: str) -> str | None:

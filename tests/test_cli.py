@@ -24,6 +24,25 @@ def test_help_lists_the_subcommands():
         assert command in out
 
 
+def test_serve_and_triton_flags_fill_their_settings():
+    """serve/triton build their settings from the flags named after the fields: none may go missing."""
+    from dataclasses import fields
+
+    from fusion_emotion.cli import build_parser, field_args
+    from fusion_emotion.frontend.settings import Settings
+    from fusion_emotion.server.launcher import ServerOptions
+
+    serve = build_parser().parse_args(["serve", "--port", "9000", "--request-timeout", "3"])
+    values = field_args(Settings, serve)
+    assert set(values) == {f.name for f in fields(Settings)}
+    assert (values["port"], values["request_timeout_s"], values["host"]) == (9000, 3.0, None)
+    triton = build_parser().parse_args(["triton", "--repository", "r", "--grpc-port", "7001", "--", "--x=1"])
+    opts = ServerOptions(**field_args(ServerOptions, triton, repository=Path("r"), extra_args=list(triton.extra)))
+    assert (opts.grpc_port, opts.http_port, opts.extra_args, opts.profile) == (7001, 8000, ["--x=1"], "cpu")
+    # every option but these two has its flag: extra_args are the words after --, dev_shm is for tests
+    assert set(field_args(ServerOptions, triton)) == {f.name for f in fields(ServerOptions)} - {"extra_args", "dev_shm"}
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, media) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("cli")

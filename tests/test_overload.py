@@ -98,13 +98,19 @@ class _SlowFetcher(S3Fetcher):
         return b"data"
 
 
-def test_s3_sibling_stops_when_one_download_fails() -> None:
+def _fetch_fails(second_key: str, deadline_s: float) -> tuple[_SlowFetcher, ApiError, float]:
+    """fetch_all of ``slow`` and ``second_key`` under one deadline, which must fail: (fetcher, error, start)."""
     fetcher = _SlowFetcher()
-    uris = [parse_s3_uri("s3://my-bucket/slow", "v"), parse_s3_uri("s3://my-bucket/bad", "a")]
+    uris = [parse_s3_uri("s3://my-bucket/slow", "v"), parse_s3_uri(f"s3://my-bucket/{second_key}", "a")]
     start = time.monotonic()
     with pytest.raises(ApiError) as info:
-        asyncio.run(fetcher.fetch_all(uris, time.monotonic() + 30))
-    assert info.value.status == 404
+        asyncio.run(fetcher.fetch_all(uris, start + deadline_s))
+    return fetcher, info.value, start
+
+
+def test_s3_sibling_stops_when_one_download_fails() -> None:
+    fetcher, error, start = _fetch_fails("bad", 30)
+    assert error.status == 404
     deadline = time.monotonic() + 2
     while "slow" not in fetcher.stopped_at and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -113,12 +119,8 @@ def test_s3_sibling_stops_when_one_download_fails() -> None:
 
 
 def test_s3_download_has_one_deadline() -> None:
-    fetcher = _SlowFetcher()
-    uris = [parse_s3_uri("s3://my-bucket/slow", "v"), parse_s3_uri("s3://my-bucket/slow2", "a")]
-    start = time.monotonic()
-    with pytest.raises(ApiError) as info:
-        asyncio.run(fetcher.fetch_all(uris, time.monotonic() + 0.5))
-    assert info.value.status == 504 and time.monotonic() - start < 1.5
+    fetcher, error, start = _fetch_fails("slow2", 0.5)
+    assert error.status == 504 and time.monotonic() - start < 1.5
     time.sleep(0.5)
     assert set(fetcher.stopped_at) == {"slow", "slow2"}
     fetcher.close()

@@ -45,6 +45,7 @@ from fusion_emotion.core.media import (
     to_mono,
 )
 from fusion_emotion.errors import ErrorKind
+from fusion_emotion.handoff import put_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -218,13 +219,7 @@ def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
     stop = threading.Event()
 
     def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_until_stopped(q, item, stop)
 
     def work() -> None:
         try:

@@ -175,6 +175,7 @@ def _package(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
+    from fusion_emotion.cli import field_args
     from fusion_emotion.deploy import sagemaker as sm
 
     if bool(args.s3_allow_bucket) == bool(args.s3_any_bucket):
@@ -185,22 +186,18 @@ def _deploy(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        # Flags named after DeployConfig's fields fill them; these are mapped here (autoscaling: parsed below).
         cfg = sm.DeployConfig(
-            model_data=args.model_data,
-            s3_prefix=args.s3_prefix,
-            image_uri=args.image_uri,
-            role_arn=args.role_arn,
-            endpoint_name=args.endpoint_name,
-            instance_type=args.instance_type,
-            instance_count=args.instance_count,
-            profile=args.profile,
-            async_output=args.async_output,
-            async_max_concurrency=args.async_max_concurrency,
-            async_invocation_timeout_s=args.async_invocation_timeout,
-            environment=dict(args.env),
-            s3_allowed_buckets=None if args.s3_any_bucket else tuple(args.s3_allow_bucket),
-            wait=not args.no_wait,
-            wait_timeout_s=args.wait_timeout,
+            **field_args(
+                sm.DeployConfig,
+                args,
+                autoscaling=None,
+                async_invocation_timeout_s=args.async_invocation_timeout,
+                environment=dict(args.env),
+                s3_allowed_buckets=None if args.s3_any_bucket else tuple(args.s3_allow_bucket),
+                wait=not args.no_wait,
+                wait_timeout_s=args.wait_timeout,
+            )
         )
         if args.autoscaling:
             cfg.autoscaling = sm.parse_autoscaling(args.autoscaling, allow_zero_min=args.async_output is not None)

@@ -436,72 +436,68 @@ def configure_autoscaling(session: Any, cfg: DeployConfig) -> list[str]:
         MaxCapacity=scaling.max_capacity,
     )
     common = {"ServiceNamespace": SERVICE_NAMESPACE, "ResourceId": resource_id, "ScalableDimension": SCALABLE_DIMENSION}
-    policies: list[str] = []
     if cfg.async_output is None:
-        name = f"{cfg.endpoint_name}-invocations-per-instance"
-        aas.put_scaling_policy(
-            PolicyName=name,
-            PolicyType="TargetTrackingScaling",
-            TargetTrackingScalingPolicyConfiguration={
-                "TargetValue": scaling.target,
-                "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
-                "ScaleOutCooldown": REALTIME_SCALE_OUT_COOLDOWN,
-                "ScaleInCooldown": REALTIME_SCALE_IN_COOLDOWN,
-            },
-            **common,
-        )
-        policies.append(name)
+        suffix = "invocations-per-instance"
+        scale_out, scale_in = REALTIME_SCALE_OUT_COOLDOWN, REALTIME_SCALE_IN_COOLDOWN
+        metric: dict[str, Any] = {
+            "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"}
+        }
     else:
         # Async: track the queue per instance (SageMaker's documented metric for async endpoints).
-        name = f"{cfg.endpoint_name}-backlog-per-instance"
-        aas.put_scaling_policy(
-            PolicyName=name,
-            PolicyType="TargetTrackingScaling",
-            TargetTrackingScalingPolicyConfiguration={
-                "TargetValue": scaling.target,
-                "CustomizedMetricSpecification": {
-                    "MetricName": "ApproximateBacklogSizePerInstance",
-                    "Namespace": "AWS/SageMaker",
-                    "Dimensions": [{"Name": "EndpointName", "Value": cfg.endpoint_name}],
-                    "Statistic": "Average",
-                },
-                "ScaleOutCooldown": ASYNC_SCALE_OUT_COOLDOWN,
-                "ScaleInCooldown": ASYNC_SCALE_IN_COOLDOWN,
+        suffix = "backlog-per-instance"
+        scale_out, scale_in = ASYNC_SCALE_OUT_COOLDOWN, ASYNC_SCALE_IN_COOLDOWN
+        metric = {
+            "CustomizedMetricSpecification": {
+                "MetricName": "ApproximateBacklogSizePerInstance",
+                "Namespace": "AWS/SageMaker",
+                "Dimensions": [{"Name": "EndpointName", "Value": cfg.endpoint_name}],
+                "Statistic": "Average",
+            }
+        }
+    name = f"{cfg.endpoint_name}-{suffix}"
+    aas.put_scaling_policy(
+        PolicyName=name,
+        PolicyType="TargetTrackingScaling",
+        TargetTrackingScalingPolicyConfiguration={
+            "TargetValue": scaling.target,
+            **metric,
+            "ScaleOutCooldown": scale_out,
+            "ScaleInCooldown": scale_in,
+        },
+        **common,
+    )
+    policies = [name]
+    if cfg.async_output is not None and scaling.min_capacity == 0:
+        # At zero instances ApproximateBacklogSizePerInstance is undefined, so target tracking
+        # alone would wait for the backlog to exceed the target; the documented fix is a step
+        # policy driven by an alarm on HasBacklogWithoutCapacity.
+        step_name = f"{cfg.endpoint_name}-scale-from-zero"
+        response = aas.put_scaling_policy(
+            PolicyName=step_name,
+            PolicyType="StepScaling",
+            StepScalingPolicyConfiguration={
+                "AdjustmentType": "ChangeInCapacity",
+                "MetricAggregationType": "Average",
+                "Cooldown": ASYNC_SCALE_OUT_COOLDOWN,
+                "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}],
             },
             **common,
         )
-        policies.append(name)
-        if scaling.min_capacity == 0:
-            # At zero instances ApproximateBacklogSizePerInstance is undefined, so target tracking
-            # alone would wait for the backlog to exceed the target; the documented fix is a step
-            # policy driven by an alarm on HasBacklogWithoutCapacity.
-            step_name = f"{cfg.endpoint_name}-scale-from-zero"
-            response = aas.put_scaling_policy(
-                PolicyName=step_name,
-                PolicyType="StepScaling",
-                StepScalingPolicyConfiguration={
-                    "AdjustmentType": "ChangeInCapacity",
-                    "MetricAggregationType": "Average",
-                    "Cooldown": ASYNC_SCALE_OUT_COOLDOWN,
-                    "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}],
-                },
-                **common,
-            )
-            policies.append(step_name)
-            session.client("cloudwatch").put_metric_alarm(
-                AlarmName=backlog_alarm_name(cfg.endpoint_name),
-                MetricName="HasBacklogWithoutCapacity",
-                Namespace="AWS/SageMaker",
-                Statistic="Average",
-                EvaluationPeriods=2,
-                DatapointsToAlarm=2,
-                Threshold=1,
-                ComparisonOperator="GreaterThanOrEqualToThreshold",
-                TreatMissingData="missing",
-                Dimensions=[{"Name": "EndpointName", "Value": cfg.endpoint_name}],
-                Period=60,
-                AlarmActions=[response["PolicyARN"]],
-            )
+        policies.append(step_name)
+        session.client("cloudwatch").put_metric_alarm(
+            AlarmName=backlog_alarm_name(cfg.endpoint_name),
+            MetricName="HasBacklogWithoutCapacity",
+            Namespace="AWS/SageMaker",
+            Statistic="Average",
+            EvaluationPeriods=2,
+            DatapointsToAlarm=2,
+            Threshold=1,
+            ComparisonOperator="GreaterThanOrEqualToThreshold",
+            TreatMissingData="missing",
+            Dimensions=[{"Name": "EndpointName", "Value": cfg.endpoint_name}],
+            Period=60,
+            AlarmActions=[response["PolicyARN"]],
+        )
     log.info(
         "autoscaling %s: %d..%d instances, policies %s",
         resource_id,

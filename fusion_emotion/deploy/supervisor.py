@@ -43,8 +43,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fusion_emotion import contract as C
 from fusion_emotion.frontend.settings import SAGEMAKER_MAX_PAYLOAD_BYTES
@@ -85,24 +86,19 @@ class ServeConfig:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
+_N = TypeVar("_N", int, float)
+
+
+def _number_env(env: Mapping[str, str], name: str, default: _N, parse: Callable[[str], _N] = int) -> _N:
+    """``env[name]`` read with ``parse`` (int, or float for timeouts); ``default`` when unset or blank."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        return int(raw)
+        return parse(raw)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-
-
-def _float_env(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        what = "an integer" if parse is int else "a number"
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from None
 
 
 def triton_command(env: Mapping[str, str]) -> list[str]:
@@ -111,11 +107,11 @@ def triton_command(env: Mapping[str, str]) -> list[str]:
         return shlex.split(env["FUSION_EMOTION_TRITON_CMD"])
     model_dir = env.get("FUSION_EMOTION_MODEL_DIR") or DEFAULT_MODEL_DIR
     profile = env.get("FUSION_EMOTION_PROFILE") or "gpu"
-    grpc = _int_env(env, "FUSION_EMOTION_GRPC_PORT", DEFAULT_GRPC_PORT)
-    http = _int_env(env, "FUSION_EMOTION_HTTP_PORT", DEFAULT_HTTP_PORT)
-    metrics = _int_env(env, "FUSION_EMOTION_METRICS_PORT", DEFAULT_METRICS_PORT)
-    shm = _int_env(env, "SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE", DEFAULT_SHM_BYTES)
-    growth = _int_env(env, "SAGEMAKER_TRITON_SHM_GROWTH_BYTE_SIZE", DEFAULT_SHM_GROWTH_BYTES)
+    grpc = _number_env(env, "FUSION_EMOTION_GRPC_PORT", DEFAULT_GRPC_PORT)
+    http = _number_env(env, "FUSION_EMOTION_HTTP_PORT", DEFAULT_HTTP_PORT)
+    metrics = _number_env(env, "FUSION_EMOTION_METRICS_PORT", DEFAULT_METRICS_PORT)
+    shm = _number_env(env, "SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE", DEFAULT_SHM_BYTES)
+    growth = _number_env(env, "SAGEMAKER_TRITON_SHM_GROWTH_BYTE_SIZE", DEFAULT_SHM_GROWTH_BYTES)
     # Always through `fusion-emotion triton`: it runs $FUSION_EMOTION_TRITONSERVER when set
     # (the image's binary) or the bundled one, on 127.0.0.1, and restarts tritonserver
     # when a Python-backend stub dies (Triton 2.51 would keep failing that instance).
@@ -130,8 +126,8 @@ def triton_command(env: Mapping[str, str]) -> list[str]:
 def frontend_command(env: Mapping[str, str]) -> list[str]:
     if env.get("FUSION_EMOTION_FRONTEND_CMD"):
         return shlex.split(env["FUSION_EMOTION_FRONTEND_CMD"])
-    port = _int_env(env, "SAGEMAKER_BIND_TO_PORT", DEFAULT_FRONTEND_PORT)
-    grpc = _int_env(env, "FUSION_EMOTION_GRPC_PORT", DEFAULT_GRPC_PORT)
+    port = _number_env(env, "SAGEMAKER_BIND_TO_PORT", DEFAULT_FRONTEND_PORT)
+    grpc = _number_env(env, "FUSION_EMOTION_GRPC_PORT", DEFAULT_GRPC_PORT)
     triton_url = env.get("FUSION_EMOTION_FRONTEND_TRITON_URL") or f"127.0.0.1:{grpc}"
     cmd = [sys.executable, "-m", "fusion_emotion.cli", "serve", "--triton-url", triton_url, "--port", str(port)]
     limit = shm_s3_limit(env)
@@ -139,7 +135,7 @@ def frontend_command(env: Mapping[str, str]) -> list[str]:
         cmd += ["--max-s3-object-bytes", str(limit)]
     # A body's inputs sit in one decoder's shm region too: an async-sized body limit (201 MiB) on a small
     # /dev/shm would reach Triton and fail there (503); the front end refuses it first with a 413 naming the limit.
-    body = _int_env(env, "FUSION_EMOTION_MAX_BODY_BYTES", SAGEMAKER_MAX_PAYLOAD_BYTES)
+    body = _number_env(env, "FUSION_EMOTION_MAX_BODY_BYTES", SAGEMAKER_MAX_PAYLOAD_BYTES)
     if limit is not None and limit < C.MAX_INPUT_BYTES and body > limit:
         log.warning(
             "request bodies limited to %.1f MiB (asked %.1f MiB): that is what this /dev/shm carries per decoder; "
@@ -163,7 +159,7 @@ def shm_s3_limit(env: Mapping[str, str], dev_shm: str = "/dev/shm") -> int | Non
 
     model_dir = Path(env.get("FUSION_EMOTION_MODEL_DIR") or DEFAULT_MODEL_DIR)
     profile = env.get("FUSION_EMOTION_PROFILE") or "gpu"
-    region = _int_env(env, "SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE", DEFAULT_SHM_BYTES)
+    region = _number_env(env, "SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE", DEFAULT_SHM_BYTES)
     try:
         plan = plan_shm(model_dir, profile, dev_shm_size(Path(dev_shm)), region)
     except OSError:
@@ -176,13 +172,13 @@ def shm_s3_limit(env: Mapping[str, str], dev_shm: str = "/dev/shm") -> int | Non
 def config_from_env(env: Mapping[str, str] | None = None) -> ServeConfig:
     """Build the whole serving configuration from environment variables."""
     env = dict(os.environ if env is None else env)
-    http = _int_env(env, "FUSION_EMOTION_HTTP_PORT", DEFAULT_HTTP_PORT)
+    http = _number_env(env, "FUSION_EMOTION_HTTP_PORT", DEFAULT_HTTP_PORT)
     return ServeConfig(
         triton=ChildSpec("tritonserver", triton_command(env)),
         frontend=ChildSpec("frontend", frontend_command(env)),
         ready_url=env.get("FUSION_EMOTION_READY_URL") or f"http://127.0.0.1:{http}/v2/health/ready",
-        startup_timeout_s=_float_env(env, "FUSION_EMOTION_STARTUP_TIMEOUT", DEFAULT_STARTUP_TIMEOUT_S),
-        stop_timeout_s=_float_env(env, "FUSION_EMOTION_STOP_TIMEOUT", DEFAULT_STOP_TIMEOUT_S),
+        startup_timeout_s=_number_env(env, "FUSION_EMOTION_STARTUP_TIMEOUT", DEFAULT_STARTUP_TIMEOUT_S, float),
+        stop_timeout_s=_number_env(env, "FUSION_EMOTION_STOP_TIMEOUT", DEFAULT_STOP_TIMEOUT_S, float),
     )
 
 

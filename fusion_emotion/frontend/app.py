@@ -514,12 +514,7 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
             body = await read_body_limited(request, settings.max_body_bytes)
             if not body:
                 raise ApiError(422, f"{RAW_BODY_NAME}: empty body (0 bytes)", input=RAW_BODY_NAME)
-            if mime in C.RAW_VIDEO_TYPES:
-                tensor = C.IN_VIDEO.name
-            elif mime in C.RAW_AUDIO_TYPES:
-                tensor = C.IN_AUDIO.name
-            else:
-                tensor = C.sniff_input(body)
+            tensor = C.raw_input(mime, body)
             names = {tensor: RAW_BODY_NAME}
             media = {tensor: body}
             source = "raw"

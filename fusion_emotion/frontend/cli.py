@@ -64,23 +64,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from fusion_emotion.cli import field_args
     from fusion_emotion.frontend.app import create_app
     from fusion_emotion.frontend.settings import Settings
     from fusion_emotion.frontend.stream import StreamSettings
 
-    settings = Settings.from_env(
-        triton_url=args.triton_url,
-        host=args.host,
-        port=args.port,
-        model_name=args.model_name,
-        max_body_bytes=args.max_body_bytes,
-        max_s3_object_bytes=args.max_s3_object_bytes,
-        request_timeout_s=args.request_timeout_s,
-        ping_timeout_s=args.ping_timeout_s,
-        max_in_flight=args.max_in_flight,
-        s3_allowed_buckets=args.s3_allowed_buckets,
-        default_options=args.default_options,
-    )
+    settings = Settings.from_env(**field_args(Settings, args))  # one flag per Settings field
     stream_settings = StreamSettings.from_env()
     log.info("serving on %s:%d, triton at %s", settings.host, settings.port, settings.triton_url)
     # One process, one event loop: the shared gRPC client lives in it. Our middleware

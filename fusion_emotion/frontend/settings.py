@@ -7,8 +7,8 @@ SageMaker configures containers through environment variables only (it runs
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from fusion_emotion import contract as C
@@ -60,35 +60,13 @@ class Settings:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
 
-        def get(name: str) -> str | None:
-            raw = env.get(ENV_PREFIX + name)
-            return raw.strip() if raw is not None and raw.strip() else None
-
-        if (v := get("TRITON_URL")) is not None:
-            values["triton_url"] = v
-        if (v := get("HOST")) is not None:
-            values["host"] = v
-        if (v := get("PORT")) is not None:
-            values["port"] = int(v)
+        # Every field has its variable: FUSION_EMOTION_<FIELD NAME>, read by the field's annotated type.
+        for f in fields(cls):
+            if raw := env.get(ENV_PREFIX + f.name.upper(), "").strip():
+                values[f.name] = _ENV_PARSERS[f.type](raw)
         # SageMaker tells the container where to listen; the platform wins over our own variable.
         if v := env.get("SAGEMAKER_BIND_TO_PORT", "").strip():
             values["port"] = int(v)
-        if (v := get("MODEL_NAME")) is not None:
-            values["model_name"] = v
-        if (v := get("MAX_BODY_BYTES")) is not None:
-            values["max_body_bytes"] = int(v)
-        if (v := get("MAX_S3_OBJECT_BYTES")) is not None:
-            values["max_s3_object_bytes"] = int(v)
-        if (v := get("REQUEST_TIMEOUT_S")) is not None:
-            values["request_timeout_s"] = float(v)
-        if (v := get("MAX_IN_FLIGHT")) is not None:
-            values["max_in_flight"] = int(v)
-        if (v := get("PING_TIMEOUT_S")) is not None:
-            values["ping_timeout_s"] = float(v)
-        if (v := get("S3_ALLOWED_BUCKETS")) is not None:
-            values["s3_allowed_buckets"] = parse_bucket_list(v)
-        if (v := get("DEFAULT_OPTIONS")) is not None:
-            values["default_options"] = v
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values.get("s3_allowed_buckets"), str):
             values["s3_allowed_buckets"] = parse_bucket_list(values["s3_allowed_buckets"])
@@ -112,3 +90,12 @@ def parse_bucket_list(raw: str) -> frozenset[str] | None:
     """Comma/space separated bucket names; empty means no restriction."""
     names = frozenset(p for p in raw.replace(",", " ").split() if p)
     return names or None
+
+
+# Settings' annotations (strings: postponed evaluation) -> how its environment variable is read.
+_ENV_PARSERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "frozenset[str] | None": parse_bucket_list,
+}

@@ -133,14 +133,20 @@ def _bad(subject: str, reason: str, kind: ErrorKind = ErrorKind.BAD_REQUEST) -> 
     return StreamClose(ServingError(kind, subject, reason))
 
 
+def _json_object(text: str, subject: str, reason: str) -> dict[str, Any]:
+    """A text message that must hold one JSON object; StreamClose(subject, reason) otherwise."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise _bad(subject, reason)
+    return value
+
+
 def parse_config(text: str) -> tuple[StreamConfig, str]:
     """The first message -> (validated settings, encoding); StreamClose naming what is wrong."""
-    try:
-        raw = json.loads(text)
-    except ValueError:
-        raise _bad("config", "the first message must be a JSON object with sample_rate and encoding") from None
-    if not isinstance(raw, dict):
-        raise _bad("config", "the first message must be a JSON object with sample_rate and encoding")
+    raw = _json_object(text, "config", "the first message must be a JSON object with sample_rate and encoding")
     unknown = sorted(set(raw) - CONFIG_KEYS)
     if unknown:
         raise _bad("config", f"unknown setting(s) {', '.join(repr(k)[:40] for k in unknown)}")
@@ -254,12 +260,7 @@ class StreamSession:
         """One text message; True at ``{"end": true}``."""
         import tritonclient.grpc.aio as grpcclient
 
-        try:
-            msg = json.loads(text)
-        except ValueError:
-            raise _bad("message", "text messages must be JSON objects") from None
-        if not isinstance(msg, dict):
-            raise _bad("message", "text messages must be JSON objects")
+        msg = _json_object(text, "message", "text messages must be JSON objects")
         keys = set(msg)
         if keys == {"end"}:
             if msg["end"] is not True:

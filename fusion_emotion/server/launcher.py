@@ -432,17 +432,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fusion_emotion.cli import field_args
+
     opts = ServerOptions(
-        repository=args.repository.resolve(),
-        profile=args.profile,
-        grpc_port=args.grpc_port,
-        http_port=args.http_port,
-        metrics_port=args.metrics_port,
-        host=args.host,
-        extra_args=list(args.extra),
-        log_verbose=args.log_verbose,
-        shm_default_bytes=args.shm_default_bytes,
-        shm_growth_bytes=args.shm_growth_bytes,
+        **field_args(ServerOptions, args, repository=args.repository.resolve(), extra_args=list(args.extra))
     )
     server = TritonProcess(opts)
     stopping = False

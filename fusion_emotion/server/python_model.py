@@ -58,6 +58,11 @@ def as_serving_error(what: str, exc: BaseException) -> ServingError:
     return exc if isinstance(exc, ServingError) else internal_error(what, exc)
 
 
+def failure_response(what: str, exc: BaseException) -> Any:
+    """The error response for one request that raised ``exc`` while ``what`` ran."""
+    return error_response(as_serving_error(what, exc))
+
+
 def bytes_rows(request: Any, name: str) -> list[bytes] | None:
     """A BYTES input as one ``bytes`` per batch row, or None when the optional input is absent."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -108,7 +113,7 @@ def respond_batched(
             inputs.append([fp32_input(request, n) for n in input_names])
             good.append(i)
         except Exception as exc:  # one request must not take the batch down
-            responses[i] = error_response(as_serving_error("input", exc))
+            responses[i] = failure_response("input", exc)
     if not good:
         return responses
     try:

@@ -19,13 +19,7 @@ from fusion_emotion.core.media import MediaError, MediaLimits
 from fusion_emotion.core.timeline import DEFAULT_MAX_WINDOWS, compute_timeline, timeline_limits, validate_params
 from fusion_emotion.errors import ErrorKind
 from fusion_emotion.server.bls import BlsEncoder, Callees
-from fusion_emotion.server.python_model import (
-    as_serving_error,
-    bytes_rows,
-    cancel_check,
-    error_response,
-    model_parameters,
-)
+from fusion_emotion.server.python_model import bytes_rows, cancel_check, failure_response, model_parameters
 
 log = logging.getLogger(__name__)
 
@@ -88,5 +82,5 @@ class TritonPythonModel:
             try:
                 responses.append(self._one(request))
             except Exception as exc:  # one request must never take the others down
-                responses.append(error_response(as_serving_error("timeline", exc)))
+                responses.append(failure_response("timeline", exc))
         return responses

@@ -25,6 +25,7 @@ from fusion_emotion.server.python_model import (
     bytes_rows,
     cancel_check,
     error_response,
+    failure_response,
     model_parameters,
 )
 
@@ -105,7 +106,7 @@ class TritonPythonModel:
         per_request: list[tuple[int, list[DaliFeatures]]] = []
         for i, (request, result) in enumerate(zip(requests, decoded)):
             if isinstance(result, BaseException):
-                responses[i] = error_response(as_serving_error("preprocess", result))
+                responses[i] = failure_response("preprocess", result)
             elif request.is_cancelled():
                 _release(result)
                 responses[i] = error_response(_cancelled())
