@@ -45,6 +45,8 @@ FACE_COARSE_FRACTION = 0.25
 """First pass: faces of at least a quarter of the frame height (head-and-shoulders footage, webcams, RAVDESS-like
 clips). Scanning only those scales costs about a tenth of the full pyramid; when it finds nothing, the full
 search down to FACE_MIN_FRACTION runs as it always did (perf/face_flag.py)."""
+FACE_NEAR_SIZE = 0.6
+"""After the first pass finds faces, the search goes on down to 60 % of the smallest one's size."""
 FACE_SCALE_FACTOR = 1.1
 FACE_MIN_NEIGHBORS = 3
 FACE_SUPPORT_SCALE = 2.5
@@ -183,6 +185,14 @@ def _examined(frames: np.ndarray, max_frames: int) -> np.ndarray:
     return x[((np.arange(k) + 0.5) * n / k).astype(np.int64)]
 
 
+def _cascade_search(detector, gray: np.ndarray, scale_factor: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One detectMultiScale2 pass for faces of at least ``size`` px: boxes int [k, 4], support int [k]."""
+    boxes, support = detector.detectMultiScale2(
+        gray, scaleFactor=scale_factor, minNeighbors=FACE_MIN_NEIGHBORS, minSize=(size, size)
+    )
+    return np.asarray(boxes, dtype=np.int64).reshape(-1, 4), np.asarray(support, dtype=np.int64).reshape(-1)
+
+
 def detect_faces(
     frames: np.ndarray,
     max_frames: int = FACE_FRAMES,
@@ -203,9 +213,10 @@ def detect_faces(
     as they are, so there the smallest face found is 20 px.
 
     Coarse to fine: each frame is first searched for faces of at least FACE_COARSE_FRACTION (25 %) of its
-    height, the cheap large scales; only a frame where none is found gets the full search. So a frame with a
-    large face reports the large faces only (a smaller second face beside it is not counted), and a frame
-    without one gets exactly the full search's result. ``coarse_fraction`` 0 always runs the full search.
+    height, the cheap large scales. A frame where that finds a face is searched again down to FACE_NEAR_SIZE
+    (60 %) of the smallest face found, so people at similar distances are all found while a face under 60 %
+    of the nearest one's size is not; a frame where it finds none gets exactly the full search.
+    ``coarse_fraction`` 0 always runs the full search.
     ``detect_height``, ``cascade``, ``scale_factor``, ``min_size`` and ``coarse_fraction`` exist for the
     detector comparison (perf/face_flag.py).
     """
@@ -218,22 +229,15 @@ def detect_faces(
         h, w = gray.shape
         if h > detect_height:
             gray = cv2.resize(gray, (max(1, round(w * detect_height / h)), detect_height), interpolation=cv2.INTER_AREA)
-        sizes = [min_size]
+
         coarse = round(gray.shape[0] * coarse_fraction)
+        boxes, support = _cascade_search(detector, gray, scale_factor, max(coarse, min_size))
         if coarse > min_size:
-            sizes.insert(0, coarse)
-        for size in sizes:
-            boxes, support = detector.detectMultiScale2(
-                gray,
-                scaleFactor=scale_factor,
-                minNeighbors=FACE_MIN_NEIGHBORS,
-                minSize=(size, size),
-            )
-            if len(boxes):
-                break
-        out.append(
-            FaceFrame(np.asarray(boxes, dtype=np.int64).reshape(-1, 4), np.asarray(support, dtype=np.int64).reshape(-1))
-        )
+            # found large faces: search again down to FACE_NEAR_SIZE of the smallest (a second person at a
+            # similar distance); found none: the full search
+            floor = round(FACE_NEAR_SIZE * int(boxes[:, 2].min())) if boxes.shape[0] else min_size
+            boxes, support = _cascade_search(detector, gray, scale_factor, max(min_size, floor))
+        out.append(FaceFrame(boxes, support))
     return out
 
 
