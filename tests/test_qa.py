@@ -333,3 +333,16 @@ def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def test_face_detector_is_safe_across_threads() -> None:
+    """Threads detecting at once (the in-process pipeline, preprocess's decode pool) each get their own
+    classifier: a shared one failed OpenCV's scaleIdx assertion with different minimum sizes in flight."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    scenes = [_scene_qa_frames(1280, 720, face_frac=frac) for frac in (0.1, 0.3, 0.5)]
+    scenes.append(_scene_qa_frames(480, 360, kind="no_face"))
+    want = [qa.face_confidence(f) for f in scenes]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            assert list(pool.map(qa.face_confidence, scenes)) == want

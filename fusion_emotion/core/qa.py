@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,8 @@ CLIP_TOLERANCE = 0.1
 
 FACE_CASCADE = "haarcascade_frontalface_alt2.xml"
 """Chosen over ``_default`` and ``_alt`` on measured recall, false positives, count and cost (perf/face_flag.py)."""
-_cascades: dict[str, object] = {}
+_cascades = threading.local()  # name -> classifier, per thread
+_cascade_lock = threading.Lock()
 
 
 def _finite(x: float | None) -> bool:
@@ -145,16 +147,25 @@ def blur_level(frames: np.ndarray) -> float:
 
 
 def _face_cascade(name: str = FACE_CASCADE):  # -> cv2.CascadeClassifier
-    """One of OpenCV's bundled Haar cascades (cv2.data.haarcascades), loaded once per process."""
-    if name not in _cascades:
-        import cv2
+    """One of OpenCV's bundled Haar cascades (cv2.data.haarcascades), loaded once per thread.
 
-        path = cv2.data.haarcascades + name
-        cascade = cv2.CascadeClassifier(path)
+    A CascadeClassifier is not safe to share: two threads detecting at once with different minimum sizes
+    failed OpenCV's ``scaleIdx`` assertion (the in-process pipeline and preprocess's decode pool run QA in
+    threads). The first import of cv2 is serialised too: a thread could see the module half initialised.
+    """
+    loaded = getattr(_cascades, "by_name", None)
+    if loaded is None:
+        loaded = _cascades.by_name = {}
+    if name not in loaded:
+        with _cascade_lock:
+            import cv2
+
+            path = cv2.data.haarcascades + name
+            cascade = cv2.CascadeClassifier(path)
         if cascade.empty():
             raise RuntimeError(f"could not load the OpenCV face cascade {path}")
-        _cascades[name] = cascade
-    return _cascades[name]
+        loaded[name] = cascade
+    return loaded[name]
 
 
 @dataclass(frozen=True)
@@ -220,9 +231,9 @@ def detect_faces(
     ``detect_height``, ``cascade``, ``scale_factor``, ``min_size`` and ``coarse_fraction`` exist for the
     detector comparison (perf/face_flag.py).
     """
+    detector = _face_cascade(cascade)  # first: it imports cv2 under its lock
     import cv2
 
-    detector = _face_cascade(cascade)
     out: list[FaceFrame] = []
     for frame in _examined(frames, max_frames):
         gray = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
