@@ -85,9 +85,9 @@ class _OpenVinoModel:
     def __init__(self, path: Path, threads: int, precision: str) -> None:
         import openvino as ov
 
-        core = ov.Core()
-        self.compiled = core.compile_model(str(path), "CPU", openvino_config(threads, precision))
+        self.compiled = ov.Core().compile_model(str(path), "CPU", openvino_config(threads, precision))
         self._local = threading.local()
+        log.info("loaded %s with OpenVINO CPU, %s (threads=%s)", path.name, precision, threads or "auto")
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         request = getattr(self._local, "request", None)
@@ -95,6 +95,19 @@ class _OpenVinoModel:
             request = self._local.request = self.compiled.create_infer_request()
         # share_outputs=False (the default) copies the output out of the request's reused buffer
         return np.asarray(request.infer({0: batch})[0])
+
+
+class _OnnxRuntimeModel:
+    """An onnxruntime session (thread-safe) called with its one input and one output."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        self.session = make_session(path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run([self.output_name], {self.input_name: batch})
+        return out
 
 
 class Encoder:
@@ -109,21 +122,11 @@ class Encoder:
     ) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
-        self.runtime = runtime
-        if runtime == "openvino":
-            self._model = _OpenVinoModel(Path(path), intra_op_threads, precision)
-            log.info(
-                "loaded %s with OpenVINO CPU, %s (threads=%s)", Path(path).name, precision, intra_op_threads or "auto"
-            )
-            self.session = None
-            return
-        self.session = make_session(path, intra_op_threads)
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
+        self._run: _OpenVinoModel | _OnnxRuntimeModel = (
+            _OpenVinoModel(Path(path), intra_op_threads, precision)
+            if runtime == "openvino"
+            else _OnnxRuntimeModel(Path(path), intra_op_threads)
+        )
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        if self.session is None:
-            return self._model(x)
-        (out,) = self.session.run([self.output_name], {self.input_name: x})
-        return out
+        return self._run(np.ascontiguousarray(batch, dtype=np.float32))
