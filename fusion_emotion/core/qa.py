@@ -246,8 +246,9 @@ def detect_faces(
         if coarse > min_size:
             # found large faces: search again down to FACE_NEAR_SIZE of the smallest (a second person at a
             # similar distance); found none: the full search
-            floor = round(FACE_NEAR_SIZE * int(boxes[:, 2].min())) if boxes.shape[0] else min_size
-            boxes, support = _cascade_search(detector, gray, scale_factor, max(min_size, floor))
+            floor = max(min_size, round(FACE_NEAR_SIZE * int(boxes[:, 2].min()))) if boxes.shape[0] else min_size
+            if floor < coarse:  # else the first pass already covered every size down to the floor
+                boxes, support = _cascade_search(detector, gray, scale_factor, floor)
         out.append(FaceFrame(boxes, support))
     return out
 
