@@ -2,8 +2,9 @@
 
     .venv/bin/python perf/encoder_runtime.py build/perf/repo --repeats 5
     .venv/bin/python perf/encoder_runtime.py build/perf/repo --graph model_int8.onnx --precisions f32
+    .venv/bin/python perf/encoder_runtime.py build/perf/repo --precisions f32 --batch 4
 
-One thread each, batch 1, the same exported graph through ``fusion_emotion.core.onnx_runtime.Encoder`` (the code
+One thread each, batch 1 unless ``--batch`` (times are then per item, to show whether batching saves CPU), the same exported graph through ``fusion_emotion.core.onnx_runtime.Encoder`` (the code
 the cpu profile serves with). Prints, per encoder and runtime, the minimum and median process CPU time of
 ``--repeats`` calls after one warm-up, and the largest absolute difference to onnxruntime's output.
 """
@@ -19,16 +20,17 @@ import numpy as np
 from fusion_emotion import contract as C
 from fusion_emotion.core.onnx_runtime import PRECISIONS, Encoder
 
-SHAPES = {C.VIDEO_ENCODER: (1, 3, C.NUM_FRAMES, *C.CROP_HW), C.AUDIO_ENCODER: (1, C.AUDIO_SAMPLES)}
+SHAPES = {C.VIDEO_ENCODER: (3, C.NUM_FRAMES, *C.CROP_HW), C.AUDIO_ENCODER: (C.AUDIO_SAMPLES,)}  # one item
 
 
-def cpu_ms(fn, repeats: int) -> tuple[float, float]:
+def cpu_ms(fn, repeats: int, per: int = 1) -> tuple[float, float]:
+    """Minimum and median process CPU ms of ``repeats`` calls after one warm-up, divided by ``per``."""
     fn()
     times = []
     for _ in range(repeats):
         t = time.process_time()
         fn()
-        times.append(1000 * (time.process_time() - t))
+        times.append(1000 * (time.process_time() - t) / per)
     return min(times), float(np.median(times))
 
 
@@ -38,20 +40,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--graph", default=C.ONNX_FILENAME, help="file in each encoder's version folder")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help="OpenVINO precisions to time")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch", type=int, default=1, help="items per call (times are per item)")
     args = p.parse_args(argv)
-    print("encoder | runtime | CPU ms min | CPU ms median | max |diff| to onnxruntime | max |output|")
+    if args.batch < 1:
+        p.error("--batch must be at least 1")
+    print(f"batch {args.batch}")
+    print("encoder | runtime | CPU ms min per item | CPU ms median per item | max |diff| to onnxruntime | max |output|")
     for model, shape in SHAPES.items():
         path = args.repository / model / "1" / args.graph
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        x = np.random.default_rng(0).standard_normal((args.batch, *shape)).astype(np.float32)
         ort = Encoder(path, 1, "onnxruntime")
         want = ort(x)
         scale = float(np.abs(want).max())
-        lo, med = cpu_ms(lambda ort=ort, x=x: ort(x), args.repeats)
+        lo, med = cpu_ms(lambda ort=ort, x=x: ort(x), args.repeats, args.batch)
         print(f"{model} | onnxruntime | {lo:.0f} | {med:.0f} | 0 | {scale:.2f}")
         for precision in args.precisions.split(","):
             ov = Encoder(path, 1, "openvino", precision)
             diff = float(np.abs(ov(x) - want).max())
-            lo, med = cpu_ms(lambda ov=ov, x=x: ov(x), args.repeats)
+            lo, med = cpu_ms(lambda ov=ov, x=x: ov(x), args.repeats, args.batch)
             print(f"{model} | openvino {precision} | {lo:.0f} | {med:.0f} | {diff:.1e} | {scale:.2f}")
     return 0
 

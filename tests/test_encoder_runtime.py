@@ -100,7 +100,10 @@ def test_int8_profile_stays_on_onnxruntime(tmp_path: Path) -> None:
 
 
 def _libraries(pid: int) -> set[str]:
-    return {Path(line.split()[-1]).name for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if ".so" in line}
+    """File names of the shared libraries mapped into ``pid`` (psutil, like every process walk here)."""
+    import psutil
+
+    return {Path(m.path).name for m in psutil.Process(pid).memory_maps(grouped=True) if ".so" in m.path}
 
 
 @pytest.mark.integration
