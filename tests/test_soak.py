@@ -17,12 +17,13 @@ SOAK_SECONDS = float(os.environ.get("FUSION_EMOTION_SOAK_TEST_S", "60"))
 # Growth of the total RSS (tritonserver + stubs + front end) per answered request after
 # warm-up, from samples taken with nothing in flight (the soak drains its clients every 20 s),
 # as the median slope between them (fusion_emotion.ops.soak.growth_per_request). Measured
-# (docs/reliability.md, "Soak"): in the first minutes tritonserver and the front end still grow
-# by ~200-300 KB per request while their pools fill (one-minute runs: 494 and 835 KB per request
-# over ~60 requests, the encoders flat since their CPU arena is off), and the 10-minute soak's
-# last 5.5 minutes grew ~75 KB per request. 1 MiB per request is above that early settling and
-# below one request's video tensor (2.4 MB), so leaking a tensor per request fails here; smaller
-# leaks are the 10-minute soak's to find (make soak).
+# (docs/reliability.md, "Soak" and "Encoder memory under OpenVINO"): with the encoders warmed at
+# their largest batch before READY (the cpu configs' model_warmup), one-minute runs grew 300 and
+# 346 KB per request over ~225 requests (tritonserver, preprocess and the front end filling their
+# pools; the encoders flat); warmed at batch 1 only, one run grew 533 KB (the audio encoder +60 MB
+# after warm-up) and a fresh-clone run 1125 KB. 1 MiB per request is ~3x that settling and below one request's
+# video tensor (2.4 MB), so leaking a tensor per request fails here; smaller leaks are the
+# 10-minute soak's to find (make soak).
 MAX_GROWTH_KB_PER_REQUEST = 1024.0
 WARMUP_REQUESTS = 64
 

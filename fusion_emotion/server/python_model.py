@@ -153,9 +153,7 @@ class OnnxEncoderModel:
             params.get("runtime") or DEFAULT_RUNTIME,
             params.get("precision") or DEFAULT_PRECISION,
         )
-        # warm up so the first real request does not pay for lazy initialisation
-        dims = [int(d) for d in config["input"][0]["dims"]]
-        self.encoder(np.zeros((1, *dims), dtype=np.float32))
+        # the config's model_warmup runs the first batches before READY (largest first: OpenVINO's buffers)
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         return respond_batched(requests, [self.input_name], [self.output_name], lambda x: (self.encoder(x),))
