@@ -155,16 +155,6 @@ def test_gpu_configs_warm_up_every_batch_the_batcher_forms(encoder: str, path: P
 
 
 @pytest.mark.parametrize("encoder", [C.VIDEO_ENCODER, C.AUDIO_ENCODER])
-def test_cpu_configs_warm_up_the_largest_batch_first(encoder: str):
-    """OpenVINO sizes its buffers for the largest batch it has run: warming that first makes RSS at READY
-    close to steady state (docs/reliability.md, "Encoder memory under OpenVINO"), so memory after READY grows by little."""
-    cfg = parse(TEMPLATES / encoder / "configs" / "cpu.pbtxt")
-    assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
-    _warmup_ok(cfg)
-    assert cfg.model_warmup[0].batch_size == cfg.max_batch_size
-
-
-@pytest.mark.parametrize("encoder", [C.VIDEO_ENCODER, C.AUDIO_ENCODER])
 def test_cpu_dali_encoders_are_the_cpu_profiles(encoder: str):
     """cpu_dali changes only preprocess's decoder; its encoder configs must not drift from cpu's."""
     configs = TEMPLATES / encoder / "configs"

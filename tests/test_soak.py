@@ -18,12 +18,12 @@ SOAK_SECONDS = float(os.environ.get("FUSION_EMOTION_SOAK_TEST_S", "60"))
 # warm-up, from samples taken with nothing in flight (the soak drains its clients every 20 s),
 # as the median slope between them (fusion_emotion.ops.soak.growth_per_request). Measured
 # (docs/reliability.md, "Soak" and "Encoder memory under OpenVINO"): with the encoders warmed at
-# their largest batch before READY (the cpu configs' model_warmup), one-minute runs grew 300 and
-# 346 KB per request over ~225 requests (tritonserver, preprocess and the front end filling their
-# pools; the encoders flat); warmed at batch 1 only, one run grew 533 KB (the audio encoder +60 MB
-# after warm-up) and a fresh-clone run 1125 KB. 1 MiB per request is ~3x that settling and below one request's
-# video tensor (2.4 MB), so leaking a tensor per request fails here; smaller leaks are the
-# 10-minute soak's to find (make soak).
+# their largest batch before READY (Encoder.warm_up in the stubs' initialize), one-minute runs grew
+# 77 and 185 KB per request over ~230 requests (tritonserver, preprocess and the front end filling
+# their pools; the encoders flat); warmed at batch 1 only, one run grew 533 KB (the audio encoder
+# +60 MB after warm-up) and a fresh-clone run 1125 KB. 1 MiB per request is well above the
+# settling and below one request's video tensor (2.4 MB), so leaking a tensor per request fails
+# here; smaller leaks are the 10-minute soak's to find (make soak).
 MAX_GROWTH_KB_PER_REQUEST = 1024.0
 WARMUP_REQUESTS = 64
 

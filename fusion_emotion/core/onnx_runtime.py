@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,17 @@ class Encoder:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self._run(np.ascontiguousarray(batch, dtype=np.float32))
+
+    def warm_up(self, item_shape: Sequence[int], max_batch: int) -> tuple[int, ...]:
+        """Run the largest batch, then batch 1, on zeros; returns the batch sizes run.
+
+        Paid while the model loads, so READY means ready: lazy initialisation is done, and OpenVINO's
+        buffers, sized for the largest batch it has run, are near their steady state (RSS grows by ~30 MB
+        after, instead of ~400 MB when warmed at batch 1: docs/reliability.md, "Encoder memory under
+        OpenVINO"). In-process rather than Triton's model_warmup, whose batch-8 video tensor (19 MB) would
+        grow the stub's shared-memory region for good and fill a 64 MiB /dev/shm (same section).
+        """
+        sizes = tuple(dict.fromkeys((max(1, max_batch), 1)))
+        for n in sizes:
+            self(np.zeros((n, *item_shape), dtype=np.float32))
+        return sizes

@@ -153,7 +153,8 @@ class OnnxEncoderModel:
             params.get("runtime") or DEFAULT_RUNTIME,
             params.get("precision") or DEFAULT_PRECISION,
         )
-        # the config's model_warmup runs the first batches before READY (largest first: OpenVINO's buffers)
+        dims = [int(d) for d in config["input"][0]["dims"]]
+        self.encoder.warm_up(dims, int(config.get("max_batch_size", 1)))
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         return respond_batched(requests, [self.input_name], [self.output_name], lambda x: (self.encoder(x),))
