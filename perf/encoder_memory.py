@@ -2,8 +2,8 @@
 
     .venv/bin/python perf/encoder_memory.py build/demo_repo/audio_encoder/1/model.onnx --warmup 1 --warmup 8,1
 
-Each ``--warmup`` (batch sizes run in that order, as the config's model_warmup does) is measured in its
-own process with the serving ``Encoder`` (OpenVINO f32, one thread, unless ``--runtime``): RSS after
+Each ``--warmup`` (batch sizes run in that order; the stubs' ``Encoder.warm_up`` runs 8 then 1) is measured in
+its own process with the serving ``Encoder`` (OpenVINO f32, one thread, unless ``--runtime``): RSS after
 loading, after the warm-up, and after ``--runs`` batches drawn from 1..``--max-batch`` (each size at least
 once). What the warm-up leaves to grow is what a server grows after READY.
 """
@@ -15,8 +15,20 @@ import json
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+
+
+def item_shape(path: str) -> tuple[int, ...]:
+    """One item's input shape, from the contract, for ``<repository>/<encoder>/<version>/<graph>``."""
+    from fusion_emotion import contract as C
+
+    encoder = Path(path).parents[1].name
+    if encoder not in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
+        raise SystemExit(f"{path}: not in a {C.VIDEO_ENCODER} or {C.AUDIO_ENCODER} model folder")
+    (spec,), _ = C.MODEL_IO[encoder]
+    return tuple(spec.dims)
 
 
 def measure(path: str, warmup: list[int], runtime: str, max_batch: int, runs: int) -> dict:
@@ -26,7 +38,7 @@ def measure(path: str, warmup: list[int], runtime: str, max_batch: int, runs: in
 
     proc = psutil.Process()
     encoder = Encoder(path, 1, runtime)
-    item = (64000,) if "audio" in path else (3, 16, 112, 112)
+    item = item_shape(path)
     loaded = proc.memory_info().rss / 2**20
     for b in warmup:
         encoder(np.zeros((b, *item), dtype=np.float32))

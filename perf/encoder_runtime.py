@@ -20,7 +20,7 @@ import numpy as np
 from fusion_emotion import contract as C
 from fusion_emotion.core.onnx_runtime import PRECISIONS, Encoder
 
-SHAPES = {C.VIDEO_ENCODER: (3, C.NUM_FRAMES, *C.CROP_HW), C.AUDIO_ENCODER: (C.AUDIO_SAMPLES,)}  # one item
+SHAPES = {C.VIDEO_ENCODER: C.VIDEO_FRAMES.dims, C.AUDIO_ENCODER: C.AUDIO_WAVEFORM.dims}  # one item
 
 
 def cpu_ms(fn, repeats: int, per: int = 1) -> tuple[float, float]:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _inputs(model: str, batch: int, seed: int = 0) -> np.ndarray:
-    dims = (3, C.NUM_FRAMES, *C.CROP_HW) if model == C.VIDEO_ENCODER else (C.AUDIO_SAMPLES,)
+    dims = C.VIDEO_FRAMES.dims if model == C.VIDEO_ENCODER else C.AUDIO_WAVEFORM.dims
     return np.random.default_rng(seed).standard_normal((batch, *dims)).astype(np.float32)
 
 
@@ -66,7 +66,7 @@ def test_warm_up_runs_the_largest_batch_so_later_batches_add_little(demo_reposit
     enc = Encoder(demo_repository / C.VIDEO_ENCODER / "1" / C.ONNX_FILENAME, 0, "openvino")
     proc = psutil.Process()
     loaded = proc.memory_info().rss
-    assert enc.warm_up((3, C.NUM_FRAMES, *C.CROP_HW), 8) == (8, 1)
+    assert enc.warm_up(C.VIDEO_FRAMES.dims, 8) == (8, 1)
     warm = proc.memory_info().rss
     for batch in (7, 4):
         enc(_inputs(C.VIDEO_ENCODER, batch))
@@ -74,7 +74,7 @@ def test_warm_up_runs_the_largest_batch_so_later_batches_add_little(demo_reposit
     assert warm - loaded > 200 * 2**20, "the warm-up should have allocated for batch 8"
     assert grown < 100 * 2**20, f"RSS grew {grown / 2**20:.0f} MB after warm-up"
     assert Encoder(demo_repository / C.AUDIO_ENCODER / "1" / C.ONNX_FILENAME, 1, "onnxruntime").warm_up(
-        (C.AUDIO_SAMPLES,), 0
+        C.AUDIO_WAVEFORM.dims, 0
     ) == (1,)
 
 
