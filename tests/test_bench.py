@@ -103,6 +103,27 @@ def test_triton_stats_delta_per_request_and_per_execution():
     assert v["compute_input_ms_per_request"] is None
 
 
+def test_triton_stats_snapshot_waits_for_lagging_records():
+    """Triton records the last requests' statistics after their responses: a window's
+    start read right after warm-up must not miss the warm-up (CI saw 4 requests for 3)."""
+    reads = [_stats(3, 3, 1, 1, 1), _stats(4, 4, 1, 1, 1), _stats(4, 4, 1, 1, 1), _stats(9, 9, 1, 1, 1)]
+
+    class Client:
+        def get_inference_statistics(self, as_json: bool) -> dict:
+            return reads.pop(0)
+
+    stats = bench.TritonStats.__new__(bench.TritonStats)
+    stats.client = Client()
+    assert stats.snapshot(interval_s=0.01)["video_encoder"]["inference_count"] == 4  # not the lagging 3
+    assert len(reads) == 1  # stopped at the first two equal reads
+
+    moving = iter(range(1000))
+    stats.client.get_inference_statistics = lambda as_json: _stats(next(moving), 1, 1, 1, 1)
+    t0 = time.monotonic()
+    stats.snapshot(timeout_s=0.2, interval_s=0.01)  # never settles: bounded by the timeout
+    assert time.monotonic() - t0 < 1.0
+
+
 def test_summary_ratios_and_plot(tmp_path: Path):
     results = {
         "service": {c: [bench.RunResult("s", 4, c, 2.0, [0.2 * c] * 4, 0)] for c in (1, 2)},

@@ -122,7 +122,7 @@ def _run(triton, requests: list[tuple[bytes | None, bytes | None]], tmp_path: Pa
         [sys.executable, "-m", "fusion_emotion.cli", "perf-analyzer", *args],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
-    delta = stats_delta(before, stats.settled_snapshot())
+    delta = stats_delta(before, stats.snapshot())
     stats.close()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc, read_csv(csv_path), delta

@@ -14,6 +14,7 @@ from helpers import start_triton
 from tritonclient.utils import InferenceServerException
 
 from fusion_emotion import contract as C
+from fusion_emotion.ops.bench import TritonStats
 from fusion_emotion.server import procs
 
 pytestmark = pytest.mark.integration
@@ -39,9 +40,14 @@ def _assert_same(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.
     np.testing.assert_allclose(np.nan_to_num(got[1]), np.nan_to_num(want[1]), atol=1e-4, rtol=0)
 
 
-def _stats(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:
-    s = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-    return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
+def _stats(url: str, model: str) -> tuple[int, int]:
+    """(inference_count, execution_count) once the counters settle (bench's one reader)."""
+    stats = TritonStats(url)
+    try:
+        counters = stats.snapshot().get(model, {})
+    finally:
+        stats.close()
+    return counters.get("inference_count", 0), counters.get("execution_count", 0)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -77,14 +83,14 @@ def test_modalities(triton, reference, media):
 
 def test_audio_only_does_no_video_encoder_work(triton, media):
     client = grpcclient.InferenceServerClient(triton.grpc_url)
-    before_v = _stats(client, C.VIDEO_ENCODER)[0]
-    before_a = _stats(client, C.AUDIO_ENCODER)[0]
+    before_v = _stats(triton.grpc_url, C.VIDEO_ENCODER)[0]
+    before_a = _stats(triton.grpc_url, C.AUDIO_ENCODER)[0]
     infer_grpc(triton.grpc_url, None, media["wav"], client=client)
-    assert _stats(client, C.VIDEO_ENCODER)[0] == before_v
-    assert _stats(client, C.AUDIO_ENCODER)[0] == before_a + 1
+    assert _stats(triton.grpc_url, C.VIDEO_ENCODER)[0] == before_v
+    assert _stats(triton.grpc_url, C.AUDIO_ENCODER)[0] == before_a + 1
     infer_grpc(triton.grpc_url, media["mp4_noaudio"], None, client=client)
-    assert _stats(client, C.AUDIO_ENCODER)[0] == before_a + 1
-    assert _stats(client, C.VIDEO_ENCODER)[0] == before_v + 1
+    assert _stats(triton.grpc_url, C.AUDIO_ENCODER)[0] == before_a + 1
+    assert _stats(triton.grpc_url, C.VIDEO_ENCODER)[0] == before_v + 1
 
 
 BAD = {
@@ -173,9 +179,8 @@ def batching_triton(demo_repository: Path, tmp_path_factory: pytest.TempPathFact
 
 
 def test_concurrent_requests_batched_into_one_execute(batching_triton, reference, media):
-    client = grpcclient.InferenceServerClient(batching_triton.grpc_url)
     jobs = [("mp4", None), (None, "wav"), ("garbage", None), ("flv", None), (None, "wav16k"), ("mp4", "wav")]
-    inf0, exe0 = _stats(client, C.PREPROCESS)
+    inf0, exe0 = _stats(batching_triton.grpc_url, C.PREPROCESS)
     with cf.ThreadPoolExecutor(len(jobs)) as pool:
         futures = [pool.submit(infer_grpc, batching_triton.grpc_url, _pick(media, v), _pick(media, a)) for v, a in jobs]
         outcomes = []
@@ -184,7 +189,7 @@ def test_concurrent_requests_batched_into_one_execute(batching_triton, reference
                 outcomes.append(f.result())
             except InferenceServerException as exc:
                 outcomes.append(exc)
-    inf1, exe1 = _stats(client, C.PREPROCESS)
+    inf1, exe1 = _stats(batching_triton.grpc_url, C.PREPROCESS)
     assert inf1 - inf0 == len(jobs)
     assert exe1 - exe0 < len(jobs), "requests were not batched together"
     for (v, a), outcome in zip(jobs, outcomes):

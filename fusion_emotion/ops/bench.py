@@ -297,17 +297,20 @@ class TritonStats:
 
         self.client = grpcclient.InferenceServerClient(url)
 
-    def snapshot(self) -> dict[str, dict[str, int]]:
+    def read(self) -> dict[str, dict[str, int]]:
+        """One raw read of the counters (may still lack the last requests' records)."""
         return flatten_model_stats(self.client.get_inference_statistics(as_json=True))
 
-    def settled_snapshot(self, timeout_s: float = 2.0) -> dict[str, dict[str, int]]:
-        """A snapshot once the counters stop moving: Triton records a request's
-        statistics after its response is sent, so the last ones can lag the client."""
-        current = self.snapshot()
+    def snapshot(self, timeout_s: float = 2.0, interval_s: float = 0.1) -> dict[str, dict[str, int]]:
+        """The counters once they stop moving. Triton records a request's statistics
+        after its response is sent (the ensemble's and its last step's last of all),
+        so a read taken right after the client's last response can miss them; both
+        ends of a measured window must be settled or the window gains or loses requests."""
+        current = self.read()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            time.sleep(0.1)
-            again = self.snapshot()
+            time.sleep(interval_s)
+            again = self.read()
             if again == current:
                 break
             current = again
@@ -482,7 +485,7 @@ def run_target(
         result.cpu_s = meter.read() - cpu0
     if stats is not None and before is not None:
         try:
-            result.triton_stats = stats_delta(before, stats.settled_snapshot())
+            result.triton_stats = stats_delta(before, stats.snapshot())
         finally:
             stats.close()
     return result

@@ -220,7 +220,7 @@ def measure(
         args = concurrency_args(model, url, input_data, concurrency, requests, csv_path=csv_path)
         proc = pa.run(args, timeout=timeout_s)
         cpu_s = meter.read() - cpu0 if meter else None
-        server = stats_delta(before, stats.settled_snapshot())
+        server = stats_delta(before, stats.snapshot())
     finally:
         stats.close()
     report = parse_report(proc.stdout).get(concurrency, {})

@@ -155,7 +155,7 @@ def run_phase(
 ) -> dict[str, Any]:  # fmt: skip
     from fusion_emotion.ops.bench import _load, latency_summary, stats_delta
 
-    before_stats = stats.settled_snapshot() if stats is not None else None
+    before_stats = stats.snapshot() if stats is not None else None
     load_before = _load()
     cpu0 = procs.tree_cpu_seconds(server_pids) if server_pids else None
     parts0 = process_cpu(servers)
@@ -211,7 +211,7 @@ def run_phase(
         "client-side latency over one hop (every update but the last), or the last update's server latency"
     )
     if stats is not None:
-        doc["triton_stats"] = stats_delta(before_stats, stats.settled_snapshot())
+        doc["triton_stats"] = stats_delta(before_stats, stats.snapshot())
     return doc
 
 
