@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fusion_emotion import contract as C
 from fusion_emotion.cli import main
 from fusion_emotion.ops import bench
 from fusion_emotion.ops.stages import measure_stages
@@ -124,6 +125,42 @@ def test_triton_stats_snapshot_waits_for_lagging_records():
     assert time.monotonic() - t0 < 1.0
 
 
+def test_cpu_timeline_summary_splits_idle_by_cause():
+    from fusion_emotion.ops.cpu_timeline import Sample, from_json, summarize, table, to_json
+
+    pre, enc = C.PREPROCESS, C.VIDEO_ENCODER
+    samples = [
+        Sample(0.0, 0.5, 2.0, {pre: 1.5, enc: 0.5}),  # both cores busy
+        Sample(0.5, 0.5, 1.0, {enc: 1.0}),  # one encoder alone, nothing decoding: 0.5 core-s idle
+        Sample(1.0, 0.5, 1.5, {pre: 1.0, enc: 0.5}),  # decoding, still 0.25 core-s idle
+        Sample(1.5, 0.5, 0.5, {enc: 0.5}),  # the drain: 0.75 core-s idle
+    ]
+    s = summarize(samples, cores=2, tail_s=0.5)
+    assert s["wall_s"] == 2.0 and s["mean_busy_cores"] == 1.25
+    assert s["idle_core_s"] == 1.5 and s["idle_share"] == 0.375
+    assert s["idle_no_decode_core_s"] == 1.25 and s["idle_last_core_s"] == 0.75
+    assert s["part_core_s"] == {pre: 1.25, enc: 1.25}
+    assert from_json(to_json(samples, 2, 0.5)) == samples
+    assert "busy 1.00" in table(samples).splitlines()[1] and pre not in table(samples).splitlines()[1]
+    in_process = summarize([Sample(0.0, 1.0, 1.0, {"in-process": 1.0})], cores=2)
+    assert in_process["idle_no_decode_core_s"] == 0.0  # no decode stage to starve
+
+
+def test_cpu_timeline_samples_this_process():
+    from fusion_emotion.ops.cpu_timeline import IN_PROCESS, CpuTimeline
+
+    timeline = CpuTimeline(None, 0.05)
+    timeline.start()
+    end = time.monotonic() + 0.4
+    while time.monotonic() < end:  # one busy core
+        sum(range(1000))
+    samples = timeline.stop()
+    assert len(samples) >= 4
+    used = sum(s.parts[IN_PROCESS] * s.dt_s for s in samples)
+    assert 0.2 < used <= sum(s.dt_s for s in samples) * 1.5
+    assert all(s.busy_cores >= s.parts[IN_PROCESS] * 0.5 for s in samples[1:-1])
+
+
 def test_summary_ratios_and_plot(tmp_path: Path):
     results = {
         "service": {c: [bench.RunResult("s", 4, c, 2.0, [0.2 * c] * 4, 0)] for c in (1, 2)},
@@ -199,15 +236,26 @@ def frontend(triton) -> Iterator[str]:
 
 
 @pytest.mark.integration
-def test_bench_url_with_triton_stats(frontend, triton, media, tmp_path: Path):
+def test_bench_url_with_triton_stats(frontend, triton, media, tmp_path: Path, capsys):
     video = tmp_path / "clip.flv"
     video.write_bytes(media["flv"])
     out = tmp_path / "r.json"
     args = ["bench", "--url", frontend, "--triton-stats", triton.grpc_url, "--video", str(video)]
+    args += ["--server-pid", str(triton.proc.pid), "--cpu-timeline", "0.2"]
     assert main([*args, "-n", "3", "-c", "2", "--warmup", "0", "--output", str(out), "--no-progress"]) == 0
     doc = json.loads(out.read_text())
     _check_schema(doc, 3, 2)
     assert doc["triton_stats"]["fusion_emotion"]["requests"] == 3
+    timeline = doc["runs"][0]["cpu_timeline"]
+    summary = timeline["summary"]
+    assert (
+        len(timeline["samples"]) >= 2 and summary["wall_s"] > 0 and 0 < summary["mean_busy_cores"] <= summary["cores"]
+    )
+    used = summary["part_core_s"]  # the stubs that did the work, by model, from the live server's process tree
+    assert all(used[m] > 0 for m in (C.PREPROCESS, C.VIDEO_ENCODER, C.AUDIO_ENCODER)), used
+    assert sum(used.values()) <= summary["mean_busy_cores"] * summary["wall_s"] * 1.2 + 0.5  # parts fit the machine
+    assert doc["cpu_timeline"] == [summary]
+    assert "cpu timeline" in capsys.readouterr().out
 
 
 def test_bench_local_with_comparison_json(demo_repository, media, tmp_path: Path):

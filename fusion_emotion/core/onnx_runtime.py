@@ -26,6 +26,12 @@ RUNTIMES = ("openvino", "onnxruntime")
 DEFAULT_RUNTIME = "openvino"
 """What the cpu profile's encoder configs name (parameter ``runtime``) and the in-process reference uses."""
 
+SERVING_THREADS = 2
+"""OpenVINO threads per encoder in the cpu profiles (parameter ``intra_op_threads``). With one, an encoder
+left running alone (every ``preprocess`` instance waiting on it, or a burst's last requests) kept one core
+of two busy; two threads cut the idle share from 5-7 % to ~1 % at ~1 % more CPU per request (perf/README.md,
+"Two encoder threads")."""
+
 PRECISIONS = ("f32", "bf16")
 DEFAULT_PRECISION = "f32"
 """OpenVINO's inference precision. f32 keeps the exported model's numerics; without the hint OpenVINO

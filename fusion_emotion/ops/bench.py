@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from fusion_emotion import contract as C
+from fusion_emotion.ops import cpu_timeline
 from fusion_emotion.server import procs
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class RunResult:
     triton_stats: dict[str, Any] | None = None
     round: int = 0
     cpu_s: float | None = None  # CPU seconds spent serving the run (see CpuMeter)
+    cpu_timeline: dict[str, Any] | None = None  # busy cores over the run (--cpu-timeline)
 
     @property
     def ok(self) -> int:
@@ -98,6 +100,8 @@ class RunResult:
             out["cpu_ms_per_request"] = self.cpu_s / self.requests * 1000.0
         if self.triton_stats is not None:
             out["triton_stats"] = self.triton_stats
+        if self.cpu_timeline is not None:
+            out["cpu_timeline"] = self.cpu_timeline
         return out
 
 
@@ -122,6 +126,9 @@ def pool_runs(runs: Sequence[RunResult]) -> dict[str, Any]:
     stats = [r.triton_stats for r in runs if r.triton_stats is not None]
     if stats:
         out["triton_stats"] = stats[-1] if len(stats) == 1 else {"per_round": stats}
+    timelines = [r.cpu_timeline["summary"] for r in runs if r.cpu_timeline is not None]
+    if timelines:
+        out["cpu_timeline"] = timelines  # one summary per round (the samples are in "runs")
     return out
 
 
@@ -462,10 +469,17 @@ class Plan:
     rounds: int = 1
     warmup: int = 2
     progress: bool = True
+    cpu_timeline_s: float | None = None  # sampling interval of --cpu-timeline
 
 
 def run_target(
-    target: Target, requests: int, concurrency: int, warmup: int, progress: bool, round_no: int = 0
+    target: Target,
+    requests: int,
+    concurrency: int,
+    warmup: int,
+    progress: bool,
+    round_no: int = 0,
+    cpu_timeline_s: float | None = None,
 ) -> RunResult:
     """Warm up (sequentially, not measured), then one measured closed-loop run with Triton stat deltas."""
     for _ in range(warmup):
@@ -476,11 +490,16 @@ def run_target(
     stats = TritonStats(target.triton_url) if target.triton_url else None
     before = stats.snapshot() if stats else None
     meter = CpuMeter(target.server_pids) if (target.server_pids or not isinstance(target, RemoteTarget)) else None
+    timeline = cpu_timeline.CpuTimeline(target.server_pids, cpu_timeline_s) if cpu_timeline_s else None
     cpu0 = meter.read() if meter else 0.0
+    if timeline is not None:
+        timeline.start()
     wall, lat, errors, samples = run_closed_loop(
         target.send, requests, concurrency, label=f"{target.name} c={concurrency}", progress=progress
     )
     result = RunResult(target.name, requests, concurrency, wall, lat, errors, samples, round=round_no)
+    if timeline is not None:
+        result.cpu_timeline = cpu_timeline.to_json(timeline.stop(), os.cpu_count() or 1)
     if meter is not None:
         result.cpu_s = meter.read() - cpu0
     if stats is not None and before is not None:
@@ -497,7 +516,9 @@ def run_plan(targets: dict[str, Target], plan: Plan) -> dict[str, dict[int, list
     for c in plan.concurrencies:
         for r in range(plan.rounds):
             for key, target in targets.items():
-                res = run_target(target, plan.requests, c, plan.warmup if r == 0 else 0, plan.progress, r)
+                res = run_target(
+                    target, plan.requests, c, plan.warmup if r == 0 else 0, plan.progress, r, plan.cpu_timeline_s
+                )
                 log.info(
                     "%s c=%s round %s: %.3f req/s, p95 %.0f ms, %s errors",
                     key, c, r, res.throughput_rps, latency_summary(res.latencies_s)["p95"] or float("nan"), res.errors,
@@ -653,6 +674,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=[],
         help="PID whose process tree serves the target (tritonserver, front end); repeatable: reports CPU ms/request",
     )
+    p.add_argument(
+        "--cpu-timeline",
+        type=float,
+        metavar="SECONDS",
+        help="sample busy cores (and, with --server-pid, cores by model) every SECONDS during each measured run; "
+        "reports idle core-seconds and prints the timeline",
+    )
     p.add_argument("--stages", metavar="DIR", help="also time each stage of one request on this repository")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
     p.set_defaults(func=run)
@@ -666,7 +694,12 @@ def run(args: argparse.Namespace) -> int:
     video = args.video.read_bytes() if args.video else None
     audio = args.audio.read_bytes() if args.audio else None
     concurrencies = [int(c) for c in args.sweep.split(",")] if args.sweep else [args.concurrency]
-    plan = Plan(args.requests, concurrencies, max(1, args.rounds), max(0, args.warmup), not args.no_progress)
+    if args.cpu_timeline is not None and args.cpu_timeline <= 0:
+        log.error("--cpu-timeline needs a positive interval in seconds")
+        return 2
+    plan = Plan(
+        args.requests, concurrencies, max(1, args.rounds), max(0, args.warmup), not args.no_progress, args.cpu_timeline
+    )
 
     targets: dict[str, Target] = {}
     if args.url:
@@ -722,6 +755,15 @@ def run(args: argparse.Namespace) -> int:
     if args.plot and "sweep" in doc:
         plot_sweep(doc, args.plot)
     sys.stdout.write(report_text(doc))
+    if args.cpu_timeline:
+        for by_c in results.values():
+            for runs in by_c.values():
+                for r in runs:
+                    if r.cpu_timeline is None:
+                        continue
+                    title = f"cpu timeline {r.target} c={r.concurrency} round {r.round}"
+                    sys.stdout.write(f"{title}: {cpu_timeline.summary_line(r.cpu_timeline['summary'])}\n")
+                    sys.stdout.write(cpu_timeline.table(cpu_timeline.from_json(r.cpu_timeline)) + "\n")
     if "stages" in doc:
         for name, s in doc["stages"].items():
             sys.stdout.write(f"  stage {name:>24}: wall {s['wall_ms']:8.1f} ms  cpu {s['cpu_ms']:8.1f} ms\n")

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 INT8_FILENAME = "model_int8.onnx"
 INT8_CONFIG = "cpu_int8"
 INT8_RUNTIME = "onnxruntime"
+INT8_THREADS = 1
+"""onnxruntime threads per int8 encoder: two (the fp32 profile's OpenVINO count) served no more requests/s here
+and cost ~4.5 % more CPU per request (perf/README.md, "Two encoder threads")."""
 """The int8 graphs run where they were calibrated and measured: onnxruntime's CPU provider (QDQ)."""
 # HuBERT's attention (activation x activation MatMuls, softmax, LayerNorm) loses too
 # much under static activation quantization; its weight MatMuls and the whole R3D-18
@@ -120,9 +123,13 @@ def quantize_encoder(src: Path, dst: Path, model: str, samples: list[np.ndarray]
 
 
 def on_int8_runtime(config_text: str) -> str:
-    """A cpu-profile encoder config with its runtime lines swapped for INT8_RUNTIME (onnxruntime)."""
-    kept = [line for line in config_text.rstrip().splitlines() if '"runtime"' not in line and '"precision"' not in line]
-    return "\n".join(kept) + f'\nparameters {{ key: "runtime" value: {{ string_value: "{INT8_RUNTIME}" }} }}\n'
+    """A cpu-profile encoder config with its runtime and thread lines swapped for INT8_RUNTIME's."""
+    swapped = ('"runtime"', '"precision"', '"intra_op_threads"')
+    kept = [line for line in config_text.rstrip().splitlines() if not any(key in line for key in swapped)]
+    return "\n".join(kept) + (
+        f'\nparameters {{ key: "intra_op_threads" value: {{ string_value: "{INT8_THREADS}" }} }}'
+        f'\nparameters {{ key: "runtime" value: {{ string_value: "{INT8_RUNTIME}" }} }}\n'
+    )
 
 
 def write_int8_config(repo: Path, model: str) -> Path:
