@@ -131,10 +131,10 @@ def test_int8_profile_stays_on_onnxruntime(tmp_path: Path) -> None:
 
 
 def _libraries(pid: int) -> set[str]:
-    """File names of the shared libraries mapped into ``pid`` (psutil, like every process walk here)."""
-    import psutil
+    """File names of the shared libraries mapped into ``pid``."""
+    from fusion_emotion.server import procs
 
-    return {Path(m.path).name for m in psutil.Process(pid).memory_maps(grouped=True) if ".so" in m.path}
+    return {path.name for path in procs.mapped_libraries(pid)}
 
 
 @pytest.mark.integration

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,21 @@ def test_modalities(triton, reference, media):
     _, qa_silent_video = infer_grpc(triton.grpc_url, media["mp4_noaudio"], None)
     assert np.isnan(qa_silent_video[names.index("audio_clipping_ratio")])
     assert not np.isnan(qa_silent_video[names.index("video_blur_level")])
+
+
+def test_fusion_head_stub_does_not_spin_between_requests(triton, media):
+    """The head's two small matrix products are ~0.2 ms of work. With OpenBLAS's default pool its idle worker
+    busy-waited after each call: ~50 ms of CPU per request at one request per 0.1 s (fusion_emotion.server.blas)."""
+    (head,) = [pid for pid, model in procs.stubs(triton.proc.pid).items() if model == C.FUSION_HEAD]
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    infer_grpc(triton.grpc_url, None, media["wav"], client=client)  # warm
+    n, spent = 6, 0.0
+    for _ in range(n):
+        before = procs.cpu_seconds(head)
+        infer_grpc(triton.grpc_url, None, media["wav"], client=client)
+        time.sleep(0.1)  # the gap a spinning pool would fill
+        spent += procs.cpu_seconds(head) - before
+    assert spent / n < 0.015, f"fusion_head stub: {spent / n * 1000:.1f} ms CPU per request"
 
 
 def test_audio_only_does_no_video_encoder_work(triton, media):

@@ -102,6 +102,16 @@ def tree_cpu_seconds(roots: Iterable[int]) -> float:
     return total
 
 
+def mapped_libraries(proc: psutil.Process | int | None = None) -> list[Path]:
+    """Shared libraries mapped into a process (this one by default); [] when it is gone or unreadable."""
+    try:
+        p = psutil.Process() if proc is None else proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
+        maps = p.memory_maps(grouped=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return []
+    return sorted({Path(m.path) for m in maps if ".so" in Path(m.path).name})
+
+
 def rss_kb(proc: psutil.Process | int) -> int | None:
     """Resident set size in KiB (None when the process is gone)."""
     try:

@@ -20,8 +20,13 @@ import triton_python_backend_utils as pb_utils
 from fusion_emotion import contract as C
 from fusion_emotion.core.onnx_runtime import DEFAULT_PRECISION, DEFAULT_RUNTIME, Encoder
 from fusion_emotion.errors import ErrorKind, ServingError
+from fusion_emotion.server.blas import limit_blas_threads
 
 log = logging.getLogger(__name__)
+
+# Every model.py imports this module after its numeric imports (numpy, scipy): from here on each stub
+# runs its BLAS calls on one thread instead of leaving idle workers spinning (fusion_emotion.server.blas).
+limit_blas_threads(1)
 
 
 def model_parameters(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
