@@ -118,8 +118,9 @@ def silence_ratio(wave: np.ndarray, rate: int) -> float:
 def _gray(frames: np.ndarray) -> np.ndarray:
     """uint8 RGB [T, H, W, 3] -> float32 luma [T, H, W] (BT.601 weights, as cv2.cvtColor).
 
-    Element-wise, not ``np.tensordot``: that is a BLAS call, and OpenBLAS's worker threads then spin
-    for a while after it returns, which cost ~60 ms CPU per request in ``preprocess`` for ~1 ms of work.
+    Element-wise, not ``np.tensordot``: that is a BLAS call, and OpenBLAS's idle worker then spins for a
+    while after it returns: ~60 ms CPU per request for ~1 ms of work when a request ran alone (the stubs
+    also cap BLAS at one thread: fusion_emotion.server.blas).
     """
     f = np.asarray(frames, dtype=np.float32)
     return f[..., 0] * np.float32(0.299) + f[..., 1] * np.float32(0.587) + f[..., 2] * np.float32(0.114)

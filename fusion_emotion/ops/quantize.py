@@ -37,10 +37,10 @@ log = logging.getLogger(__name__)
 INT8_FILENAME = "model_int8.onnx"
 INT8_CONFIG = "cpu_int8"
 INT8_RUNTIME = "onnxruntime"
+"""The int8 graphs run where they were calibrated and measured: onnxruntime's CPU provider (QDQ)."""
 INT8_THREADS = 1
 """onnxruntime threads per int8 encoder: two (the fp32 profile's OpenVINO count) served no more requests/s here
 and cost ~4.5 % more CPU per request (perf/README.md, "Two encoder threads")."""
-"""The int8 graphs run where they were calibrated and measured: onnxruntime's CPU provider (QDQ)."""
 # HuBERT's attention (activation x activation MatMuls, softmax, LayerNorm) loses too
 # much under static activation quantization; its weight MatMuls and the whole R3D-18
 # quantize well. Audio therefore quantizes weight-carrying MatMuls only (measured).

@@ -24,8 +24,9 @@ from fusion_emotion.server.blas import limit_blas_threads
 
 log = logging.getLogger(__name__)
 
-# Every model.py imports this module after its numeric imports (numpy, scipy): from here on each stub
-# runs its BLAS calls on one thread instead of leaving idle workers spinning (fusion_emotion.server.blas).
+# From here on each stub runs its BLAS calls on one thread instead of leaving idle workers spinning
+# (fusion_emotion.server.blas). numpy's OpenBLAS is always loaded by now (the stub imports numpy before any
+# model code); the model.py files that decode import media, and so scipy's OpenBLAS, before this module.
 limit_blas_threads(1)
 
 
