@@ -499,7 +499,7 @@ def run_target(
     )
     result = RunResult(target.name, requests, concurrency, wall, lat, errors, samples, round=round_no)
     if timeline is not None:
-        result.cpu_timeline = cpu_timeline.to_json(timeline.stop(), os.cpu_count() or 1)
+        result.cpu_timeline = timeline.to_json()
     if meter is not None:
         result.cpu_s = meter.read() - cpu0
     if stats is not None and before is not None:
@@ -742,7 +742,8 @@ def run(args: argparse.Namespace) -> int:
     doc["host"] = _host_info() | {"loadavg_before": load_before, "loadavg_after": _load()}
     doc["started_unix"] = started
     doc["duration_s"] = time.time() - started
-    doc["runs"] = [r.to_json() for by_c in results.values() for runs in by_c.values() for r in runs]
+    every_run = [r for by_c in results.values() for runs in by_c.values() for r in runs]
+    doc["runs"] = [r.to_json() for r in every_run]
     if args.stages:
         if video is None:
             log.error("--stages needs --video")
@@ -755,22 +756,18 @@ def run(args: argparse.Namespace) -> int:
     if args.plot and "sweep" in doc:
         plot_sweep(doc, args.plot)
     sys.stdout.write(report_text(doc))
-    if args.cpu_timeline:
-        for by_c in results.values():
-            for runs in by_c.values():
-                for r in runs:
-                    if r.cpu_timeline is None:
-                        continue
-                    title = f"cpu timeline {r.target} c={r.concurrency} round {r.round}"
-                    sys.stdout.write(f"{title}: {cpu_timeline.summary_line(r.cpu_timeline['summary'])}\n")
-                    sys.stdout.write(cpu_timeline.table(cpu_timeline.from_json(r.cpu_timeline)) + "\n")
+    for r in every_run:
+        if r.cpu_timeline is not None:
+            title = f"cpu timeline {r.target} c={r.concurrency} round {r.round}"
+            sys.stdout.write(f"{title}: {cpu_timeline.summary_line(r.cpu_timeline['summary'])}\n")
+            sys.stdout.write(cpu_timeline.table(cpu_timeline.from_json(r.cpu_timeline)) + "\n")
     if "stages" in doc:
         for name, s in doc["stages"].items():
             sys.stdout.write(f"  stage {name:>24}: wall {s['wall_ms']:8.1f} ms  cpu {s['cpu_ms']:8.1f} ms\n")
     sys.stdout.write(
         f"results: {args.output}  load average before {load_before} after {doc['host']['loadavg_after']}\n"
     )
-    return 0 if all(r.errors == 0 for by_c in results.values() for runs in by_c.values() for r in runs) else 1
+    return 0 if all(r.errors == 0 for r in every_run) else 1
 
 
 def _json_default(obj: Any) -> Any:

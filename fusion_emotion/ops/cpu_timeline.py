@@ -63,16 +63,7 @@ def _part_seconds(server_pids: Sequence[int]) -> dict[int, tuple[str, float]]:
     """pid -> (part, CPU seconds) for the server trees, or for this process when there are none."""
     if not server_pids:
         return {0: (IN_PROCESS, time.process_time())}
-    out: dict[int, tuple[str, float]] = {}
-    for root in server_pids:
-        try:
-            tree = [psutil.Process(root), *procs.descendants(root)]
-        except psutil.NoSuchProcess:
-            continue
-        for proc in tree:
-            if proc.pid not in out:
-                out[proc.pid] = (part_name(proc), procs.cpu_seconds(proc))
-    return out
+    return {proc.pid: (part_name(proc), procs.cpu_seconds(proc)) for proc in procs.tree(server_pids)}
 
 
 class CpuTimeline:
@@ -83,6 +74,7 @@ class CpuTimeline:
             raise ValueError("the interval must be positive")
         self.server_pids = list(server_pids or [])
         self.interval_s = interval_s
+        self.cores = psutil.cpu_count() or 1
         self.samples: list[Sample] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -97,6 +89,10 @@ class CpuTimeline:
             self._thread.join()
         return self.samples
 
+    def to_json(self, tail_s: float = 2.0) -> dict[str, Any]:
+        """Stop, then :func:`to_json` of the samples on this machine's cores."""
+        return to_json(self.stop(), self.cores, tail_s)
+
     def _run(self) -> None:
         t0 = prev_t = time.monotonic()
         prev_busy = _machine_busy_s()
@@ -108,7 +104,8 @@ class CpuTimeline:
             parts_now = _part_seconds(self.server_pids)
             dt = now - prev_t
             if dt > 0:
-                cores = _cores(busy[0] - prev_busy[0], busy[1] - prev_busy[1])
+                total = busy[1] - prev_busy[1]
+                cores = self.cores * (busy[0] - prev_busy[0]) / total if total > 0 else 0.0
                 by_part: dict[str, float] = {}
                 for pid, (name, seconds) in parts_now.items():
                     if pid in prev_parts:  # processes that came or went mid-interval are left out
@@ -117,12 +114,6 @@ class CpuTimeline:
             prev_t, prev_busy, prev_parts = now, busy, parts_now
             if stopping:
                 return
-
-
-def _cores(busy_s: float, total_s: float) -> float:
-    """Busy cores over an interval from the machine's busy and total CPU seconds in it."""
-    ncpu = psutil.cpu_count() or 1
-    return ncpu * busy_s / total_s if total_s > 0 else 0.0
 
 
 def summarize(samples: Sequence[Sample], cores: int, tail_s: float = 2.0) -> dict[str, Any]:

@@ -34,30 +34,31 @@ def openblas_libraries() -> list[Path]:
     return [path for path in procs.mapped_libraries() if "openblas" in path.name.lower()]
 
 
-def _symbol(lib: ctypes.CDLL) -> str | None:
-    return next((name for name in _SETTERS if hasattr(lib, name)), None)
+def _loaded() -> list[tuple[str, ctypes.CDLL, str | None]]:
+    """(file name, handle, thread-setter symbol or None) of each loaded OpenBLAS."""
+    out = []
+    for path in openblas_libraries():
+        lib = ctypes.CDLL(str(path))  # already loaded: this only looks it up
+        out.append((path.name, lib, next((name for name in _SETTERS if hasattr(lib, name)), None)))
+    return out
 
 
 def blas_threads() -> dict[str, int]:
     """Thread count of each loaded OpenBLAS, by library file name."""
-    out: dict[str, int] = {}
-    for path in openblas_libraries():
-        lib = ctypes.CDLL(str(path))
-        setter = _symbol(lib)
-        if setter is not None and hasattr(lib, _GETTERS[setter]):
-            out[path.name] = int(getattr(lib, _GETTERS[setter])())
-    return out
+    return {
+        name: int(getattr(lib, _GETTERS[setter])())
+        for name, lib, setter in _loaded()
+        if setter is not None and hasattr(lib, _GETTERS[setter])
+    }
 
 
 def limit_blas_threads(threads: int = 1) -> list[str]:
     """Cap every OpenBLAS loaded so far at ``threads``; returns the libraries capped (file names)."""
     capped = []
-    for path in openblas_libraries():
-        lib = ctypes.CDLL(str(path))  # already loaded: this only looks it up
-        setter = _symbol(lib)
+    for name, lib, setter in _loaded():
         if setter is None:
-            log.warning("%s exports no thread setter; its thread pool is left as it is", path.name)
+            log.warning("%s exports no thread setter; its thread pool is left as it is", name)
             continue
         getattr(lib, setter)(ctypes.c_int(threads))
-        capped.append(path.name)
+        capped.append(name)
     return capped

@@ -82,24 +82,27 @@ def cpu_seconds(proc: psutil.Process | int) -> float:
     return t.user + t.system
 
 
+def tree(roots: Iterable[int]) -> list[psutil.Process]:
+    """``roots`` and all their descendants, each once; roots that are gone are skipped."""
+    found: dict[int, psutil.Process] = {}
+    for root in roots:
+        try:
+            proc = psutil.Process(root)
+            members = [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for member in members:
+            found.setdefault(member.pid, member)
+    return list(found.values())
+
+
 def tree_cpu_seconds(roots: Iterable[int]) -> float:
     """User + system CPU seconds of ``roots`` and their live descendants.
 
     Wall-clock throughput on a shared machine moves with everybody else's load;
     CPU seconds per request barely do, so they show what a change costs.
     """
-    total = 0.0
-    seen: set[int] = set()
-    for root in roots:
-        try:
-            procs = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-        for proc in procs:
-            if proc.pid not in seen:
-                seen.add(proc.pid)
-                total += cpu_seconds(proc)
-    return total
+    return sum(cpu_seconds(proc) for proc in tree(roots))
 
 
 def mapped_libraries(proc: psutil.Process | int | None = None) -> list[Path]:
