@@ -149,11 +149,11 @@ def describe_error(exc: BaseException) -> str:
     """One line a user can act on: the server's message when there is one, else the exception."""
     from fusion_emotion.client.http import FrontendError
 
-    from fusion_emotion.core.media import MediaError
+    from fusion_emotion.errors import ServingError
     from fusion_emotion.frontend.errors import ApiError
 
     message_fn = getattr(exc, "message", None)
-    if isinstance(exc, FrontendError | MediaError | InputError):
+    if isinstance(exc, FrontendError | ServingError | InputError):
         text = str(exc)
     elif isinstance(exc, ApiError):
         text = f"{exc.message}"
@@ -681,8 +681,8 @@ def _print_summary(summary: Summary, output: str, retry_hint: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion_emotion.core.media import MediaError
-    from fusion_emotion.core.timeline import validate_params
+    from fusion_emotion.core.timeline import window_params
+    from fusion_emotion.errors import ServingError
 
     if args.transform_job or args.attach:
         from fusion_emotion.deploy import transform
@@ -705,8 +705,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.timeline:
-            validate_params(args.window, args.hop)
-    except MediaError as exc:
+            window_params(args.window, args.hop)
+    except ServingError as exc:
         log.error("%s", exc)
         return 2
     # The S3 fetcher logs every object at INFO; per-file lines are noise over a library.

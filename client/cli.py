@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     # (PyAV, scipy), which a client install (`pip install fusion-emotion[client]`) does not have.
     local_errors: tuple[type[Exception], ...] = ()
     if args.local:
-        from fusion_emotion.core.media import MediaError
+        from fusion_emotion.core.probe import MediaError
 
         local_errors = (MediaError,)
     try:

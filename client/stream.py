@@ -135,7 +135,9 @@ def media_source(data: bytes, *, fps: float = 5.0, max_width: int = 640, with_fr
     at ``fps``, scaled to at most ``max_width`` wide and JPEG-encoded, stamped with their stream times)."""
     import av
 
-    from fusion_emotion.core.media import MediaLimits, decode_audio, to_mono
+    from fusion_emotion.core.audio import decode_audio
+    from fusion_emotion.core.model_inputs import to_mono
+    from fusion_emotion.core.probe import MediaLimits
 
     if data[:4] == b"RIFF":
         dec = decode_audio(data)
@@ -157,7 +159,7 @@ def media_source(data: bytes, *, fps: float = 5.0, max_width: int = 640, with_fr
             for packet in container.demux(*streams):
                 for frame in packet.decode():
                     if isinstance(frame, av.AudioFrame):
-                        from fusion_emotion.core.media import audio_frame_to_float
+                        from fusion_emotion.core.audio import audio_frame_to_float
 
                         chunks.append(audio_frame_to_float(frame))
                         rate = frame.sample_rate

@@ -23,14 +23,14 @@ CSV_COLUMNS = ("t_start", "t_end", *C.LABELS, "dominant_emotion", "latency_ms")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from fusion_emotion.core.stream import DEFAULT_HOP_S, DEFAULT_WINDOW_S
+    from fusion_emotion.core.windows import STREAM_DEFAULTS
 
     p = sub.add_parser("stream", help="stream a WAV or a video file to the front end and print live updates")
     p.add_argument("file", type=Path, help="WAV, or a video (MP4/FLV/AVI/MKV/WebM): its audio track and frames")
     p.add_argument("--url", default="ws://127.0.0.1:8080/stream", help="front end WebSocket (default %(default)s)")
     p.add_argument("--realtime", action="store_true", help="send at real-time pace (default: as fast as served)")
-    p.add_argument("--hop", type=float, help=f"seconds between updates (default {DEFAULT_HOP_S:g})")
-    p.add_argument("--window", type=float, help=f"analysis window in seconds (default {DEFAULT_WINDOW_S:g})")
+    p.add_argument("--hop", type=float, help=f"seconds between updates (default {STREAM_DEFAULTS.hop_s:g})")
+    p.add_argument("--window", type=float, help=f"analysis window in seconds (default {STREAM_DEFAULTS.window_s:g})")
     p.add_argument("--fps", type=float, default=5.0, help="video frames sent per second (default 5)")
     p.add_argument("--no-video", action="store_true", help="send only the audio of a video file")
     p.add_argument("--chunk", type=float, default=0.1, help="seconds of audio per message (default 0.1)")

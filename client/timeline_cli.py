@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     from fusion_emotion.client.cli import add_media_arguments
 
-    from fusion_emotion.core.timeline import DEFAULT_HOP_S, DEFAULT_WINDOW_S, MAX_WINDOW_S, MIN_HOP_S, MIN_WINDOW_S
+    from fusion_emotion.core.windows import MAX_WINDOW_S, MIN_HOP_S, MIN_WINDOW_S, TIMELINE_DEFAULTS
 
     p = sub.add_parser("timeline", help="emotion timeline (overlapping windows) of a video or WAV file")
     add_media_arguments(p)
@@ -37,9 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--window",
         type=float,
-        help=f"window length in s, {MIN_WINDOW_S:g}-{MAX_WINDOW_S:g} (default {DEFAULT_WINDOW_S:g})",
+        help=f"window length in s, {MIN_WINDOW_S:g}-{MAX_WINDOW_S:g} (default {TIMELINE_DEFAULTS.window_s:g})",
     )
-    p.add_argument("--hop", type=float, help=f"hop in s, {MIN_HOP_S:g}-window (default {DEFAULT_HOP_S:g})")
+    p.add_argument("--hop", type=float, help=f"hop in s, {MIN_HOP_S:g}-window (default {TIMELINE_DEFAULTS.hop_s:g})")
     p.add_argument("--plot", type=Path, metavar="PNG", help="write the six emotion curves over time")
     p.add_argument("--csv", type=Path, metavar="CSV", help="write one row per window")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
@@ -62,7 +62,7 @@ def timeline_grpc(
     import tritonclient.grpc as grpcclient
     from fusion_emotion.client.triton import build_inputs
 
-    from fusion_emotion.core.timeline import timeline_result
+    from fusion_emotion.core.result import timeline_result
 
     inputs = build_inputs(video, audio, grpcclient)
     for spec, value in ((C.IN_WINDOW_S, window_s), (C.IN_HOP_S, hop_s)):
@@ -144,14 +144,14 @@ def compute(args: argparse.Namespace, video: bytes | None, audio: bytes | None) 
 def run(args: argparse.Namespace) -> int:
     from fusion_emotion.client.cli import read_inputs
 
-    from fusion_emotion.core.media import MediaError
-    from fusion_emotion.core.timeline import validate_params
+    from fusion_emotion.core.timeline import window_params
+    from fusion_emotion.errors import ServingError
 
     try:
-        validate_params(args.window, args.hop)
+        window_params(args.window, args.hop)
         video, audio = read_inputs(args.file, args.audio)
         result = compute(args, video, audio)
-    except (OSError, ValueError, MediaError) as exc:
+    except (OSError, ValueError, ServingError) as exc:
         log.error("%s", exc)
         return 2
     except Exception as exc:  # server-side errors (tritonclient, HTTP) reach the user as one line

@@ -64,16 +64,16 @@ WINDOW_S = 4.0
 
 def cpu_stages(repository: Path, clip: Path, repeats: int = 3) -> dict[str, float]:
     """CPU seconds of the work that stays on the CPU on a GPU instance, for one library clip (median of repeats):
-    whole clip = decode + QA + features (``prepare_request``); timeline = the timeline pass with the encoders
+    whole clip = decode + QA + encoder inputs (``decode_row``); timeline = the timeline pass with the encoders
     replaced by zeros (decode, per-window frames and audio, QA, fusion head)."""
     import statistics
 
     from fusion_emotion.client.batch import media_duration
 
     from fusion_emotion import contract as C
-    from fusion_emotion.core.features import prepare_request
     from fusion_emotion.core.fusion import FusionHead
-    from fusion_emotion.core.timeline import compute_timeline, validate_params
+    from fusion_emotion.core.rows import decode_row
+    from fusion_emotion.core.timeline import compute_timeline, window_params
 
     data = clip.read_bytes()
     head = FusionHead.load(repository / C.FUSION_HEAD / "1" / C.HEAD_WEIGHTS_FILENAME)
@@ -89,12 +89,12 @@ def cpu_stages(repository: Path, clip: Path, repeats: int = 3) -> dict[str, floa
             runs.append(time.process_time() - t0)
         return statistics.median(runs)
 
-    whole = cpu(lambda: prepare_request(data, None))
+    whole = cpu(lambda: decode_row(data, None))
     timeline = cpu(
         lambda: compute_timeline(
             data,
             None,
-            validate_params(),
+            window_params(),
             encode_video=zeros(C.VIDEO_EMBED_DIM),
             encode_audio=zeros(C.AUDIO_EMBED_DIM),
             head=head,

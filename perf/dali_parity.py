@@ -24,17 +24,18 @@ def main(argv: list[str]) -> int:
     clips = {"mp4": base, "avi (H.264)": synth.remux(base, "avi"), "mkv": synth.remux(base, "matroska")}
     pyav, dali = ReferencePipeline(repo), ReferencePipeline(repo, video_decoder="dali_cpu")
     for name, data in clips.items():
-        fp, fd = pyav.features(data, None), dali.features(data, None)
-        d = np.abs(fp.frames - fd.frames)
-        pp, pd = pyav.run_features(fp), dali.run_features(fd)
+        fp, fd = pyav.row(data, None), dali.row(data, None)
+        d = np.abs(fp.frames - fd.host_frames())
+        pp, pd = pyav.score_rows([fp]), dali.score_rows([fd])
+        fd.release()
         row = {
             "container": name,
             "input_mean_abs": round(float(d.mean()), 4),
             "input_max_abs": round(float(d.max()), 3),
             "input_p99_9": round(float(np.percentile(d, 99.9)), 3),
-            "probs_max_abs": float(f"{np.abs(pp[0] - pd[0]).max():.2e}"),
-            "same_argmax": bool(pp[0].argmax() == pd[0].argmax()),
-            "qa_max_abs": float(f"{np.nanmax(np.abs(pp[1] - pd[1])):.2e}"),
+            "probs_max_abs": float(f"{np.abs(pp[0][0] - pd[0][0]).max():.2e}"),
+            "same_argmax": bool(pp[0][0].argmax() == pd[0][0].argmax()),
+            "qa_max_abs": float(f"{np.nanmax(np.abs(pp[1][0] - pd[1][0])):.2e}"),
         }
         sys.stdout.write(json.dumps(row) + "\n")
     return 0

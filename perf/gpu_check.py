@@ -86,14 +86,15 @@ def _decode_all_frames(data: bytes, device: str, n: int, seconds: float, frames_
 
 def _serving_path(data: bytes, device: str, n: int, seconds: float) -> None:
     from fusion_emotion.core import dali_video
+    from fusion_emotion.core.rows import decode_row
 
-    pool = dali_video.DaliPool(device, n)
+    backend = dali_video.DaliBackend(device, n)
 
     def clip(i: int) -> int:
-        got = dali_video.prepare_request_dali(data, None, pool)
-        if got.lease is None:
-            raise RuntimeError("DALI did not serve the clip")
-        got.lease.release()
+        got = decode_row(data, None, backend)
+        if got.decoder == "pyav":
+            raise RuntimeError(f"DALI did not serve the clip ({got.fallback})")
+        got.release()
         return 1
 
     clip(0)
@@ -103,10 +104,10 @@ def _serving_path(data: bytes, device: str, n: int, seconds: float) -> None:
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
-    from fusion_emotion.core import media
+    from fusion_emotion.core.video import VideoDecoder
 
     data = Path(args.clip).read_bytes()
-    frames_in_clip = media.VideoDecoder(data, want_audio=False).scan_frames().times.size
+    frames_in_clip = VideoDecoder(data, want_audio=False).scan_frames().times.size
     for n in (int(p) for p in args.pipelines.split(",")):
         _decode_all_frames(data, args.device, n, args.seconds / 2, frames_in_clip)
         _serving_path(data, args.device, n, args.seconds / 2)

@@ -10,14 +10,21 @@ import av
 import httpx
 import numpy as np
 import pytest
+from fusion_emotion.client.timeline_cli import timeline_grpc
 from fusion_emotion.client.triton import infer_grpc
 from helpers import start_triton
 from test_frontend import run_frontend
 
+from fusion_emotion import contract as C
 from fusion_emotion.core import dali_video as dv
-from fusion_emotion.core import media
-from fusion_emotion.core.features import prepare_request
+from fusion_emotion.core.model_inputs import crop_box
+from fusion_emotion.core.nal import h264_is_reference, nal_length_size
 from fusion_emotion.core.pipeline import ReferencePipeline
+from fusion_emotion.core.probe import DEFAULT_LIMITS, MediaError, MediaLimits
+from fusion_emotion.core.rows import decode_row
+from fusion_emotion.core.timeline import timeline_local
+from fusion_emotion.core.video import FrameScan, VideoDecoder, decode_video
+from fusion_emotion.core.windows import select_frames, serves
 from fusion_emotion.errors import ErrorKind
 from fusion_emotion.frontend.settings import Settings
 from fusion_emotion.ops import synth
@@ -37,8 +44,8 @@ QA_ATOL = 0.02
 
 
 @pytest.fixture(scope="module")
-def pool() -> dv.DaliPool:
-    return dv.DaliPool("cpu", 1)
+def backend() -> dv.DaliBackend:
+    return dv.DaliBackend("cpu", 1)
 
 
 @pytest.fixture(scope="module")
@@ -65,18 +72,18 @@ PYAV_SERVED = ("flv", "avi_mpeg4", "webm")
 
 def test_select_frames_is_the_streaming_rule():
     times = np.array([0.0, 0.1, 0.2, 0.3])
-    assert media.select_frames(times, [0.0, 0.05, 0.1 - 1e-7, 0.25, 0.3, 9.0]).tolist() == [0, 1, 1, 3, 3, 3]
+    assert select_frames(times, [0.0, 0.05, 0.1 - 1e-7, 0.25, 0.3, 9.0]).tolist() == [0, 1, 1, 3, 3, 3]
     for t, target in [(0.1, 0.1), (0.1 - 1e-7, 0.1), (0.1, 0.2)]:
-        assert media.serves(t, target) == (media.select_frames([t], [target])[0] == 0 and t + 1e-6 >= target)
+        assert serves(t, target) == (select_frames([t], [target])[0] == 0 and t + 1e-6 >= target)
     with pytest.raises(ValueError):
-        media.select_frames([], [0.0])
+        select_frames([], [0.0])
 
 
 def _picked(data: bytes) -> tuple[list[int], list[int]]:
     """(frames the scan selects, frames VideoDecoder.sample returned), as indices into every decoded frame."""
-    dec = media.VideoDecoder(data, want_audio=False)
+    dec = VideoDecoder(data, want_audio=False)
     picks = dec.scan_frames().select(dec.clip_times())
-    sampled = media.decode_video(data, want_audio=False).frames.astype(np.int16)
+    sampled = decode_video(data, want_audio=False).frames.astype(np.int16)
     with av.open(io.BytesIO(data)) as c:
         every = [
             f.reformat(width=171, height=128, format="rgb24", interpolation="AREA").to_ndarray().astype(np.int16)
@@ -90,7 +97,7 @@ def _picked(data: bytes) -> tuple[list[int], list[int]]:
 def test_scan_selects_the_frames_pyav_samples(name, small):
     """With presentation times in the container, DALI is handed exactly the frames PyAV's sampler takes
     (non-reference H.264 frames, which PyAV skips, included in the count but never picked)."""
-    scan = media.VideoDecoder(small[name], want_audio=False).scan_frames()
+    scan = VideoDecoder(small[name], want_audio=False).scan_frames()
     picks, matched = _picked(small[name])
     assert picks == matched
     if scan.codec == "h264":
@@ -102,24 +109,30 @@ def test_h264_nal_parsing():
     idr, nonref_b, ref_b = b"\x65", b"\x01", b"\x41"  # nal_ref_idc 3/0/2, types 5/1/1
     sei = b"\x06"
     avcc = lambda *nals: b"".join(len(n).to_bytes(4, "big") + n for n in nals)  # noqa: E731
-    assert media.h264_is_reference(avcc(sei + b"x", idr + b"y" * 9), 4)
-    assert not media.h264_is_reference(avcc(nonref_b + b"y" * 9, nonref_b + b"z"), 4)
-    assert media.h264_is_reference(avcc(nonref_b + b"y", ref_b + b"z"), 4)
+    assert h264_is_reference(avcc(sei + b"x", idr + b"y" * 9), 4)
+    assert not h264_is_reference(avcc(nonref_b + b"y" * 9, nonref_b + b"z"), 4)
+    assert h264_is_reference(avcc(nonref_b + b"y", ref_b + b"z"), 4)
     # a NAL of 256..511 bytes: its length prefix starts 00 00 01, like an Annex B start code
-    assert not media.h264_is_reference(avcc(nonref_b + b"y" * 300), 4)
-    assert media.h264_is_reference(b"\x00\x00\x00\x01" + idr + b"abc", 0)
-    assert not media.h264_is_reference(b"\x00\x00\x01" + nonref_b + b"abc\x00\x00\x01" + nonref_b + b"d", 4)
-    assert media.h264_nal_length_size(bytes([1, 0x64, 0, 0x1F, 0xFF])) == 4
-    assert media.h264_nal_length_size(b"") == 0
+    assert not h264_is_reference(avcc(nonref_b + b"y" * 300), 4)
+    assert h264_is_reference(b"\x00\x00\x00\x01" + idr + b"abc", 0)
+    assert not h264_is_reference(b"\x00\x00\x01" + nonref_b + b"abc\x00\x00\x01" + nonref_b + b"d", 4)
+    assert nal_length_size(bytes([1, 0x64, 0, 0x1F, 0xFF]), "h264") == 4
+    assert nal_length_size(b"", "h264") == 0
 
 
 def test_eligibility_and_crop():
-    assert dv.dali_eligible("h264", "MP4", "cpu") and dv.dali_eligible("h264", "AVI", "cpu")
-    assert dv.dali_eligible("h264", "MKV/WebM", "cpu")
-    assert not dv.dali_eligible("h264", "FLV", "cpu") and not dv.dali_eligible("mpeg4", "AVI", "cpu")
-    assert not dv.dali_eligible("vp8", "MKV/WebM", "gpu") and dv.dali_eligible("mpeg4", "AVI", "gpu")
+    def why(codec: str, container: str, device: str, frames: int = 30) -> str | None:
+        scan = FrameScan(np.zeros(frames), np.ones(frames, bool), codec, container, 320, 240, np.arange(frames),
+                         np.zeros(frames, bool))  # fmt: skip
+        return dv.dali_ineligible(scan, device, DEFAULT_LIMITS)
+
+    assert why("h264", "MP4", "cpu") is None and why("h264", "AVI", "cpu") is None
+    assert why("h264", "MKV/WebM", "cpu") is None and why("hevc", "MP4", "cpu") is None
+    assert why("h264", "FLV", "cpu") == "container" and why("mpeg4", "AVI", "cpu") == "codec"
+    assert why("vp8", "MKV/WebM", "gpu") == "codec" and why("mpeg4", "AVI", "gpu") is None
+    assert why("h264", "MP4", "cpu", DEFAULT_LIMITS.max_frames + 1) == "frame_limit"
     pos_y, pos_x = dv.crop_position()
-    top, left = media.crop_box()
+    top, left = crop_box()
     assert round(pos_y * 16) == top and round(pos_x * 59) == left
 
 
@@ -127,83 +140,171 @@ def test_eligibility_and_crop():
 
 
 @pytest.mark.parametrize("name", DALI_SERVED)
-def test_dali_serves_h264(name, small, pool):
-    got = dv.prepare_request_dali(small[name], None, pool)
-    want = prepare_request(small[name], None)
+def test_dali_serves_h264(name, small, backend):
+    got = decode_row(small[name], None, backend)
+    want = decode_row(small[name], None)
     try:
-        assert got.decoder == "dali" and got.features.frames is None
-        clip = got.lease.host_clip()
-        assert clip.shape == (1, 3, 16, 112, 112) and clip.dtype == np.float32  # DALI's batch of one
-        assert got.lease.small.shape == (16, 128, 171, 3) and got.lease.qa_frames.shape == (4, 240, 320, 3)
-        d = np.abs(clip[0] - want.frames)
+        assert got.decoder == "dali_cpu" and got.fallback is None and not got.frames_on_host
+        assert tuple(got.frames.shape()) == (1, 3, 16, 112, 112)  # DALI's batch of one: the encoder's batch axis
+        clip = got.host_frames()
+        assert clip.shape == (3, 16, 112, 112) and clip.dtype == np.float32
+        d = np.abs(clip - want.frames)
         mean_tol, max_tol = (PARITY_AVI_MEAN, PARITY_AVI_MAX) if name == "avi" else (PARITY_MEAN, PARITY_MAX)
         assert 0 < d.mean() <= mean_tol and d.max() <= max_tol
     finally:
-        got.lease.release()
+        got.release()
     # audio from the file's own track (PyAV) and QA flags as on the PyAV path
-    np.testing.assert_array_equal(got.features.waveform, want.waveform)
-    np.testing.assert_allclose(got.features.media_qa, want.media_qa, atol=QA_ATOL)
+    np.testing.assert_array_equal(got.waveform, want.waveform)
+    np.testing.assert_allclose(got.media_qa, want.media_qa, atol=QA_ATOL)
 
 
-@pytest.mark.parametrize("name", PYAV_SERVED)
-def test_what_dali_cannot_take_is_decoded_by_pyav(name, small, pool):
-    got = dv.prepare_request_dali(small[name], None, pool)
-    want = prepare_request(small[name], None)
-    assert got.decoder == "pyav" and got.lease is None
-    np.testing.assert_array_equal(got.features.frames, want.frames)
-    np.testing.assert_array_equal(got.features.media_qa, want.media_qa)
+@pytest.mark.parametrize(("name", "reason"), [("flv", "container"), ("avi_mpeg4", "codec"), ("webm", "codec")])
+def test_what_dali_cannot_take_is_decoded_by_pyav(name, reason, small, backend):
+    got = decode_row(small[name], None, backend)
+    want = decode_row(small[name], None)
+    assert (got.decoder, got.fallback) == ("pyav", reason) and got.frames_on_host
+    np.testing.assert_array_equal(got.frames, want.frames)
+    np.testing.assert_array_equal(got.media_qa, want.media_qa)
 
 
-def test_a_file_dali_refuses_falls_back(small, pool, monkeypatch):
+def test_a_file_dali_refuses_falls_back(small, backend, monkeypatch):
     def refuse(*args, **kwargs):
         raise RuntimeError("Could not find a valid video stream")
 
-    monkeypatch.setattr(pool, "run", refuse)
-    got = dv.prepare_request_dali(small["mp4"], None, pool)
-    assert got.decoder == "pyav"
-    np.testing.assert_array_equal(got.features.frames, prepare_request(small["mp4"], None).frames)
+    monkeypatch.setattr(backend.pool, "run", refuse)
+    got = decode_row(small["mp4"], None, backend)
+    assert (got.decoder, got.fallback) == ("pyav", "dali_error")
+    np.testing.assert_array_equal(got.frames, decode_row(small["mp4"], None).frames)
 
 
-def test_limits_and_bad_media_fail_as_on_the_pyav_path(small, pool):
-    tight = media.MediaLimits(max_duration_s=0.5)
-    for data, limits in [(small["mp4"], tight), (b"not a video at all" * 100, media.DEFAULT_LIMITS)]:
-        with pytest.raises(media.MediaError) as pyav_err:
-            prepare_request(data, None, limits)
-        with pytest.raises(media.MediaError) as dali_err:
-            dv.prepare_request_dali(data, None, pool, limits)
+def test_limits_and_bad_media_fail_as_on_the_pyav_path(small, backend):
+    tight = MediaLimits(max_duration_s=0.5)
+    for data, limits in [(small["mp4"], tight), (b"not a video at all" * 100, DEFAULT_LIMITS)]:
+        with pytest.raises(MediaError) as pyav_err:
+            decode_row(data, None, limits=limits)
+        with pytest.raises(MediaError) as dali_err:
+            decode_row(data, None, backend, limits)
         assert (dali_err.value.kind, str(dali_err.value)) == (pyav_err.value.kind, str(pyav_err.value))
     assert pyav_err.value.kind == ErrorKind.INVALID_MEDIA
 
 
-def test_more_frames_than_the_frame_limit_go_to_pyav(small, pool):
+def test_more_frames_than_the_frame_limit_go_to_pyav(small, backend):
     """PyAV counts only the frames it decodes (non-reference ones skipped); DALI would decode them all."""
-    limits = media.MediaLimits(max_frame_rate=15.0, max_duration_s=1.5)  # 22 frames; the clip has 30, 16 ref
-    got = dv.prepare_request_dali(small["mp4"], None, pool, limits)
-    assert got.decoder == "pyav"
-    np.testing.assert_array_equal(got.features.frames, prepare_request(small["mp4"], None, limits).frames)
+    limits = MediaLimits(max_frame_rate=15.0, max_duration_s=1.5)  # 22 frames; the clip has 30, 16 ref
+    got = decode_row(small["mp4"], None, backend, limits)
+    assert (got.decoder, got.fallback) == ("pyav", "frame_limit")
+    np.testing.assert_array_equal(got.frames, decode_row(small["mp4"], None, limits=limits).frames)
+
+
+def test_a_frame_past_dalis_count_is_an_error_not_a_black_frame(small, backend):
+    """A container that holds fewer frames than asked for (its count misstated, a truncated tail) fails the
+    run, so the request falls back to PyAV; DALI's default pad mode would hand back constant black frames."""
+    count = VideoDecoder(small["mkv"], want_audio=False).scan_frames().times.size
+    assert count == 30
+    lease = backend.pool.run(small["mkv"], np.array([0, count - 1]), (240, 320), qa_order=[0])
+    assert lease.small[1].mean() > 20  # a real frame
+    lease.release()
+    with pytest.raises(RuntimeError, match="out-of-bounds"):
+        backend.pool.run(small["mkv"], np.array([0, count - 1, count + 4]), (240, 320), qa_order=[0])
 
 
 def test_a_lease_keeps_its_pipeline_until_released(small):
     """DALI reuses its buffers on the next run: a held lease's output stays intact while another waits."""
-    pool = dv.DaliPool("cpu", 1)
-    first = dv.prepare_request_dali(small["mp4"], None, pool).lease
-    before = first.host_clip().copy()
+    one = dv.DaliBackend("cpu", 1)
+    first = decode_row(small["mp4"], None, one)
+    before = first.host_frames().copy()
     done = threading.Event()
     second: list = []
-    worker = threading.Thread(
-        target=lambda: (second.append(dv.prepare_request_dali(small["mkv"], None, pool)), done.set())
-    )
+    worker = threading.Thread(target=lambda: (second.append(decode_row(small["mkv"], None, one)), done.set()))
     worker.start()
     assert not done.wait(1.0)  # blocked: the only pipeline is leased
-    np.testing.assert_array_equal(first.host_clip(), before)
+    np.testing.assert_array_equal(first.host_frames(), before)
     first.release()
     first.release()  # idempotent
     assert done.wait(60.0)
     worker.join()
-    second[0].lease.release()
+    second[0].release()
 
 
-# --------------------------------------------------------------------------- parity (README "DALI parity")
+# --------------------------------------------------------------------------- timelines: runs of whole groups
+
+
+def _scan(idr: list[bool], order: list[int] | None = None) -> FrameScan:
+    n = len(idr)
+    decode = np.asarray(order if order is not None else range(n), np.int64)
+    times = np.arange(n, dtype=np.float64)
+    return FrameScan(times, np.ones(n, bool), "h264", "MP4", 320, 240, decode, np.asarray(idr, bool)[decode])
+
+
+def test_runs_cut_at_idr_pictures_within_the_budget():
+    idr = [i % 10 == 0 for i in range(40)]  # four groups of ten
+    runs = dv.plan_runs(_scan(idr), np.array([1, 3, 12, 14, 25, 26, 27, 39]), max_frames=4)
+    assert [(r.first, r.stop, r.frames.tolist(), r.base) for r in runs] == [
+        (0, 20, [1, 3, 12, 14], 0),
+        (20, 40, [25, 26, 27, 39], 20),
+    ]
+    # one group may ask for more than the budget (up to DALI_MAX_RUN_FACTOR times), never more
+    assert len(dv.plan_runs(_scan(idr), np.arange(0, 10), max_frames=4)) == 1
+    assert dv.plan_runs(_scan(idr), np.arange(0, 40), max_frames=2) is None
+    # a stream without IDR pictures after the first is one group, from the start
+    assert [(r.first, r.stop) for r in dv.plan_runs(_scan([True] + [False] * 39), np.array([5, 30]), 64)] == [(0, 40)]
+
+
+def test_runs_refuse_a_stream_shown_out_of_group_order():
+    # frame 3 (shown before the IDR at 4) is decoded after it: a segment would not hold it
+    assert dv.plan_runs(_scan([True, False, False, False, True, False], [0, 1, 2, 4, 3, 5]), np.array([3]), 8) is None
+
+
+@pytest.fixture(scope="module")
+def long_clip() -> bytes:
+    """12 s at 10 fps, 320x240, an IDR every 25 frames, a 48 kHz tone: several groups of pictures."""
+    return synth.mp4(
+        width=320, height=240, fps=10, seconds=12.0, audio=synth.tone(330, 12.0, 48_000), audio_rate=48_000,
+        video_bitrate=300_000, gop=25,
+    )  # fmt: skip
+
+
+def test_a_timeline_decodes_in_runs_with_the_frames_of_one_pass(long_clip, backend, monkeypatch):
+    """Many runs (a small budget) give every slot the very frame one whole-file run gives, and the audio."""
+    times = np.sort(np.random.default_rng(0).uniform(0, 12, 200))
+    whole = dict(
+        (slot, rgb)
+        for slot, rgb, _ in backend.open(long_clip, want_audio=True, limits=DEFAULT_LIMITS, cancel=None).sample(times)
+    )
+    monkeypatch.setattr(dv, "DALI_RUN_BYTES", 16 * 320 * 240 * 3)  # 16 frames a run
+    source = backend.open(long_clip, want_audio=True, limits=DEFAULT_LIMITS, cancel=None)
+    runs = dv.plan_runs(source.pyav.scan_frames(), source.pyav.scan_frames().select(times), 16)
+    assert len(runs) > 3
+    got = list(source.sample(times, qa_slots=[5, 150]))
+    assert source.fallback is None and sorted(s for s, _, _ in got) == list(range(times.size))
+    for slot, rgb, qa_rgb in got:
+        np.testing.assert_array_equal(rgb, whole[slot])
+        assert (qa_rgb is not None) == (slot in (5, 150))
+    np.testing.assert_array_equal(source.audio, decode_video(long_clip).audio)
+
+
+def test_a_run_that_fails_midway_goes_on_with_pyav(long_clip, backend, monkeypatch):
+    monkeypatch.setattr(dv, "DALI_RUN_BYTES", 16 * 320 * 240 * 3)
+    real_run, calls = backend.pool.run, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("NVDEC lost")
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(backend.pool, "run", second_fails)
+    times = np.linspace(0.05, 11.95, 60)
+    source = backend.open(long_clip, want_audio=True, limits=DEFAULT_LIMITS, cancel=None)
+    got = dict((s, rgb) for s, rgb, _ in source.sample(times))
+    pyav = dict((s, rgb) for s, rgb, _ in VideoDecoder(long_clip).sample(times))
+    assert source.fallback == "dali_error" and sorted(got) == list(range(60))
+    late = [s for s in got if times[s] > 8]  # served by PyAV after the failure: PyAV's own frames
+    assert late and all(np.array_equal(got[s], pyav[s]) for s in late)
+    assert source.audio is not None
+
+
+# --------------------------------------------------------------------------- parity
 
 
 @pytest.fixture(scope="module")
@@ -213,29 +314,72 @@ def parity_clips() -> dict[str, bytes]:
     return {"mp4": base, "avi": synth.remux(base, "avi"), "mkv": synth.remux(base, "matroska")}
 
 
-def test_parity_720p_encoder_input_and_probabilities(parity_clips, demo_repository: Path):
-    pyav = ReferencePipeline(demo_repository)
-    dali = ReferencePipeline(demo_repository, video_decoder="dali_cpu")
+@pytest.fixture(scope="module")
+def references(reference, demo_repository: Path) -> tuple[ReferencePipeline, ReferencePipeline]:
+    """The session's PyAV reference, and the same repository with the cpu_dali profile's decoder."""
+    return reference, ReferencePipeline(demo_repository, video_decoder="dali_cpu")
+
+
+def test_parity_720p_encoder_input_and_probabilities(parity_clips, references):
+    pyav, dali = references
     for name, data in parity_clips.items():
-        fp, fd = pyav.features(data, None), dali.features(data, None)
-        d = np.abs(fp.frames - fd.frames)
+        fp, fd = pyav.row(data, None), dali.row(data, None)
+        d = np.abs(fp.frames - fd.host_frames())
         mean_tol, max_tol = (PARITY_AVI_MEAN, PARITY_AVI_MAX) if name == "avi" else (PARITY_MEAN, PARITY_MAX)
         assert d.mean() <= mean_tol and d.max() <= max_tol, (name, d.mean(), d.max())
-        pp, pd = pyav.run_features(fp)[0], dali.run_features(fd)[0]
+        pp, pd = pyav.score_rows([fp])[0][0], dali.score_rows([fd])[0][0]
+        fd.release()
         assert np.abs(pp - pd).max() <= PARITY_DP and pp.argmax() == pd.argmax(), (name, pp, pd)
+
+
+@pytest.fixture(scope="module")
+def timeline_clip() -> bytes:
+    """3 s of the 720p clip with an IDR every second: a timeline of several windows and groups."""
+    return synth.mp4(seconds=3.0, audio=synth.speech(rate=48_000)[: 3 * 48_000], audio_rate=48_000, gop=30)
+
+
+def test_parity_720p_timeline(timeline_clip, references, monkeypatch):
+    """A timeline decoded by DALI (in several runs): every window's probabilities, and the clip-level
+    result, within the clip path's tolerance of PyAV's."""
+    pyav, dali = references
+    monkeypatch.setattr(dv, "DALI_RUN_BYTES", 32 * 1280 * 720 * 3)  # 32 frames a run: several runs
+    a = timeline_local(pyav, timeline_clip, None, 1.0, 0.5)
+    b = timeline_local(dali, timeline_clip, None, 1.0, 0.5)
+    assert len(a["segments"]) == len(b["segments"]) >= 5
+    for sa, sb in zip(a["segments"] + [a], b["segments"] + [b], strict=True):
+        pa, pb = np.array([sa[k] for k in C.LABELS]), np.array([sb[k] for k in C.LABELS])
+        assert np.abs(pa - pb).max() <= PARITY_DP and pa.argmax() == pb.argmax(), (sa, sb)
 
 
 # --------------------------------------------------------------------------- the real tritonserver
 
 
 @pytest.mark.integration
-def test_cpu_dali_profile_serves_and_falls_back(demo_repository: Path, tmp_path: Path, small):
+def test_cpu_dali_profile_serves_and_falls_back(
+    demo_repository: Path, tmp_path: Path, small, references, timeline_clip
+):
     """cpu_dali answers as the DALI reference for H.264 in MP4/AVI/MKV (and so not as PyAV would), and
-    as the PyAV reference for FLV and MPEG-4 Part 2 AVI: every request gets its 200."""
-    pyav = ReferencePipeline(demo_repository)
-    dali = ReferencePipeline(demo_repository, video_decoder="dali_cpu")
+    as the PyAV reference for FLV and MPEG-4 Part 2 AVI: every request gets its 200. Its timelines are
+    decoded by DALI too, and match the cpu profile within the clip path's tolerance."""
+    pyav, dali = references
     handle = start_triton(demo_repository, tmp_path / "tritonserver.log", profile="cpu_dali")
     try:
+        got = timeline_grpc(handle.grpc_url, timeline_clip, None, 1.0, 0.5)
+        want_dali = timeline_local(dali, timeline_clip, None, 1.0, 0.5)
+        want_pyav = timeline_local(pyav, timeline_clip, None, 1.0, 0.5)
+        assert len(got["segments"]) == len(want_dali["segments"]) >= 5
+        for g, d, p in zip(
+            got["segments"] + [got],
+            want_dali["segments"] + [want_dali],
+            want_pyav["segments"] + [want_pyav],
+            strict=True,
+        ):
+            pg, pd, pp = (np.array([x[k] for k in C.LABELS]) for x in (g, d, p))
+            np.testing.assert_allclose(pg, pd, atol=1e-4, rtol=0)  # DALI decoded it ...
+            assert np.abs(pg - pp).max() <= PARITY_DP  # ... within the clip path's tolerance of the cpu profile
+        assert (
+            max(abs(d[k] - p[k]) for d, p in zip(want_dali["segments"], want_pyav["segments"]) for k in C.LABELS) > 1e-5
+        )
         for name in (*DALI_SERVED, "flv", "avi_mpeg4"):
             probs, flags = infer_grpc(handle.grpc_url, small[name], None)
             want_dali, want_pyav = dali.predict(small[name], None), pyav.predict(small[name], None)

@@ -275,7 +275,7 @@ def test_bls_encoder_hands_a_dali_tensor_on_by_dlpack_and_asks_for_host_outputs(
     stub = FakeStub(gpu_outputs=True)
     encoder = BlsEncoder("video_encoder", "frames", "embedding", 8, pb=stub)
     clip = DaliTensor()
-    asyncio.run(encoder.encode_tensor_async(clip))
+    asyncio.run(encoder.encode_async(clip))
     (req,) = stub.requests
     assert req["preferred_memory"].kind == "CPU"
     (tensor,) = req["inputs"]

@@ -32,7 +32,9 @@ import numpy as np
 import pytest
 
 from fusion_emotion import contract as C
-from fusion_emotion.core import media
+from fusion_emotion.core.audio import decode_audio
+from fusion_emotion.core.model_inputs import frames_for_model, resample, to_mono, waveform_for_model
+from fusion_emotion.core.video import resize_frame
 from fusion_emotion.ops import synth
 
 MEAN_TOL = 0.08
@@ -54,7 +56,7 @@ def _decoded_frames(data: bytes, n: int = C.NUM_FRAMES) -> tuple[np.ndarray, np.
     ours, full = [], []
     with av.open(io.BytesIO(data)) as container:
         for frame in container.decode(video=0):
-            ours.append(media._resize(frame))
+            ours.append(resize_frame(frame))
             full.append(frame.to_ndarray(format="rgb24"))
             if len(ours) == n:
                 break
@@ -78,7 +80,7 @@ def _torchvision(tf, frames: np.ndarray) -> np.ndarray:
 )
 def test_frames_match_torchvision_r3d18_transform(torchvision_transform, maker) -> None:
     ours, full = _decoded_frames(maker())
-    a = media.frames_for_model(ours)
+    a = frames_for_model(ours)
     b = _torchvision(torchvision_transform, full)
     assert a.shape == b.shape == (3, C.NUM_FRAMES, *C.CROP_HW)
     diff = np.abs(a - b)
@@ -90,9 +92,7 @@ def test_frames_match_torchvision_r3d18_transform(torchvision_transform, maker) 
 def test_crop_and_normalisation_equal_torchvision(torchvision_transform) -> None:
     """On the same 128x171 frames the rest of the transform is exact."""
     ours, _ = _decoded_frames(synth.mp4(width=320, height=240, seconds=0.6))
-    np.testing.assert_allclose(
-        media.frames_for_model(ours), _torchvision(torchvision_transform, ours), rtol=0, atol=1e-5
-    )
+    np.testing.assert_allclose(frames_for_model(ours), _torchvision(torchvision_transform, ours), rtol=0, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +121,9 @@ def _hf(fe, wave16k: np.ndarray) -> np.ndarray:
 def test_waveform_matches_the_hubert_feature_extractor(hubert_feature_extractor, rate: int) -> None:
     """Up to the 4 s window: ours equals the extractor's output on the same 16 kHz mono audio (zero-padded at the end)."""
     speech = synth.speech(rate=rate)[: int(3.5 * rate)]
-    dec = media.decode_audio(synth.wav(np.stack([speech, 0.5 * speech], axis=1), rate, "s16"))
-    ours = media.waveform_for_model(dec.samples, dec.sample_rate)
-    mono16 = media.resample(media.to_mono(dec.samples), dec.sample_rate)  # the extractor takes 16 kHz mono only
+    dec = decode_audio(synth.wav(np.stack([speech, 0.5 * speech], axis=1), rate, "s16"))
+    ours = waveform_for_model(dec.samples, dec.sample_rate)
+    mono16 = resample(to_mono(dec.samples), dec.sample_rate)  # the extractor takes 16 kHz mono only
     np.testing.assert_array_equal(ours, _hf(hubert_feature_extractor, mono16))
 
 
@@ -133,6 +133,6 @@ def test_long_audio_keeps_the_centred_window(hubert_feature_extractor) -> None:
     wave = np.concatenate([speech, speech, speech])[: 10 * 16_000]
     assert wave.size > C.AUDIO_SAMPLES
     start = (wave.size - C.AUDIO_SAMPLES) // 2
-    ours = media.waveform_for_model(wave[None], 16_000)
+    ours = waveform_for_model(wave[None], 16_000)
     np.testing.assert_array_equal(ours, _hf(hubert_feature_extractor, wave[start:]))
     assert not np.array_equal(ours, _hf(hubert_feature_extractor, wave))

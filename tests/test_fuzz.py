@@ -116,8 +116,10 @@ def run_worker(out_dir: Path, per_seed: int) -> int:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from fusion_emotion.core import media
-    from fusion_emotion.core.features import prepare_request
+    from fusion_emotion.core.audio import decode_audio
+    from fusion_emotion.core.probe import MediaError
+    from fusion_emotion.core.rows import decode_row
+    from fusion_emotion.core.video import decode_video
 
     seeds = make_seeds()
     corpus = out_dir / "corpus"
@@ -128,7 +130,7 @@ def run_worker(out_dir: Path, per_seed: int) -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     for kind, data in seeds.items():  # warm-up: codecs loaded, seeds decode
-        prepare_request(data if kind in VIDEO_KINDS else None, None if kind in VIDEO_KINDS else data)
+        decode_row(data if kind in VIDEO_KINDS else None, None if kind in VIDEO_KINDS else data)
     base_rss = maxrss_mb()
     stats: dict[str, Any] = {"examples": 0, "media_errors": 0, "accepted": 0, "too_large": 0, "by_seed": {}}
     slowest = [0.0, ""]
@@ -152,10 +154,10 @@ def run_worker(out_dir: Path, per_seed: int) -> int:
         faulthandler.dump_traceback_later(EXAMPLE_DEADLINE_S, exit=True)
         t0 = time.monotonic()
         try:
-            feats = prepare_request(video, audio)
+            feats = decode_row(video, audio)
             _check_result(feats)
             stats["accepted"] += 1
-        except media.MediaError as exc:
+        except MediaError as exc:
             stats["media_errors"] += 1
             stats["too_large"] += int(exc.too_large)
         except BaseException:
@@ -168,8 +170,8 @@ def run_worker(out_dir: Path, per_seed: int) -> int:
             slowest[:] = [elapsed, kind]
         # the wrong decoder too: a WAV handed to decode_video and a video to decode_audio
         try:
-            (media.decode_audio if is_video else media.decode_video)(data)
-        except media.MediaError:
+            (decode_audio if is_video else decode_video)(data)
+        except MediaError:
             pass
         stats["examples"] += 1
         stats["by_seed"][kind] = stats["by_seed"].get(kind, 0) + 1

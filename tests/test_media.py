@@ -1,4 +1,4 @@
-"""Unit tests of fusion_emotion.core.media on synthetic media (no Triton)."""
+"""Unit tests of media decoding (core.probe, core.audio, core.video, core.model_inputs, core.rows) on synthetic media (no Triton)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,20 @@ import numpy as np
 import pytest
 
 from fusion_emotion import contract as C
-from fusion_emotion.core import media
-from fusion_emotion.core.features import prepare_request
+from fusion_emotion.core.audio import decode_audio
+from fusion_emotion.core.model_inputs import (
+    crop_box,
+    fit_window,
+    frames_for_model,
+    resample,
+    to_mono,
+    waveform_for_model,
+)
+from fusion_emotion.core.probe import MediaError, MediaLimits
+from fusion_emotion.core.rows import decode_row
+from fusion_emotion.core.video import decode_video
 from fusion_emotion.ops import synth
+from fusion_emotion.ops.baseline import uniform_indices
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +40,7 @@ def ravdess_like(speech48: np.ndarray) -> bytes:
 
 
 def test_mp4_ravdess_like(ravdess_like: bytes, speech48: np.ndarray) -> None:
-    dec = media.decode_video(ravdess_like)
+    dec = decode_video(ravdess_like)
     assert dec.frames.shape == (C.NUM_FRAMES, *C.RESIZE_HW, 3)
     assert dec.frames.dtype == np.uint8
     assert dec.sample_rate == 48_000
@@ -53,7 +64,7 @@ def test_mp4_ravdess_like(ravdess_like: bytes, speech48: np.ndarray) -> None:
 )
 def test_flv_avi_decode(maker, rate: int, seconds: float, fps: int) -> None:
     tone = synth.tone(440.0, seconds, rate, amplitude=0.3)
-    dec = media.decode_video(maker(width=320, height=240, fps=fps, seconds=seconds, audio=tone, audio_rate=rate))
+    dec = decode_video(maker(width=320, height=240, fps=fps, seconds=seconds, audio=tone, audio_rate=rate))
     assert dec.frames.shape == (16, 128, 171, 3)
     assert dec.frames.dtype == np.uint8
     assert dec.sample_rate == rate
@@ -65,21 +76,21 @@ def test_flv_avi_decode(maker, rate: int, seconds: float, fps: int) -> None:
 
 def test_avi_pcm_audio_is_exact() -> None:
     tone = synth.tone(1000.0, 1.0, 16_000, amplitude=0.25)
-    dec = media.decode_video(synth.avi(width=160, height=120, seconds=1.0, audio=tone, audio_rate=16_000))
+    dec = decode_video(synth.avi(width=160, height=120, seconds=1.0, audio=tone, audio_rate=16_000))
     assert dec.audio is not None
     np.testing.assert_allclose(dec.audio[0], tone, atol=1.0 / 32768 + 1e-6)
 
 
 @pytest.mark.parametrize("maker", [synth.mp4, synth.flv, synth.avi])
 def test_video_without_audio_track(maker) -> None:
-    dec = media.decode_video(maker(width=320, height=240, seconds=1.0))
+    dec = decode_video(maker(width=320, height=240, seconds=1.0))
     assert dec.frames.shape == (16, 128, 171, 3)
     assert dec.audio is None and dec.sample_rate is None
 
 
 def test_want_audio_false_skips_track() -> None:
     data = synth.avi(width=160, height=120, seconds=1.0, audio=synth.tone(440, 1.0, 16_000), audio_rate=16_000)
-    dec = media.decode_video(data, want_audio=False)
+    dec = decode_video(data, want_audio=False)
     assert dec.audio is None and dec.sample_rate is None
 
 
@@ -89,7 +100,7 @@ def test_want_audio_false_skips_track() -> None:
 )
 def test_uniform_sampling_over_time(maker, fps: int, seconds: float, tol: int) -> None:
     """Frame i is flat grey 16 + 2i, so each sampled frame's brightness tells its index."""
-    dec = media.decode_video(maker(width=160, height=120, fps=fps, seconds=seconds, kind="index"))
+    dec = decode_video(maker(width=160, height=120, fps=fps, seconds=seconds, kind="index"))
     got = np.round((dec.frames.reshape(16, -1).mean(axis=1) - 16.0) / 2.0)
     total = int(round(fps * seconds))
     # First frame at or after the centre of each of 16 equal time slices.
@@ -101,8 +112,8 @@ def test_uniform_sampling_over_time(maker, fps: int, seconds: float, tol: int) -
 
 
 def test_uniform_indices_repeats_short_clips() -> None:
-    np.testing.assert_array_equal(media.uniform_indices(4, 8), [0, 0, 1, 1, 2, 2, 3, 3])
-    idx = media.uniform_indices(105, 16)
+    np.testing.assert_array_equal(uniform_indices(4, 8), [0, 0, 1, 1, 2, 2, 3, 3])
+    idx = uniform_indices(105, 16)
     assert idx[0] == 3 and idx[-1] == 101 and np.all(np.diff(idx) > 0)
 
 
@@ -119,7 +130,7 @@ def test_wav_formats(rate: int, fmt: str, channels: int) -> None:
     t = np.arange(n) / rate
     left = (0.6 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
     x = left if channels == 1 else np.stack([left, -0.5 * left], axis=1)
-    dec = media.decode_audio(synth.wav(x, rate, fmt))
+    dec = decode_audio(synth.wav(x, rate, fmt))
     assert dec.sample_rate == rate
     assert dec.samples.dtype == np.float32
     assert dec.samples.shape == (channels, n)
@@ -130,7 +141,7 @@ def test_wav_formats(rate: int, fmt: str, channels: int) -> None:
 
 def test_wav_full_scale_maps_to_one() -> None:
     x = np.array([1.0, -1.0, 0.0, 0.5], dtype=np.float32)
-    dec = media.decode_audio(synth.wav(x, 16_000, "s16"))
+    dec = decode_audio(synth.wav(x, 16_000, "s16"))
     np.testing.assert_allclose(dec.samples[0], [32767 / 32768, -1.0, 0.0, 0.5])
 
 
@@ -145,7 +156,7 @@ def _dominant_hz(x: np.ndarray, rate: int) -> float:
 @pytest.mark.parametrize("rate", [8_000, 22_050, 44_100, 48_000])
 def test_resample_keeps_frequency_and_amplitude(rate: int) -> None:
     x = synth.tone(440.0, 1.0, rate, amplitude=0.5)
-    y = media.resample(x, rate)
+    y = resample(x, rate)
     assert y.dtype == np.float32
     assert y.size == pytest.approx(16_000, abs=1)
     assert _dominant_hz(y, 16_000) == pytest.approx(440.0, abs=1.5)
@@ -156,33 +167,33 @@ def test_resample_keeps_frequency_and_amplitude(rate: int) -> None:
 
 def test_resample_identity() -> None:
     x = synth.tone(440.0, 0.1, 16_000)
-    assert media.resample(x, 16_000) is x
+    assert resample(x, 16_000) is x
 
 
 def test_to_mono_averages_channels() -> None:
     x = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
-    np.testing.assert_allclose(media.to_mono(x), [0.5, 0.5])
-    np.testing.assert_allclose(media.to_mono(x[:1]), [1.0, 0.0])
+    np.testing.assert_allclose(to_mono(x), [0.5, 0.5])
+    np.testing.assert_allclose(to_mono(x[:1]), [1.0, 0.0])
 
 
 def test_fit_window_crops_centre() -> None:
     x = np.arange(10, dtype=np.float32)
-    np.testing.assert_array_equal(media.fit_window(x, 4), [3, 4, 5, 6])
-    np.testing.assert_array_equal(media.fit_window(x, 10), x)
+    np.testing.assert_array_equal(fit_window(x, 4), [3, 4, 5, 6])
+    np.testing.assert_array_equal(fit_window(x, 10), x)
     long = np.arange(C.AUDIO_SAMPLES + 1000, dtype=np.float32)
-    out = media.fit_window(long)
+    out = fit_window(long)
     assert out.shape == (C.AUDIO_SAMPLES,) and out[0] == 500
 
 
 def test_fit_window_pads_at_end() -> None:
-    out = media.fit_window(np.ones(3, dtype=np.float32), 6)
+    out = fit_window(np.ones(3, dtype=np.float32), 6)
     np.testing.assert_array_equal(out, [1, 1, 1, 0, 0, 0])
     assert out.dtype == np.float32
 
 
 def test_waveform_for_model_shape() -> None:
     stereo = np.stack([synth.tone(440, 2.0, 44_100)] * 2)
-    w = media.waveform_for_model(stereo, 44_100)
+    w = waveform_for_model(stereo, 44_100)
     assert w.shape == (C.AUDIO_SAMPLES,) and w.dtype == np.float32
     assert np.all(w[32_000:] == 0) and np.abs(w[:31_000]).max() > 0.4
 
@@ -191,15 +202,15 @@ def test_waveform_for_model_shape() -> None:
 
 
 def test_crop_box_matches_torchvision_rounding() -> None:
-    assert media.crop_box((128, 171), (112, 112)) == (8, 30)  # 29.5 rounds half to even
-    assert media.crop_box((128, 173), (112, 112)) == (8, 30)  # 30.5 -> 30
-    assert media.crop_box((112, 112), (112, 112)) == (0, 0)
+    assert crop_box((128, 171), (112, 112)) == (8, 30)  # 29.5 rounds half to even
+    assert crop_box((128, 173), (112, 112)) == (8, 30)  # 30.5 -> 30
+    assert crop_box((112, 112), (112, 112)) == (0, 0)
 
 
 def test_frames_for_model_normalisation() -> None:
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(16, 128, 171, 3), dtype=np.uint8)
-    x = media.frames_for_model(frames)
+    x = frames_for_model(frames)
     assert x.shape == (3, 16, 112, 112) and x.dtype == np.float32 and x.flags.c_contiguous
     crop = frames[:, 8:120, 30:142, :].astype(np.float64) / 255.0
     mean = np.asarray(C.KINETICS_MEAN)
@@ -218,7 +229,7 @@ def test_frames_for_model_matches_torchvision() -> None:
     t = tvf.center_crop(t, [112, 112])
     t = tvf.normalize(t, list(C.KINETICS_MEAN), list(C.KINETICS_STD))
     ref = t.permute(1, 0, 2, 3).numpy()
-    np.testing.assert_allclose(media.frames_for_model(frames), ref, atol=1e-5)
+    np.testing.assert_allclose(frames_for_model(frames), ref, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -259,23 +270,23 @@ def _bad_cases(small_mp4: bytes) -> dict[str, tuple[str, bytes]]:
 def test_bad_inputs_raise_media_error(case: str, small_mp4: bytes) -> None:
     kind, data = _bad_cases(small_mp4)[case]
     name = f"my_{kind}_input"
-    with pytest.raises(media.MediaError) as err:
+    with pytest.raises(MediaError) as err:
         if kind == "video":
-            media.decode_video(data, input_name=name)
+            decode_video(data, input_name=name)
         else:
-            media.decode_audio(data, input_name=name)
+            decode_audio(data, input_name=name)
     assert name in str(err.value)
     assert err.value.input_name == name
     assert not err.value.too_large
 
 
 def test_unsupported_container_messages(small_mp4: bytes) -> None:
-    with pytest.raises(media.MediaError, match=r"^video: unsupported container 'wav'"):
-        media.decode_video(synth.wav(synth.tone(440, 0.5, 16_000), 16_000))
-    with pytest.raises(media.MediaError, match=r"^audio: unsupported container"):
-        media.decode_audio(small_mp4)
-    with pytest.raises(media.MediaError, match="header only"):
-        media.decode_audio(synth.header_only_wav())
+    with pytest.raises(MediaError, match=r"^video: unsupported container 'wav'"):
+        decode_video(synth.wav(synth.tone(440, 0.5, 16_000), 16_000))
+    with pytest.raises(MediaError, match=r"^audio: unsupported container"):
+        decode_audio(small_mp4)
+    with pytest.raises(MediaError, match="header only"):
+        decode_audio(synth.header_only_wav())
 
 
 def test_header_only_wav_is_44_bytes() -> None:
@@ -283,44 +294,42 @@ def test_header_only_wav_is_44_bytes() -> None:
 
 
 def test_limits_flag_too_large(small_mp4: bytes) -> None:
-    with pytest.raises(media.MediaError) as err:
-        media.decode_video(small_mp4, limits=media.MediaLimits(max_bytes=100))
+    with pytest.raises(MediaError) as err:
+        decode_video(small_mp4, limits=MediaLimits(max_bytes=100))
     assert err.value.too_large
-    with pytest.raises(media.MediaError) as err:
-        media.decode_video(small_mp4, limits=media.MediaLimits(max_width=160))
+    with pytest.raises(MediaError) as err:
+        decode_video(small_mp4, limits=MediaLimits(max_width=160))
     assert err.value.too_large
-    with pytest.raises(media.MediaError) as err:
-        media.decode_audio(
-            synth.wav(synth.tone(440, 1.0, 16_000), 16_000), limits=media.MediaLimits(max_duration_s=0.5)
-        )
+    with pytest.raises(MediaError) as err:
+        decode_audio(synth.wav(synth.tone(440, 1.0, 16_000), 16_000), limits=MediaLimits(max_duration_s=0.5))
     assert err.value.too_large
 
 
-# --------------------------------------------------------------------------- prepare_request
+# --------------------------------------------------------------------------- decode_row (which audio counts)
 
 
-def test_prepare_request_needs_one_input() -> None:
-    with pytest.raises(media.MediaError, match="request"):
-        prepare_request(None, None)
+def test_decode_row_needs_one_input() -> None:
+    with pytest.raises(MediaError, match="request"):
+        decode_row(None, None)
 
 
-def test_prepare_request_uses_video_audio_track() -> None:
+def test_decode_row_uses_video_audio_track() -> None:
     data = synth.avi(width=160, height=120, seconds=1.0, audio=synth.tone(440, 1.0, 44_100), audio_rate=44_100)
-    inp = prepare_request(data, None)
+    inp = decode_row(data, None)
     assert inp.frames is not None and inp.frames.shape == (3, 16, 112, 112)
     assert inp.waveform is not None and inp.waveform.shape == (C.AUDIO_SAMPLES,)
     assert np.abs(inp.waveform[:15_000]).max() > 0.4
 
 
-def test_prepare_request_wav_overrides_track() -> None:
+def test_decode_row_wav_overrides_track() -> None:
     video = synth.avi(width=160, height=120, seconds=1.0, audio=synth.tone(440, 1.0, 44_100), audio_rate=44_100)
     wav = synth.wav(synth.tone(1000, 0.5, 22_050, amplitude=0.2), 22_050)
-    inp = prepare_request(video, wav)
+    inp = decode_row(video, wav)
     assert inp.waveform is not None
     assert _dominant_hz(inp.waveform[:8000], 16_000) == pytest.approx(1000, abs=5)
     assert np.all(inp.waveform[8_100:] == 0)
 
 
-def test_prepare_request_audio_only() -> None:
-    inp = prepare_request(None, synth.wav(synth.tone(440, 0.5, 16_000), 16_000))
+def test_decode_row_audio_only() -> None:
+    inp = decode_row(None, synth.wav(synth.tone(440, 0.5, 16_000), 16_000))
     assert inp.frames is None and inp.waveform is not None

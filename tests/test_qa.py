@@ -1,6 +1,6 @@
 """Unit tests of the quality flags (fusion_emotion.core.qa), through the real decoders.
 
-Media go synth -> encoded bytes -> fusion_emotion.core.media.decode_* -> qa, exactly
+Media go synth -> encoded bytes -> fusion_emotion.core.video.decode_video / core.audio.decode_audio -> qa, exactly
 the path a served request takes.
 """
 
@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 
 from fusion_emotion import contract as C
-from fusion_emotion.core import media, qa
+from fusion_emotion.core import qa
+from fusion_emotion.core.audio import decode_audio
+from fusion_emotion.core.model_inputs import resample, to_mono
+from fusion_emotion.core.video import decode_video
 from fusion_emotion.ops import synth
 
 NAN = float("nan")
@@ -28,21 +31,21 @@ def speech16() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def face_frames() -> np.ndarray:
-    return media.decode_video(synth.mp4(width=640, height=360, seconds=1.0, kind="face")).frames
+    return decode_video(synth.mp4(width=640, height=360, seconds=1.0, kind="face")).frames
 
 
 @pytest.fixture(scope="module")
 def blurred_face_frames() -> np.ndarray:
-    return media.decode_video(synth.mp4(width=640, height=360, seconds=1.0, kind="face", blur_sigma=6.0)).frames
+    return decode_video(synth.mp4(width=640, height=360, seconds=1.0, kind="face", blur_sigma=6.0)).frames
 
 
 @pytest.fixture(scope="module")
 def noise_frames() -> np.ndarray:
-    return media.decode_video(synth.mp4(width=640, height=360, seconds=1.0, kind="noise")).frames
+    return decode_video(synth.mp4(width=640, height=360, seconds=1.0, kind="noise")).frames
 
 
 def _decode_wav(x: np.ndarray, rate: int, fmt: str = "s16") -> np.ndarray:
-    dec = media.decode_audio(synth.wav(x, rate, fmt))
+    dec = decode_audio(synth.wav(x, rate, fmt))
     assert dec.sample_rate == rate
     return dec.samples
 
@@ -67,7 +70,7 @@ def test_clipping_ratio_threshold() -> None:
 def test_silence_ratio_speech_then_silence(speech16: np.ndarray) -> None:
     rate = 16_000
     x = np.concatenate([speech16, synth.silence(speech16.size / rate, rate)])
-    wave = media.to_mono(_decode_wav(x, rate))
+    wave = to_mono(_decode_wav(x, rate))
     ratio = qa.silence_ratio(wave, rate)
     # espeak's own pauses (between words, sentence end) are silent too, so the
     # expected value is 0.5 + half the speech's own silent share.
@@ -80,7 +83,7 @@ def test_silence_ratio_speech_then_silence(speech16: np.ndarray) -> None:
 def test_silence_ratio_rate_independent(speech16: np.ndarray) -> None:
     x = np.concatenate([speech16, np.zeros_like(speech16)])
     at16 = qa.silence_ratio(x, 16_000)
-    at48 = qa.silence_ratio(media.resample(x, 16_000, 48_000), 48_000)
+    at48 = qa.silence_ratio(resample(x, 16_000, 48_000), 48_000)
     assert at48 == pytest.approx(at16, abs=0.03)
 
 
@@ -101,10 +104,10 @@ def test_audio_flags_from_video_track(speech16: np.ndarray) -> None:
     AAC rings around the flat tops, so fewer samples stay at full scale than in
     a PCM WAV of the same signal (~0.02 here against ~0.12): still far above 0.
     """
-    speech48 = media.resample(speech16, 16_000, 48_000)[: 48_000 * 2]
+    speech48 = resample(speech16, 16_000, 48_000)[: 48_000 * 2]
     loud = np.clip(speech48 * 8.0, -1.0, 1.0)
-    clean_dec = media.decode_video(synth.mp4(width=160, height=120, seconds=2.0, audio=speech48, audio_rate=48_000))
-    loud_dec = media.decode_video(synth.mp4(width=160, height=120, seconds=2.0, audio=loud, audio_rate=48_000))
+    clean_dec = decode_video(synth.mp4(width=160, height=120, seconds=2.0, audio=speech48, audio_rate=48_000))
+    loud_dec = decode_video(synth.mp4(width=160, height=120, seconds=2.0, audio=loud, audio_rate=48_000))
     assert clean_dec.audio is not None and loud_dec.audio is not None
     clean = qa.media_qa(None, clean_dec.audio, clean_dec.sample_rate)
     loud_qa = qa.media_qa(None, loud_dec.audio, loud_dec.sample_rate)
@@ -149,12 +152,12 @@ def test_face_confidence_face_vs_noise(face_frames: np.ndarray, noise_frames: np
 @pytest.mark.parametrize("maker", [synth.mp4, synth.flv, synth.avi])
 def test_face_confidence_default_sizes(maker) -> None:
     """RAVDESS-like 1280x720 MP4, CREMA-D-like 480x360 FLV, 640x480 AVI."""
-    frames = media.decode_video(maker(seconds=0.7, kind="face")).frames
+    frames = decode_video(maker(seconds=0.7, kind="face")).frames
     assert qa.face_confidence(frames) >= 0.5
 
 
 def test_face_confidence_gradient_no_face() -> None:
-    frames = media.decode_video(synth.mp4(width=320, height=240, seconds=0.5, kind="gradient")).frames
+    frames = decode_video(synth.mp4(width=320, height=240, seconds=0.5, kind="gradient")).frames
     assert qa.face_confidence(frames) < 0.1
 
 
@@ -322,7 +325,7 @@ def test_all_values_in_unit_interval(
 
 def test_media_qa_is_cheap(face_frames: np.ndarray, speech16: np.ndarray) -> None:
     audio = np.zeros((1, 4 * 48_000), np.float32)
-    s48 = media.resample(speech16, 16_000, 48_000)[: audio.shape[1]]
+    s48 = resample(speech16, 16_000, 48_000)[: audio.shape[1]]
     audio[0, : s48.size] = s48
     qa.media_qa(face_frames, audio, 48_000)  # loads the cascade
     best = min(_timed(lambda: qa.media_qa(face_frames, audio, 48_000)) for _ in range(3))

@@ -148,7 +148,7 @@ def test_tarball_layout(stock_tarball: tuple[Path, E.Interpreter, dict]) -> None
     assert {"numpy", "scipy", "av", "onnxruntime", "opencv-python-headless"} <= packages
     # only what the models need: no front end, client, server or training stack
     assert not packages & {"fastapi", "uvicorn", "tritonclient", "boto3", "torch", "matplotlib", "nvidia-pytriton"}
-    assert any(n.endswith("site-packages/fusion_emotion/core/media.py") for n in names)
+    assert any(n.endswith("site-packages/fusion_emotion/core/video.py") for n in names)
     assert not any("/fusion_emotion/frontend/" in n or "/fusion_emotion/ops/" in n for n in names)
 
 

@@ -8,6 +8,9 @@ from test_timeline import _FakeEncoder, _head
 
 from fusion_emotion import contract as C
 from fusion_emotion.core import stream as S
+from fusion_emotion.core import windows as W
+from fusion_emotion.core.rows import Row
+from fusion_emotion.core.stream_frames import StreamFrame, jpeg_frame, rgb_frame
 from fusion_emotion.errors import ErrorKind, ServingError
 from fusion_emotion.ops import synth
 
@@ -28,9 +31,9 @@ def face_jpegs() -> list[bytes]:
 
 def _feed(
     state: S.StreamState, native: np.ndarray, chunk_sizes: np.ndarray, frames: list[tuple[float, bytes]]
-) -> list[S.RequestFeatures]:
+) -> list[tuple[W.StreamWindow, Row]]:
     """Feed a recording chunk by chunk (frames sent before the audio that passes their time); collect windows."""
-    out: list[tuple[S.Window, S.RequestFeatures]] = []
+    out: list[tuple[W.StreamWindow, Row]] = []
     rate = state.config.sample_rate
     pos, fi = 0, 0
     for n in chunk_sizes:
@@ -38,16 +41,16 @@ def _feed(
         while fi < len(frames) and frames[fi][0] <= end_s:
             t, data = frames[fi]
             if state.accept_frame_time(t):
-                state.add_frame(S.jpeg_frame(t, data, state.limits))
+                state.add_frame(jpeg_frame(t, data, state.limits))
             fi += 1
         state.add_audio(native[:, pos : pos + n].T.reshape(-1))
         pos += n
         for w in state.due():
-            out.append((w, state.features(w)))
+            out.append((w, state.row(w)))
         state.trim()
     last = state.last_window()
     if last is not None:
-        out.append((last, state.features(last)))
+        out.append((last, state.row(last)))
     return out
 
 
@@ -81,24 +84,24 @@ def test_config_defaults_and_bounds() -> None:
 
 def test_plan_windows_counts_and_partial_last() -> None:
     cfg = S.stream_config(hop_s=1.0, window_s=4.0)
-    w = S.plan_windows(int(10.5 * 16_000), cfg)
+    w = W.plan_stream_windows(int(10.5 * 16_000), cfg.windows)
     assert len(w) == 11
     assert [(x.t_start, x.t_end) for x in w[:5]] == [(0, 1), (0, 2), (0, 3), (0, 4), (1, 5)]
     assert (w[-1].t_start, w[-1].t_end) == (6.5, 10.5)
-    assert len(S.plan_windows(8 * 16_000, cfg)) == 8  # ends on a hop: no extra window
-    assert S.plan_windows(0, cfg) == []
-    assert [(x.t_start, x.t_end) for x in S.plan_windows(8000, cfg)] == [(0.0, 0.5)]
+    assert len(W.plan_stream_windows(8 * 16_000, cfg.windows)) == 8  # ends on a hop: no extra window
+    assert W.plan_stream_windows(0, cfg.windows) == []
+    assert [(x.t_start, x.t_end) for x in W.plan_stream_windows(8000, cfg.windows)] == [(0.0, 0.5)]
 
 
 def test_pick_frames_follows_the_file_rule() -> None:
     times = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2])
-    picks = S.pick_frames(times, 0.0, 1.0)
+    picks = W.pick_in_window(times, 0.0, 1.0)
     targets = (np.arange(16) + 0.5) / 16
     # the first frame at or after each target, never one after the window end
     expected = [int(np.flatnonzero(times + 1e-6 >= t)[0]) for t in targets]
     assert picks.tolist() == expected and picks.max() == 5
-    assert S.pick_frames(times, 1.25, 2.0) is None
-    assert S.pick_frames(times, 1.1, 2.0).tolist() == [6] * 16  # targets past the last frame get it
+    assert W.pick_in_window(times, 1.25, 2.0) is None
+    assert W.pick_in_window(times, 1.1, 2.0).tolist() == [6] * 16  # targets past the last frame get it
 
 
 @pytest.mark.parametrize(
@@ -116,17 +119,17 @@ def test_live_windows_equal_the_offline_reference(rate, channels, hop, window, s
     cfg = S.stream_config(rate, channels, hop, window)
 
     live = _feed(S.StreamState(cfg), native, _chunks(n, rng, rate // 50, rate // 2), frames)
-    sf = [S.jpeg_frame(t, d) for t, d in frames]
-    expected = S.plan_windows(S.native_total16(n, rate), cfg)
+    sf = [jpeg_frame(t, d) for t, d in frames]
+    expected = W.plan_stream_windows(S.native_total16(n, rate), cfg.windows)
     assert [(w.start16, w.end16) for w, _ in live] == [(w.start16, w.end16) for w in expected]
     for (_, got), ref_w in zip(live, expected):
-        ref = S.window_features(ref_w, native, 0, rate, sf)
+        ref = S.window_row(ref_w, native, 0, rate, sf)
         np.testing.assert_array_equal(got.waveform, ref.waveform)  # chunking changes nothing, bit for bit
         np.testing.assert_array_equal(got.frames, ref.frames)
         np.testing.assert_array_equal(got.media_qa, ref.media_qa)
     # and the scored updates equal reference_updates
     ve, ae, head = _FakeEncoder(C.VIDEO_EMBED_DIM, 1), _FakeEncoder(C.AUDIO_EMBED_DIM, 2), _head()
-    got = S.score_windows(head, [w for w, _ in live], [f for _, f in live], ve, ae)
+    got = S.score_updates(head, [w for w, _ in live], [f for _, f in live], ve, ae)
     ref = S.reference_updates(native, rate, sf, cfg, encode_video=ve, encode_audio=ae, head=head)
     assert len(got) == len(ref) == len(expected)
     for a, b in zip(got, ref):
@@ -138,7 +141,7 @@ def test_live_windows_equal_the_offline_reference(rate, channels, hop, window, s
 
 def test_window_of_16k_audio_is_the_file_paths_waveform() -> None:
     """A full window of 16 kHz audio gives exactly what a 4 s WAV of the same samples gives."""
-    from fusion_emotion.core.features import prepare_request
+    from fusion_emotion.core.rows import decode_row
 
     speech = np.resize(synth.speech(rate=16_000), 6 * 16_000).astype(np.float32)
     state = S.StreamState(S.stream_config())
@@ -146,9 +149,9 @@ def test_window_of_16k_audio_is_the_file_paths_waveform() -> None:
     windows = state.due()
     assert len(windows) == 6
     w5 = windows[4]  # [1, 5]
-    feats = state.features(w5)
+    feats = state.row(w5)
     wav = synth.wav(speech[16_000 : 5 * 16_000], 16_000, "f32")
-    file_feats = prepare_request(None, wav)
+    file_feats = decode_row(None, wav)
     np.testing.assert_array_equal(feats.waveform, file_feats.waveform)
     np.testing.assert_allclose(feats.media_qa, file_feats.media_qa, equal_nan=True)
 
@@ -157,7 +160,7 @@ def test_first_windows_hold_what_has_arrived() -> None:
     state = S.StreamState(S.stream_config())
     state.add_audio(np.full(16_000, 0.25, np.float32))
     (w,) = state.due()
-    f = state.features(w)
+    f = state.row(w)
     assert (w.t_start, w.t_end) == (0.0, 1.0)
     assert np.all(f.waveform[:16_000] == 0.25) and np.all(f.waveform[16_000:] == 0)  # zero-padded, as a short file
     assert np.isnan(f.media_qa[2:]).all() and f.frames is None  # no frames sent: audio only
@@ -166,19 +169,19 @@ def test_first_windows_hold_what_has_arrived() -> None:
 def test_memory_stays_bounded_over_a_long_stream(face_jpegs) -> None:
     state = S.StreamState(S.stream_config(48_000, 2))
     chunk = np.zeros(2 * 4800, np.float32)  # 100 ms
-    frame = S.jpeg_frame(0, face_jpegs[0])
+    frame = jpeg_frame(0, face_jpegs[0])
     sizes = []
     for i in range(300):  # 30 s
         t = i * 0.1
         if state.accept_frame_time(t):
-            state.add_frame(S.StreamFrame(t, frame.rgb, jpeg=frame.jpeg))
+            state.add_frame(StreamFrame(t, frame.rgb, jpeg=frame.jpeg))
         state.add_audio(chunk)
         state.due()
         state.trim()
         sizes.append(state.nbytes)
     assert state.emitted == 29  # the 30th window waits for the resampler's reach past 30 s ...
-    assert state.last_window() == S.Window(0, 26 * 16_000, 30 * 16_000)  # ... or for END
-    state.features(state.last_window())  # everything it needs is still held
+    assert state.last_window() == W.StreamWindow(0, 26 * 16_000, 30 * 16_000)  # ... or for END
+    state.row(state.last_window())  # everything it needs is still held
     assert max(sizes[100:]) <= max(sizes[:100]) + 1  # flat after the first windows
     assert len(state.frames) <= 10 * 5 + 1  # window + hop at 10 fps
 
@@ -198,10 +201,10 @@ def test_limits() -> None:
     assert state.audio.view(0, 2).max() == 1.0
     rgb = np.zeros((100, 120, 3), np.uint8)
     assert state.accept_frame_time(0.0)
-    state.add_frame(S.rgb_frame(0.0, rgb))
+    state.add_frame(rgb_frame(0.0, rgb))
     assert not state.accept_frame_time(0.05) and state.frames_dropped == 1  # over max_fps: dropped, not decoded
     assert state.accept_frame_time(0.1)
-    state.add_frame(S.rgb_frame(0.1, rgb))
+    state.add_frame(rgb_frame(0.1, rgb))
     with pytest.raises(ServingError, match="before the previous frame"):
         state.accept_frame_time(0.05)
     for bad in (float("inf"), -0.1):
@@ -210,7 +213,7 @@ def test_limits() -> None:
     for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
         assert state.accept_frame_time(t)
         try:
-            state.add_frame(S.rgb_frame(t, rgb))
+            state.add_frame(rgb_frame(t, rgb))
         except ServingError as exc:
             assert exc.kind is ErrorKind.TOO_LARGE and "exceed 300000 bytes" in exc.reason
             break
@@ -224,20 +227,20 @@ def test_limits() -> None:
 def test_frames_errors_and_size_limits(face_jpegs) -> None:
     limits = S.StreamLimits(max_frame_bytes=1000, max_frame_width=200, max_frame_height=200)
     with pytest.raises(ServingError) as err:
-        S.jpeg_frame(0, face_jpegs[0], limits)
+        jpeg_frame(0, face_jpegs[0], limits)
     assert err.value.kind is ErrorKind.TOO_LARGE and err.value.subject == "frame"
     with pytest.raises(ServingError, match="not a decodable JPEG") as err:
-        S.jpeg_frame(0, b"\xff\xd8garbage" * 10)
+        jpeg_frame(0, b"\xff\xd8garbage" * 10)
     assert err.value.kind is ErrorKind.INVALID_MEDIA
     with pytest.raises(ServingError, match="over the frame-size limit|over the 200x200 limit"):
-        S.jpeg_frame(0, face_jpegs[0], S.StreamLimits(max_frame_width=200, max_frame_height=200))
+        jpeg_frame(0, face_jpegs[0], S.StreamLimits(max_frame_width=200, max_frame_height=200))
     with pytest.raises(ServingError, match="over the 200x200 limit"):
-        S.rgb_frame(0, np.zeros((300, 100, 3), np.uint8), limits)
+        rgb_frame(0, np.zeros((300, 100, 3), np.uint8), limits)
     with pytest.raises(ServingError, match="uint8"):
-        S.rgb_frame(0, np.zeros((30, 10), np.uint8))
+        rgb_frame(0, np.zeros((30, 10), np.uint8))
     # raw RGB and JPEG frames go through the same resize as decoded video frames
     rgb = next(synth.video_frames(320, 240, 1, 1.0))
-    a, b = S.rgb_frame(0, rgb), S.jpeg_frame(0, _jpeg(rgb, 100))
+    a, b = rgb_frame(0, rgb), jpeg_frame(0, _jpeg(rgb, 100))
     assert a.rgb.shape == b.rgb.shape == (*C.RESIZE_HW, 3)
     assert np.abs(a.rgb.astype(int) - b.rgb).mean() < 3  # JPEG loss only
     assert a.qa_copy().shape == b.qa_copy().shape == (240, 320, 3)  # under 360 px: kept as is

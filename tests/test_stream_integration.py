@@ -21,6 +21,7 @@ from test_frontend import run_frontend
 
 from fusion_emotion import contract as C
 from fusion_emotion.core import stream as S
+from fusion_emotion.core.stream_frames import jpeg_frame
 from fusion_emotion.frontend.settings import Settings
 from fusion_emotion.ops import synth
 
@@ -57,7 +58,7 @@ def _source(speech: np.ndarray, seconds: float, rate: int = 16_000, fps: float =
 
 def _reference(reference, source: MediaSource, config: S.StreamConfig) -> list[S.Update]:
     native = (source.pcm.astype(np.float32) / 32768.0).T
-    frames = [S.jpeg_frame(t, data) for t, data in source.frames]
+    frames = [jpeg_frame(t, data) for t, data in source.frames]
     return S.reference_updates(
         native, source.sample_rate, frames, config,
         encode_video=reference.video_encoder, encode_audio=reference.audio_encoder, head=reference.head,

@@ -13,39 +13,41 @@ import numpy as np
 import pytest
 
 from fusion_emotion import contract as C
-from fusion_emotion.core.features import prepare_request
 from fusion_emotion.core.fusion import FusionHead, score
-from fusion_emotion.core.media import MediaError, decode_video, sample_times
-from fusion_emotion.core.timeline import (
-    DEFAULT_HOP_S,
-    DEFAULT_WINDOW_S,
-    TimelineParams,
-    WindowFrames,
-    compute_timeline,
-    plan_windows,
-    timeline_limits,
-    timeline_result,
-    validate_params,
+from fusion_emotion.core.probe import MediaError
+from fusion_emotion.core.result import timeline_result
+from fusion_emotion.core.rows import decode_row
+from fusion_emotion.core.timeline import WindowFrames, compute_timeline, timeline_limits, window_params
+from fusion_emotion.core.video import VideoDecoder, decode_video
+from fusion_emotion.core.windows import (
+    TIMELINE_DEFAULTS,
+    WindowParams,
+    plan_file_windows,
+    sample_times,
     window_frame_times,
 )
+from fusion_emotion.errors import ErrorKind, ServingError
 from fusion_emotion.ops import synth
 
 
 # --------------------------------------------------------------------------- pure
 def test_params_defaults_and_bounds() -> None:
-    assert validate_params() == TimelineParams(DEFAULT_WINDOW_S, DEFAULT_HOP_S) == TimelineParams(4.0, 4.0)
-    assert validate_params(3.0) == TimelineParams(3.0, 3.0)
-    assert validate_params(1.0) == TimelineParams(1.0, 1.0)  # default hop never exceeds the window
-    assert validate_params(10.0, 0.5) == TimelineParams(10.0, 0.5)
+    assert window_params() == TIMELINE_DEFAULTS == WindowParams(4.0, 4.0)
+    assert window_params(3.0) == WindowParams(3.0, 3.0)
+    assert window_params(1.0) == WindowParams(1.0, 1.0)  # default hop never exceeds the window
+    assert window_params(10.0, 0.5) == WindowParams(10.0, 0.5)
     for window, hop, name in (
         (0.5, None, "window_s"),
         (10.5, None, "window_s"),
         (3.0, 0.4, "hop_s"),
         (3.0, 3.5, "hop_s"),
+        (float("nan"), None, "window_s"),
+        (3.0, float("inf"), "hop_s"),
+        ("ten", None, "window_s"),
     ):
-        with pytest.raises(MediaError) as err:
-            validate_params(window, hop)
-        assert err.value.input_name == name
+        with pytest.raises(ServingError) as err:
+            window_params(window, hop)
+        assert err.value.subject == name and err.value.kind is ErrorKind.BAD_REQUEST
 
 
 @pytest.mark.parametrize(
@@ -59,12 +61,12 @@ def test_params_defaults_and_bounds() -> None:
     ],
 )
 def test_plan_windows(duration: float, window: float, hop: float, expected: list[list[float]]) -> None:
-    got = plan_windows(duration, TimelineParams(window, hop))
+    got = plan_file_windows(duration, WindowParams(window, hop))
     np.testing.assert_allclose(got, expected)
 
 
 def test_plan_windows_cover_long_media() -> None:
-    w = plan_windows(600.0, TimelineParams(3.0, 1.5))
+    w = plan_file_windows(600.0, WindowParams(3.0, 1.5))
     assert w[0, 0] == 0 and w[-1, 1] == 600.0
     assert np.all(np.diff(w[:, 0]) > 0) and np.allclose(w[:, 1] - w[:, 0], 3.0)
     assert np.all(w[1:, 0] <= w[:-1, 1])  # no gaps
@@ -98,7 +100,8 @@ def index_clip() -> bytes:
 
 
 def test_single_pass_decoder_samples_each_window(index_clip: bytes) -> None:
-    dec = WindowFrames(index_clip, TimelineParams(2.0, 1.0))
+    source = VideoDecoder(index_clip)
+    dec = WindowFrames(source, WindowParams(2.0, 1.0), max_windows=None)
     np.testing.assert_allclose(dec.windows_s, [[0, 2], [1, 3], [2, 4], [3, 5]])
     got = list(dec.windows())
     assert [i for i, _ in got] == [0, 1, 2, 3]
@@ -113,13 +116,13 @@ def test_single_pass_decoder_samples_each_window(index_clip: bytes) -> None:
     # the clip-level sample and the audio track are exactly what the main model decodes
     ref = decode_video(index_clip)
     np.testing.assert_array_equal(dec.clip_frames, ref.frames)
-    np.testing.assert_array_equal(dec.audio, ref.audio)
-    assert dec.sample_rate == ref.sample_rate
+    np.testing.assert_array_equal(source.audio, ref.audio)
+    assert source.sample_rate == ref.sample_rate
 
 
 def test_duration_bound_is_a_clear_too_large_error(index_clip: bytes) -> None:
     with pytest.raises(MediaError) as err:
-        WindowFrames(index_clip, TimelineParams(), limits=timeline_limits(4.0))
+        WindowFrames(VideoDecoder(index_clip, limits=timeline_limits(4.0)), TIMELINE_DEFAULTS, max_windows=None)
     assert err.value.too_large and "limit" in str(err.value)
 
 
@@ -153,7 +156,7 @@ def _run(video, audio, params, chunk):
 
 
 def test_compute_timeline_chunks_and_clip_level(index_clip: bytes) -> None:
-    params = TimelineParams(1.0, 0.5)
+    params = WindowParams(1.0, 0.5)
     tl1, ve1, ae1 = _run(index_clip, None, params, chunk=1)
     tl3, ve3, ae3 = _run(index_clip, None, params, chunk=3)
     n = len(tl3.windows)
@@ -161,8 +164,8 @@ def test_compute_timeline_chunks_and_clip_level(index_clip: bytes) -> None:
     np.testing.assert_allclose(tl1.probabilities, tl3.probabilities, atol=1e-6)  # chunking changes nothing
     assert max(ve3.batches[:-1]) <= 3 and sum(ve3.batches) == n + 1 and sum(ae3.batches) == n + 1  # windows + clip
     np.testing.assert_allclose(tl3.probabilities.sum(axis=1), 1.0, atol=1e-5)
-    # clip level == the fusion_emotion model's computation on prepare_request's features
-    feats = prepare_request(index_clip, None)
+    # clip level == the fusion_emotion model's computation on the request's row
+    feats = decode_row(index_clip, None)
     ve, ae = _FakeEncoder(C.VIDEO_EMBED_DIM, 1), _FakeEncoder(C.AUDIO_EMBED_DIM, 2)
     probs, flags = score(
         _head(), ve(feats.frames[None]), ae(feats.waveform[None]), np.ones((1, 2), np.float32), feats.media_qa[None]
@@ -172,11 +175,11 @@ def test_compute_timeline_chunks_and_clip_level(index_clip: bytes) -> None:
 
 
 def test_one_window_is_the_clip_and_audio_only(index_clip: bytes) -> None:
-    tl, ve, ae = _run(index_clip, None, TimelineParams(10.0, 1.0), chunk=8)
+    tl, ve, ae = _run(index_clip, None, WindowParams(10.0, 1.0), chunk=8)
     assert len(tl.windows) == 1 and sum(ve.batches) == 1 and sum(ae.batches) == 1  # encoded once
     np.testing.assert_allclose(tl.probabilities[0], tl.clip_probabilities)
     wav = synth.wav(synth.tone(440, 4.0, 16_000), 16_000)
-    tl, ve, ae = _run(None, wav, TimelineParams(2.0, 2.0), chunk=8)
+    tl, ve, ae = _run(None, wav, WindowParams(2.0, 2.0), chunk=8)
     np.testing.assert_allclose(tl.windows, [[0, 2], [2, 4]])
     assert ve.batches == [] and np.isnan(tl.clip_qa_flags[2])  # no video work, video flags absent
 

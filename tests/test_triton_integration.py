@@ -63,11 +63,11 @@ def test_triton_matches_reference(case, triton, reference, media):
 def test_modalities(triton, reference, media):
     probs_av, qa_av = infer_grpc(triton.grpc_url, media["mp4"], None)
     # the video's own audio track is used: the answer differs from a video-only one
-    feats = reference.features(media["mp4"], None)
-    assert feats.waveform is not None
-    feats.waveform = None
-    video_only = reference.run_features(feats)
-    assert np.abs(probs_av - video_only[0]).max() > 1e-4
+    row = reference.row(media["mp4"], None)
+    assert row.waveform is not None
+    row.waveform = None
+    video_only = reference.score_rows([row])[0][0]
+    assert np.abs(probs_av - video_only).max() > 1e-4
     assert not np.isnan(qa_av).any()  # both modalities: every flag computed
 
     _, qa_audio = infer_grpc(triton.grpc_url, None, media["wav"])

@@ -1,7 +1,7 @@
-"""The reference pipeline: the same preprocessing, encoders and head, in-process.
+"""The reference pipeline: the same rows, encoders and head as the Triton models, in-process.
 
-``fusion-emotion predict --local DIR`` runs it on an exported repository; the
-tests compare Triton's answers with it.
+``fusion-emotion predict --local DIR`` runs it on an exported repository; the tests compare Triton's
+answers with it.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from fusion_emotion import contract as C
-from fusion_emotion.core.features import RequestFeatures, prepare_request, score_features
+from fusion_emotion.core.embed import embed, score_embeddings
 from fusion_emotion.core.fusion import FusionHead
-from fusion_emotion.core.media import DEFAULT_LIMITS, MediaLimits
 from fusion_emotion.core.onnx_runtime import DEFAULT_RUNTIME, Encoder
+from fusion_emotion.core.probe import DEFAULT_LIMITS, MediaLimits
+from fusion_emotion.core.rows import Row, decode_row, video_backend
 
 log = logging.getLogger(__name__)
 
@@ -38,30 +39,22 @@ class ReferencePipeline:
         self.limits = limits
         if video_decoder not in ("pyav", "dali_cpu"):
             raise ValueError(f"video_decoder must be pyav or dali_cpu, not {video_decoder!r}")
-        self.dali = None
-        if video_decoder == "dali_cpu":
-            from fusion_emotion.core.dali_video import DaliPool
+        self.backend = video_backend(video_decoder, pipelines=1)
 
-            self.dali = DaliPool("cpu", 1)
+    def row(self, video: bytes | None, audio: bytes | None) -> Row:
+        """One request's row (release it once encoded)."""
+        return decode_row(video, audio, self.backend, self.limits)
 
-    def features(self, video: bytes | None, audio: bytes | None) -> RequestFeatures:
-        if self.dali is None:
-            return prepare_request(video, audio, self.limits)
-        from fusion_emotion.core.dali_video import prepare_request_dali
-
-        got = prepare_request_dali(video, audio, self.dali, self.limits)
-        if got.lease is not None:
-            try:
-                got.features.frames = got.lease.host_clip()[0]
-            finally:
-                got.lease.release()
-        return got.features
-
-    def run_features(self, feats: RequestFeatures) -> tuple[np.ndarray, np.ndarray]:
-        """-> (probabilities [6], qa_flags [6])."""
-        v = self.video_encoder(feats.frames[None]) if feats.frames is not None else None
-        a = self.audio_encoder(feats.waveform[None]) if feats.waveform is not None else None
-        return score_features(self.head, feats, v, a)
+    def score_rows(self, rows: list[Row]) -> tuple[np.ndarray, np.ndarray]:
+        """-> (probabilities [N, 6], qa_flags [N, 6])."""
+        host = [Row(r.host_frames(), r.waveform, r.media_qa, r.decoder) for r in rows]  # the reference runs on CPU
+        return score_embeddings(self.head, embed(host, self.video_encoder, self.audio_encoder))
 
     def predict(self, video: bytes | None, audio: bytes | None) -> tuple[np.ndarray, np.ndarray]:
-        return self.run_features(self.features(video, audio))
+        """-> (probabilities [6], qa_flags [6])."""
+        row = self.row(video, audio)
+        try:
+            probs, flags = self.score_rows([row])
+        finally:
+            row.release()
+        return probs[0], flags[0]

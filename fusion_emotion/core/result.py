@@ -1,4 +1,4 @@
-"""The product's flat JSON result, shared by every client route and the front end."""
+"""The product's flat JSON results (a clip, a timeline), shared by every client route and the front end."""
 
 from __future__ import annotations
 
@@ -28,4 +28,25 @@ def result_dict(probabilities: np.ndarray, qa_flags: np.ndarray | None = None) -
     out: dict[str, Any] = {label: float(p) for label, p in zip(C.LABELS, probs)}
     out["qa_flags"] = qa_dict(qa_flags)
     out["dominant_emotion"] = C.LABELS[int(np.argmax(probs))]
+    return out
+
+
+SEGMENT_COLUMNS = 2 + C.NUM_CLASSES
+"""Columns of a timeline's ``segments`` output: start, end, then the six probabilities."""
+
+
+def timeline_result(segments: np.ndarray, probabilities: np.ndarray, qa_flags: np.ndarray | None) -> dict[str, Any]:
+    """The product's JSON (:func:`result_dict`) plus ``"segments"`` in time order."""
+    out = result_dict(probabilities, qa_flags)
+    rows = np.asarray(segments, dtype=np.float64).reshape(-1, SEGMENT_COLUMNS)
+    rows = rows[np.argsort(rows[:, 0], kind="stable")]
+    out["segments"] = [
+        {
+            "start": round(float(r[0]), 6),
+            "end": round(float(r[1]), 6),
+            **{label: float(p) for label, p in zip(C.LABELS, r[2:], strict=True)},
+            "dominant_emotion": C.LABELS[int(np.argmax(r[2:]))],
+        }
+        for r in rows
+    ]
     return out

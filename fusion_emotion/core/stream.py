@@ -2,22 +2,22 @@
 
 A stream is a sequence of chunks (audio samples at the caller's rate, and optionally video frames with
 their stream times). Every ``hop_s`` of audio it yields one *window* ``[t_end - window_s, t_end]`` (the
-first windows start at 0 and hold what has arrived so far); at the end, one last window for the partial
-hop. Each window is turned into the encoders' inputs and media QA by :func:`window_features`, exactly as a
-file request of that span would be (the 16 frames sampled over the window by the file rule, the audio
-resampled with the file path's resampler, the face detector's larger copies of 4 of the 16 frames).
+first windows start at 0 and hold what has arrived so far; ``core.windows.plan_stream_windows``); at the
+end, one last window for the partial hop. Each window becomes a row (``core.rows``) by :func:`window_row`,
+exactly as a file request of that span would (the 16 frames sampled over the window by the file rule, the
+audio resampled with the file path's resampler, the face detector's larger copies of 4 of the 16 frames).
 
 Two users share every function here, so their numbers agree by construction:
 
 * :class:`StreamState`, the rolling per-stream state kept by the Triton model ``fusion_emotion_stream``
-  (a thin adapter): bounded memory (history is dropped once no future window can need it), limits checked
-  before any heavy work;
+  (through ``core.stream_runtime``): bounded memory (history is dropped once no future window can need
+  it), limits checked before any heavy work;
 * :func:`reference_updates`, the offline reference: the whole recording at once, cut into the same
-  windows, with injected encoders (onnxruntime in-process, or anything else).
+  windows, with injected encoders.
 
 Exactness at other rates than 16 kHz: a window's resampled audio must not depend on where the chunks
 were cut, so a window is due only once every input sample the resampler's filter reaches has arrived
-(``media.resample_span``: 1-2 ms of audio past the hop); the buffer keeps the filter's reach of history.
+(``model_inputs.resample_span``: 1-2 ms of audio past the hop); the buffer keeps the filter's reach of history.
 """
 
 from __future__ import annotations
@@ -26,44 +26,36 @@ import collections
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 
-import av
 import numpy as np
 
 from fusion_emotion import contract as C
-from fusion_emotion.core import qa
-from fusion_emotion.core.features import RequestFeatures, score_features
+from fusion_emotion.core.embed import Encode, embed, score_embeddings
 from fusion_emotion.core.fusion import FusionHead
-from fusion_emotion.core.media import (
-    QA_FRAME_SLOTS,
-    _qa_copy,
-    _resize,
-    fit_window,
-    frames_for_model,
-    resample_range,
-    resample_span,
-    sample_times,
-    to_mono,
+from fusion_emotion.core.model_inputs import fit_window, frames_for_model, resample_range, resample_span, to_mono
+from fusion_emotion.core.rows import Row, media_row
+from fusion_emotion.core.stream_frames import StreamFrame
+from fusion_emotion.core.video import QA_FRAME_SLOTS, ClipFrames
+from fusion_emotion.core.windows import (
+    FRAME_TIME_EPS,
+    STREAM_DEFAULTS,
+    StreamWindow,
+    WindowParams,
+    closing_window,
+    pick_in_window,
+    plan_stream_windows,
+    regular_window,
+    window_params,
 )
 from fusion_emotion.errors import ErrorKind, ServingError
 
 log = logging.getLogger(__name__)
 
-# --- stream settings (per stream, chosen by the caller at START) -------------------------------------
-DEFAULT_HOP_S = 1.0
-DEFAULT_WINDOW_S = C.AUDIO_WINDOW_SECONDS  # the audio encoder's own window: no padding, no cropping
-MIN_HOP_S = 0.5
-MIN_WINDOW_S = 1.0
-MAX_WINDOW_S = 10.0
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 48_000
 MAX_CHANNELS = 2
-# Frame times within this of a window edge or a sampling target count as on it (as in media.VideoDecoder).
-_EPS = 1e-6
-
-Encode = Callable[[np.ndarray], np.ndarray]
 
 
 def _bad(subject: str, reason: str) -> ServingError:
@@ -76,17 +68,12 @@ class StreamConfig:
 
     sample_rate: int = C.SAMPLE_RATE
     channels: int = 1
-    hop_s: float = DEFAULT_HOP_S
-    window_s: float = DEFAULT_WINDOW_S
+    hop_s: float = STREAM_DEFAULTS.hop_s
+    window_s: float = STREAM_DEFAULTS.window_s
 
     @property
-    def hop16(self) -> int:
-        """The hop in 16 kHz samples (window ends sit on multiples of it)."""
-        return int(round(self.hop_s * C.SAMPLE_RATE))
-
-    @property
-    def window16(self) -> int:
-        return int(round(self.window_s * C.SAMPLE_RATE))
+    def windows(self) -> WindowParams:
+        return WindowParams(self.window_s, self.hop_s)
 
 
 def _number(name: str, value: float | None) -> float | None:
@@ -94,7 +81,7 @@ def _number(name: str, value: float | None) -> float | None:
         return None
     try:
         out = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise _bad(name, "must be a number") from None
     if not math.isfinite(out):
         raise _bad(name, "must be a finite number")
@@ -118,15 +105,8 @@ def stream_config(
     ch_i = 1 if ch is None else int(ch)
     if (ch is not None and ch != ch_i) or not 1 <= ch_i <= MAX_CHANNELS:
         raise _bad("channels", f"{ch:g} channels; 1 (mono) or 2 (stereo, interleaved) are accepted")
-    window = _number("window_s", window_s)
-    window = DEFAULT_WINDOW_S if window is None else window
-    if not MIN_WINDOW_S <= window <= MAX_WINDOW_S:
-        raise _bad("window_s", f"{window:g} s is outside [{MIN_WINDOW_S:g}, {MAX_WINDOW_S:g}] s")
-    hop = _number("hop_s", hop_s)
-    hop = min(DEFAULT_HOP_S, window) if hop is None else hop
-    if not MIN_HOP_S <= hop <= window:
-        raise _bad("hop_s", f"{hop:g} s is outside [{MIN_HOP_S:g} s, window_s = {window:g} s]")
-    return StreamConfig(rate_i, ch_i, hop, window)
+    params = window_params(window_s, hop_s, STREAM_DEFAULTS)
+    return StreamConfig(rate_i, ch_i, params.hop_s, params.window_s)
 
 
 @dataclass(frozen=True)
@@ -165,37 +145,6 @@ class StreamLimits:
         return cls(**values)
 
 
-@dataclass(frozen=True)
-class Window:
-    """One update's span, in 16 kHz samples of stream time."""
-
-    index: int  # 1, 2, ... for regular windows (end = index * hop); 0 for the last, partial one
-    start16: int
-    end16: int
-
-    @property
-    def t_start(self) -> float:
-        return self.start16 / C.SAMPLE_RATE
-
-    @property
-    def t_end(self) -> float:
-        return self.end16 / C.SAMPLE_RATE
-
-
-def regular_window(index: int, config: StreamConfig) -> Window:
-    end = index * config.hop16
-    return Window(index, max(0, end - config.window16), end)
-
-
-def plan_windows(total16: int, config: StreamConfig) -> list[Window]:
-    """Every window of a stream of ``total16`` samples (16 kHz): one per hop, then the partial last one."""
-    out = [regular_window(k, config) for k in range(1, total16 // config.hop16 + 1)]
-    last_end = out[-1].end16 if out else 0
-    if total16 > last_end:
-        out.append(Window(0, max(0, total16 - config.window16), total16))
-    return out
-
-
 def needed_native(end16: int, rate: int) -> int:
     """Input samples (at ``rate``) that must have arrived before audio up to ``end16`` is final."""
     return resample_span(rate, end16, end16)[1] if rate != C.SAMPLE_RATE else end16
@@ -206,108 +155,16 @@ def native_total16(n_native: int, rate: int) -> int:
     return n_native * C.SAMPLE_RATE // rate
 
 
-# --------------------------------------------------------------------------- frames
+# --------------------------------------------------------------------------- one window's row
 
 
-@dataclass
-class StreamFrame:
-    """One received frame: its stream time, the model's 128x171 copy, and how to get the QA copy."""
-
-    t: float
-    rgb: np.ndarray  # uint8 [128, 171, 3], media._resize: the file path's resize
-    jpeg: bytes | None = None  # kept to re-decode the face detector's copy only if the frame is picked
-    qa_rgb: np.ndarray | None = None  # raw RGB frames: the face detector's copy, made on arrival
-
-    @property
-    def nbytes(self) -> int:
-        extra = len(self.jpeg) if self.jpeg is not None else 0
-        return self.rgb.nbytes + extra + (self.qa_rgb.nbytes if self.qa_rgb is not None else 0)
-
-    def qa_copy(self) -> np.ndarray:
-        if self.qa_rgb is not None:
-            return self.qa_rgb
-        assert self.jpeg is not None
-        return _qa_copy(_decode_jpeg_frame(self.jpeg, None))
-
-
-def _check_size(width: int, height: int, limits: StreamLimits | None) -> None:
-    if limits is not None and (width > limits.max_frame_width or height > limits.max_frame_height):
-        raise ServingError(
-            ErrorKind.TOO_LARGE,
-            "frame",
-            f"frame size {width}x{height} is over the {limits.max_frame_width}x{limits.max_frame_height} limit",
-        )
-
-
-def _decode_jpeg_frame(data: bytes, limits: StreamLimits | None) -> av.VideoFrame:
-    """One JPEG through FFmpeg's mjpeg decoder (pixel budget enforced inside the decoder)."""
-    if not data:
-        raise ServingError(ErrorKind.INVALID_MEDIA, "frame", "empty JPEG frame (0 bytes)")
-    if limits is not None and len(data) > limits.max_frame_bytes:
-        raise ServingError(
-            ErrorKind.TOO_LARGE,
-            "frame",
-            f"JPEG frame is {len(data)} bytes, over the {limits.max_frame_bytes}-byte limit",
-        )
-    codec = av.CodecContext.create("mjpeg", "r")
-    if limits is not None:
-        codec.options = {"max_pixels": str(limits.max_frame_width * limits.max_frame_height)}
-    try:
-        frames = codec.decode(av.Packet(data)) + codec.decode(None)
-    except av.error.ArgumentError:
-        raise ServingError(ErrorKind.TOO_LARGE, "frame", "JPEG frame is over the frame-size limit") from None
-    except (av.error.FFmpegError, ValueError, MemoryError, EOFError) as exc:
-        raise ServingError(ErrorKind.INVALID_MEDIA, "frame", f"not a decodable JPEG ({type(exc).__name__})") from None
-    if not frames:
-        raise ServingError(ErrorKind.INVALID_MEDIA, "frame", "not a decodable JPEG (no picture)")
-    frame = frames[0]
-    _check_size(frame.width, frame.height, limits)
-    return frame
-
-
-def jpeg_frame(t: float, data: bytes, limits: StreamLimits | None = None) -> StreamFrame:
-    """A JPEG frame decoded once on arrival to the model's size; its bytes are kept for the QA copy."""
-    return StreamFrame(float(t), _resize(_decode_jpeg_frame(data, limits)), jpeg=bytes(data))
-
-
-def rgb_frame(t: float, rgb: np.ndarray, limits: StreamLimits | None = None) -> StreamFrame:
-    """A raw RGB frame (uint8 [H, W, 3]) resized like a decoded video frame (swscale AREA, media._resize)."""
-    arr = np.asarray(rgb)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or arr.shape[0] < 2 or arr.shape[1] < 2:
-        raise ServingError(
-            ErrorKind.INVALID_MEDIA, "frame", f"raw frame must be uint8 [H, W, 3], got {arr.dtype} {arr.shape}"
-        )
-    _check_size(arr.shape[1], arr.shape[0], limits)
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
-    return StreamFrame(float(t), _resize(frame), qa_rgb=_qa_copy(frame))
-
-
-def pick_frames(times: np.ndarray, t_start: float, t_end: float, num: int = C.NUM_FRAMES) -> np.ndarray | None:
-    """Indices into ``times`` (ascending) of the ``num`` frames of window ``[t_start, t_end]``, or None.
-
-    The file rule (``media.VideoDecoder.sample``): ``num`` targets at the centres of equal slices of the
-    window, each served by the first frame at or after it, targets past the window's last frame by that
-    frame. Only frames inside the window count; a window without frames has no video.
-    """
-    times = np.asarray(times, dtype=np.float64)
-    inside = np.flatnonzero((times >= t_start - _EPS) & (times <= t_end + _EPS))
-    if inside.size == 0:
-        return None
-    targets = sample_times(t_end - t_start, num, t_start)
-    pos = np.searchsorted(times[inside] + _EPS, targets, side="left")
-    return inside[np.minimum(pos, inside.size - 1)]
-
-
-# --------------------------------------------------------------------------- features of one window
-
-
-def window_features(
-    window: Window,
+def window_row(
+    window: StreamWindow,
     native: np.ndarray | None,
     native_base: int,
     rate: int,
     frames: Sequence[StreamFrame],
-) -> RequestFeatures:
+) -> Row:
     """The encoders' inputs and media QA of one window, as a file request of that span computes them.
 
     ``native`` is float32 [channels, n] at ``rate`` holding input samples from absolute index
@@ -323,16 +180,13 @@ def window_features(
             a = window.start16 * rate // C.SAMPLE_RATE - native_base
             b = window.end16 * rate // C.SAMPLE_RATE - native_base
             audio_qa = native[:, max(0, a) : max(0, b)]
-    raw = qa_frames = None
-    picks = pick_frames(np.array([f.t for f in frames]), window.t_start, window.t_end) if frames else None
+    clip = None
+    picks = pick_in_window(np.array([f.t for f in frames]), window.t_start, window.t_end) if frames else None
     if picks is not None:
-        raw = np.stack([frames[i].rgb for i in picks])
+        small = np.stack([frames[i].rgb for i in picks])
         qa_frames = np.stack([frames[picks[s]].qa_copy() for s in QA_FRAME_SLOTS])
-    model_frames = frames_for_model(raw) if raw is not None else None
-    if model_frames is not None and not np.isfinite(model_frames).all():
-        raise ServingError(ErrorKind.INVALID_MEDIA, "frame", "decoded frames are not finite")
-    media_qa = qa.media_qa(raw, audio_qa if audio_qa is not None and audio_qa.size else None, rate, qa_frames=qa_frames)
-    return RequestFeatures(model_frames, waveform, media_qa)
+        clip = ClipFrames(small, qa_frames, frames_for_model(small), "stream")
+    return media_row(clip, waveform, audio_qa, rate, input_name="frame")
 
 
 @dataclass
@@ -345,29 +199,16 @@ class Update:
     qa_flags: np.ndarray  # float32 [6]
 
 
-def score_windows(
+def score_updates(
     head: FusionHead,
-    windows: Sequence[Window],
-    feats: Sequence[RequestFeatures],
+    windows: Sequence[StreamWindow],
+    rows: Sequence[Row],
     encode_video: Encode,
     encode_audio: Encode,
 ) -> list[Update]:
     """Encode the windows of many streams together (one batch per modality), then score each."""
-    v_rows = [f.frames for f in feats if f.frames is not None]
-    a_rows = [f.waveform for f in feats if f.waveform is not None]
-    v_emb = encode_video(np.stack(v_rows)) if v_rows else None
-    a_emb = encode_audio(np.stack(a_rows)) if a_rows else None
-    out: list[Update] = []
-    vi = ai = 0
-    for window, f in zip(windows, feats, strict=True):
-        v = a = None
-        if f.frames is not None:
-            v, vi = v_emb[vi], vi + 1
-        if f.waveform is not None:
-            a, ai = a_emb[ai], ai + 1
-        probs, flags = score_features(head, f, v, a)
-        out.append(Update(window.t_start, window.t_end, probs, flags))
-    return out
+    probs, flags = score_embeddings(head, embed(rows, encode_video, encode_audio))
+    return [Update(w.t_start, w.t_end, p, f) for w, p, f in zip(windows, probs, flags, strict=True)]
 
 
 # --------------------------------------------------------------------------- the live state
@@ -456,10 +297,10 @@ class StreamState:
         """Whether a frame at ``t`` is kept (checked before decoding it): BAD_REQUEST for times going backwards."""
         if not math.isfinite(t) or t < 0:
             raise _bad("frame", f"frame time {t!r} must be a finite number of seconds >= 0")
-        if t < self.last_kept_t - _EPS:
+        if t < self.last_kept_t - FRAME_TIME_EPS:
             raise _bad("frame", f"frame time {t:.3f} s is before the previous frame ({self.last_kept_t:.3f} s)")
         too_close = t - self.last_kept_t < 0.9 / self.limits.max_fps
-        too_late = t < self.keep_from16() / C.SAMPLE_RATE - _EPS  # no window still to come can use it
+        too_late = t < self.keep_from16() / C.SAMPLE_RATE - FRAME_TIME_EPS  # no window still to come can use it
         if too_close or too_late:
             self.frames_dropped += 1
             return False
@@ -491,42 +332,38 @@ class StreamState:
     def received16(self) -> int:
         return native_total16(self.audio.end, self.config.sample_rate)
 
-    def due(self) -> list[Window]:
+    def due(self) -> list[StreamWindow]:
         """Regular windows whose audio is complete, in order; each is handed out once."""
         out = []
         while True:
-            window = regular_window(self.emitted + 1, self.config)
+            window = regular_window(self.emitted + 1, self.config.windows)
             if needed_native(window.end16, self.config.sample_rate) > self.audio.end:
                 break
             out.append(window)
             self.emitted += 1
         return out
 
-    def last_window(self) -> Window | None:
+    def last_window(self) -> StreamWindow | None:
         """At END: the partial window ending at the last sample received, unless a regular one ended there."""
-        total = self.received16
-        last_end = self.emitted * self.config.hop16
-        if total <= last_end:
-            return None
-        return Window(0, max(0, total - self.config.window16), total)
+        return closing_window(self.received16, self.emitted, self.config.windows)
 
-    def features(self, window: Window) -> RequestFeatures:
+    def row(self, window: StreamWindow) -> Row:
         rate = self.config.sample_rate
         first, last = resample_span(rate, window.start16, window.end16)
         # trim() keeps every sample from the first one a window still to come reaches
         assert first >= self.audio.start, (first, self.audio.start)
         native = self.audio.view(first, last)
-        return window_features(window, native if self.audio.end else None, first, rate, self.frames)
+        return window_row(window, native if self.audio.end else None, first, rate, self.frames)
 
     def keep_from16(self) -> int:
         """Earliest 16 kHz sample a window still to come can start at (the last, partial one included)."""
-        return max(0, self.emitted * self.config.hop16 - self.config.window16)
+        return max(0, self.emitted * self.config.windows.hop16 - self.config.windows.window16)
 
     def trim(self) -> None:
         """Drop audio and frames no window still to come can use (bounded memory)."""
         keep16 = self.keep_from16()
         self.audio.drop_before(resample_span(self.config.sample_rate, keep16, keep16)[0])
-        t0 = keep16 / C.SAMPLE_RATE - _EPS
+        t0 = keep16 / C.SAMPLE_RATE - FRAME_TIME_EPS
         drop = 0
         while drop < len(self.frames) and self.frames[drop].t < t0:
             self.frame_bytes -= self.frames[drop].nbytes
@@ -560,6 +397,6 @@ def reference_updates(
     """
     frames = list(frames)
     total16 = native_total16(native.shape[1], rate) if native is not None else 0
-    windows = plan_windows(total16, config)
-    feats = [window_features(w, native, 0, rate, frames) for w in windows]
-    return score_windows(head, windows, feats, encode_video, encode_audio) if windows else []
+    windows = plan_stream_windows(total16, config.windows)
+    rows = [window_row(w, native, 0, rate, frames) for w in windows]
+    return score_updates(head, windows, rows, encode_video, encode_audio) if windows else []

@@ -5,7 +5,7 @@ What the Triton model ``fusion_emotion_stream`` does, without Triton: the model 
 held response sender); everything else happens here, tested with plain callables.
 
 * ``chunk`` runs in the caller's thread (Triton's ``execute``): it checks and stores the chunk, and for
-  every window that became due builds its features (resampling, frame sampling, media QA) and queues an
+  every window that became due builds its row (resampling, frame sampling, media QA) and queues an
   update job. It never waits for an encoder.
 * One worker thread takes every job queued meanwhile, encodes all their windows together (one batch per
   modality, so updates of many streams due at the same time share one encoder call), scores them and
@@ -32,19 +32,12 @@ from typing import Protocol
 
 import numpy as np
 
-from fusion_emotion.core.features import RequestFeatures
+from fusion_emotion.core.embed import Encode
 from fusion_emotion.core.fusion import FusionHead
-from fusion_emotion.core.stream import (
-    Encode,
-    StreamConfig,
-    StreamLimits,
-    StreamState,
-    Update,
-    Window,
-    jpeg_frame,
-    rgb_frame,
-    score_windows,
-)
+from fusion_emotion.core.rows import Row
+from fusion_emotion.core.stream import StreamConfig, StreamLimits, StreamState, Update, score_updates
+from fusion_emotion.core.stream_frames import jpeg_frame, rgb_frame
+from fusion_emotion.core.windows import StreamWindow
 from fusion_emotion.errors import ErrorKind, ServingError
 
 log = logging.getLogger(__name__)
@@ -74,8 +67,8 @@ class Sink(Protocol):
 class _Job:
     stream: _Live
     kind: str  # "update" | "finish" | "error" | "abort"
-    window: Window | None = None
-    features: RequestFeatures | None = None
+    window: StreamWindow | None = None
+    row: Row | None = None
     error: ServingError | None = None
     dropped: bool = False
 
@@ -186,7 +179,7 @@ class StreamRuntime:
                 self._ingest(live, audio, jpegs, rgbs, times)
                 if end:
                     last = live.state.last_window()
-                    job = _Job(live, "finish", last, live.state.features(last) if last is not None else None)
+                    job = _Job(live, "finish", last, live.state.row(last) if last is not None else None)
                     self._drop(live, job)
             except ServingError as exc:
                 self._fail(live, exc)
@@ -226,7 +219,7 @@ class StreamRuntime:
         if audio is not None and np.asarray(audio).size:
             state.add_audio(audio)
         for window in state.due():
-            self._queue_update(live, _Job(live, "update", window, state.features(window)))
+            self._queue_update(live, _Job(live, "update", window, state.row(window)))
         state.trim()
 
     # ------------------------------------------------------------------ queueing (lock held)
@@ -235,7 +228,7 @@ class StreamRuntime:
         waiting = [j for j in live.pending if j.kind == "update" and not j.dropped]
         if len(waiting) >= self.limits.max_pending_updates:
             waiting[0].dropped = True
-            waiting[0].features = None
+            waiting[0].row = None
             self.stats.dropped_updates += 1
             log.warning("stream %d: encoders behind, update [%.2f, %.2f] s dropped", live.sid,
                         waiting[0].window.t_start, waiting[0].window.t_end)  # fmt: skip
@@ -248,7 +241,7 @@ class StreamRuntime:
         live.pending.append(final_job)
         self._jobs.put(final_job)
         self._streams.pop(live.sid, None)
-        live.state = None  # type: ignore[assignment]  # the jobs hold their own features
+        live.state = None  # type: ignore[assignment]  # the jobs hold their own rows
 
     def _fail(self, live: _Live, error: ServingError) -> None:
         self.stats.errors[error.kind.value] += 1
@@ -324,15 +317,15 @@ class StreamRuntime:
                 log.exception("stream worker batch failed")
 
     def _run_batch(self, batch: list[_Job]) -> None:
-        scored = [j for j in batch if not j.dropped and j.features is not None and j.window is not None]
+        scored = [j for j in batch if not j.dropped and j.row is not None and j.window is not None]
         results: dict[int, Update] = {}
         failure: ServingError | None = None
         if scored:
             try:
-                updates = score_windows(
+                updates = score_updates(
                     self.head,
                     [j.window for j in scored],
-                    [j.features for j in scored],
+                    [j.row for j in scored],
                     self.encode_video,
                     self.encode_audio,
                 )

@@ -222,7 +222,7 @@ def _smoke_test(interp: Interpreter, site: Path) -> None:
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "import numpy, scipy.signal, av, cv2, onnxruntime, openvino;"
-        "import fusion_emotion.contract, fusion_emotion.core.media, fusion_emotion.core.features,"
+        "import fusion_emotion.contract, fusion_emotion.core.video, fusion_emotion.core.rows,"
         " fusion_emotion.core.fusion, fusion_emotion.core.qa, fusion_emotion.core.onnx_runtime;"
         "assert numpy.__version__.startswith('1.'), numpy.__version__"
     )

@@ -38,6 +38,7 @@ from typing import Any
 
 from fusion_emotion import contract as C
 from fusion_emotion.deploy import sagemaker as sm
+from fusion_emotion.errors import ServingError
 
 log = logging.getLogger(__name__)
 
@@ -491,10 +492,10 @@ def run_cli(args: argparse.Namespace) -> int:
             cfg = config_from_args(args)
             validate(cfg)
             if args.timeline:
-                from fusion_emotion.core.timeline import validate_params
+                from fusion_emotion.core.windows import TIMELINE_DEFAULTS, window_params
 
-                validate_params(args.window, args.hop)
-        except (sm.ArgumentError, ValueError) as exc:
+                window_params(args.window, args.hop, TIMELINE_DEFAULTS)
+        except (sm.ArgumentError, ValueError, ServingError) as exc:
             log.error("%s", exc)
             return 2
         try:

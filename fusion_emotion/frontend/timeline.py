@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from fusion_emotion import contract as C
-from fusion_emotion.core.media import MediaError
-from fusion_emotion.core.timeline import timeline_result, validate_params
+from fusion_emotion.core.result import timeline_result
+from fusion_emotion.core.windows import TIMELINE_DEFAULTS, window_params
+from fusion_emotion.errors import ServingError
 from fusion_emotion.frontend.errors import ApiError
 from fusion_emotion.frontend.triton import TritonGateway
 
@@ -65,8 +66,8 @@ def parse_options(values: dict[str, Any]) -> TimelineOptions:
         raise ApiError(400, "window_s and hop_s need timeline=true")
     if enabled:
         try:
-            validate_params(window, hop)
-        except MediaError as exc:
+            window_params(window, hop, TIMELINE_DEFAULTS)
+        except ServingError as exc:
             raise ApiError(400, str(exc)) from None
     return TimelineOptions(enabled, window, hop)
 

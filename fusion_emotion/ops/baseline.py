@@ -15,6 +15,14 @@ from fusion_emotion import contract as C
 from fusion_emotion.ops.bench import Target
 
 
+def uniform_indices(total: int, num: int = C.NUM_FRAMES) -> np.ndarray:
+    """The old design's frame pick: ``num`` frames spread uniformly over ``total`` decoded ones (repeats when
+    total < num), by index rather than by time."""
+    if total <= 0:
+        raise ValueError("no frames to sample from")
+    return np.minimum(((np.arange(num) + 0.5) * total / num).astype(np.int64), total - 1)
+
+
 class BaselineTarget(Target):
     """The previous design, kept only to be measured against.
 
@@ -44,7 +52,7 @@ class BaselineTarget(Target):
         """Every video frame as a full-resolution RGB array, and the whole audio track."""
         import av
 
-        from fusion_emotion.core.media import audio_frame_to_float
+        from fusion_emotion.core.audio import audio_frame_to_float
 
         frames: list[np.ndarray] = []
         chunks: list[np.ndarray] = []
@@ -65,7 +73,7 @@ class BaselineTarget(Target):
 
     def preprocess_video(self, frames: list[np.ndarray]) -> Any:
         torch = self.torch
-        from fusion_emotion.core.media import crop_box, uniform_indices
+        from fusion_emotion.core.model_inputs import crop_box
 
         idx = uniform_indices(len(frames), C.NUM_FRAMES)
         clip = torch.from_numpy(np.stack([frames[i] for i in idx])).permute(0, 3, 1, 2).float() / 255.0
@@ -78,7 +86,8 @@ class BaselineTarget(Target):
 
     def predict(self, video: bytes | None, audio: bytes | None) -> np.ndarray:
         torch = self.torch
-        from fusion_emotion.core.media import decode_audio, waveform_for_model
+        from fusion_emotion.core.audio import decode_audio
+        from fusion_emotion.core.model_inputs import waveform_for_model
 
         v = torch.zeros(1, C.VIDEO_EMBED_DIM)
         a = torch.zeros(1, C.AUDIO_EMBED_DIM)

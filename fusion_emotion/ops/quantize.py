@@ -169,9 +169,8 @@ def drift_report(repo: Path, int8_repo: Path, clips: list[bytes]) -> dict[str, A
     diffs, agree, per_clip = [], 0, []
     cosines: dict[str, list[float]] = {C.VIDEO_ENCODER: [], C.AUDIO_ENCODER: []}
     for clip in clips:
-        feats = fp32.features(clip, None)
-        p32, _ = fp32.run_features(feats)
-        p8, _ = int8.run_features(feats)
+        feats = fp32.row(clip, None)
+        p32, p8 = fp32.score_rows([feats])[0][0], int8.score_rows([feats])[0][0]
         for model, x, a, b in (
             (C.VIDEO_ENCODER, feats.frames, fp32.video_encoder, int8.video_encoder),
             (C.AUDIO_ENCODER, feats.waveform, fp32.audio_encoder, int8.audio_encoder),
@@ -208,11 +207,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion_emotion.core.features import prepare_request
+    from fusion_emotion.core.rows import decode_row
 
     repo: Path = args.repository
     t0 = time.perf_counter()
-    feats = [prepare_request(c, None) for c in synth_clips(args.calibration_clips)]
+    feats = [decode_row(c, None) for c in synth_clips(args.calibration_clips)]
     samples = {
         C.VIDEO_ENCODER: [f.frames for f in feats if f.frames is not None],
         C.AUDIO_ENCODER: [f.waveform for f in feats if f.waveform is not None],

@@ -36,8 +36,10 @@ def measure_stages(
     cpu_ms > wall_ms; the sum of cpu_ms is what one request costs the machine.
     """
     from fusion_emotion.core import qa
-    from fusion_emotion.core.media import decode_audio, decode_video, frames_for_model, waveform_for_model
+    from fusion_emotion.core.audio import decode_audio
+    from fusion_emotion.core.model_inputs import frames_for_model, waveform_for_model
     from fusion_emotion.core.pipeline import ReferencePipeline
+    from fusion_emotion.core.video import decode_video
 
     pipe = ReferencePipeline(repository)
     stages: dict[str, dict[str, float]] = {}

@@ -134,9 +134,10 @@ def speech_source(seconds: float, video: bool, fps: float) -> Any:
 
 
 def expected_updates(seconds: float, hop_s: float) -> int:
-    from fusion_emotion.core.stream import plan_windows, stream_config
+    from fusion_emotion.core.stream import stream_config
+    from fusion_emotion.core.windows import plan_stream_windows
 
-    return len(plan_windows(int(round(seconds * 16_000)), stream_config(16_000, 1, hop_s)))
+    return len(plan_stream_windows(int(round(seconds * 16_000)), stream_config(16_000, 1, hop_s).windows))
 
 
 async def _phase(url: str, n: int, source: Any, hop_s: float, chunk_s: float, aligned: bool) -> list[Any]:

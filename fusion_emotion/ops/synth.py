@@ -251,7 +251,7 @@ SceneKind = Literal["face", "no_face", "noise", "wall", "texture"]
 # put on it (x 175..272, y 66..163), brow to chin. "Face height" below is this box.
 _FACE_BOX = (175.0, 66.0, 97.0, 97.0)  # x, y, w, h
 QA_MAX_HEIGHT = 360
-"""Height the face detector's frames are scaled to at most (media.decode_video's ``qa_frames``)."""
+"""Height the face detector's frames are scaled to at most (core.video.decode_video's ``qa_frames``)."""
 
 
 def _wall(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
@@ -366,13 +366,17 @@ def _encode(
     seed: int,
     blur_sigma: float = 0.0,
     live: bool = False,
+    gop: int | None = None,
 ) -> bytes:
     """Mux synthetic frames and an optional mono track into ``spec``'s container, interleaved by time.
 
-    ``live`` writes no duration and no cues (Matroska/WebM), as a browser's MediaRecorder does.
+    ``live`` writes no duration and no cues (Matroska/WebM), as a browser's MediaRecorder does; ``gop``
+    sets a fixed distance between key frames (no scene-cut ones).
     """
     fmt, vcodec, acodec, audio_format = spec.fmt, spec.vcodec, spec.acodec, spec.audio_format
-    video_options = spec.video_options
+    video_options = dict(spec.video_options or {})
+    if gop:
+        video_options.update({"g": str(gop), "sc_threshold": "0"})
     container_options = {"live": "1"} if live else spec.container_options
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=fmt, container_options=container_options or {}) as out:
@@ -444,10 +448,12 @@ def mp4(
     kind: FrameKind = "face",
     seed: int = 0,
     blur_sigma: float = 0.0,
+    gop: int | None = None,
 ) -> bytes:
     """RAVDESS-like MP4: H.264 (libx264, yuv420p, ~``video_bitrate``) + mono AAC at ``audio_rate``.
 
-    ``audio`` is float32 mono at ``audio_rate``; None gives a file without an audio track.
+    ``audio`` is float32 mono at ``audio_rate``; None gives a file without an audio track. ``gop``: frames
+    between IDR pictures (libx264's default is 250).
     """
     return _encode(_MP4, **locals())
 

@@ -25,6 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from fusion_emotion import contract as C
+from fusion_emotion.core.embed import Embeddings, EncoderCalls
+from fusion_emotion.core.rows import Row
 from fusion_emotion.errors import ErrorKind, ServingError, is_shm_exhausted, parse_wire
 
 log = logging.getLogger(__name__)
@@ -123,16 +126,13 @@ class BlsEncoder:
         outs = [self.bls.infer({self.input_name: chunk})[self.output_name] for chunk in self._chunks(batch)]
         return np.concatenate(outs).astype(np.float32, copy=False)
 
-    async def encode_tensor_async(self, tensor: Any) -> np.ndarray:
-        """One already-batched DLPack tensor (a DALI output, ``[n <= max_batch, ...]``), without a host copy.
-
-        The tensor must stay alive (and its producer must not overwrite it) until this returns.
-        """
-        result = await self.bls.infer_async({self.input_name: tensor})
-        return np.asarray(result[self.output_name], dtype=np.float32)
-
     async def encode_async(self, batch: Any) -> np.ndarray:
-        """All chunks in flight at once (the encoder's dynamic batcher sees them together)."""
+        """A host batch with all its chunks in flight at once (the encoder's dynamic batcher sees them
+        together), or one already-batched DLPack tensor (a DALI output, ``[n <= max_batch, ...]``) without
+        a host copy; such a tensor must stay alive (and its producer must not overwrite it) until this returns."""
+        if not isinstance(batch, np.ndarray):
+            result = await self.bls.infer_async({self.input_name: batch})
+            return np.asarray(result[self.output_name], dtype=np.float32)
         results = await asyncio.gather(*(self.bls.infer_async({self.input_name: c}) for c in self._chunks(batch)))
         return np.concatenate([r[self.output_name] for r in results]).astype(np.float32, copy=False)
 
@@ -170,3 +170,23 @@ class Callees:
         if not self.ready:
             ensure_loaded(self.models, self.caller, self.pb)
             self.ready = True
+
+
+class Encoders:
+    """Both encoders through BLS, as the models that call them see them (loaded on first use, see Callees)."""
+
+    def __init__(self, caller: str, max_batch: int, *, pb: Any = None) -> None:
+        self.video = BlsEncoder(C.VIDEO_ENCODER, C.VIDEO_FRAMES.name, C.VIDEO_ENC_OUT.name, max_batch, pb=pb)
+        self.audio = BlsEncoder(C.AUDIO_ENCODER, C.AUDIO_WAVEFORM.name, C.AUDIO_ENC_OUT.name, max_batch, pb=pb)
+        self.callees = Callees((C.VIDEO_ENCODER, C.AUDIO_ENCODER), caller, pb)
+
+    async def embed_async(self, rows: Sequence[Row]) -> Embeddings:
+        """Every row's embeddings: all encoder calls of the batch in flight at once."""
+        self.callees.ensure()
+        calls = EncoderCalls(rows)
+        jobs = [self.video.encode_async(x) for x in calls.video_inputs]
+        if calls.audio_input is not None:
+            jobs.append(self.audio.encode_async(calls.audio_input))
+        results = list(await asyncio.gather(*jobs))
+        audio = results.pop() if calls.audio_input is not None else None
+        return calls.assemble(results, audio)

@@ -93,6 +93,18 @@ def cancel_check(request: Any) -> Callable[[], bool]:
     return cancelled
 
 
+def optional_input(request: Any, name: str) -> np.ndarray | None:
+    """An optional input's array, or None when the request does not carry it."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def scalar(request: Any, name: str) -> Any:
+    """An optional scalar input's value (a Python number), or None when absent."""
+    value = optional_input(request, name)
+    return None if value is None else value.reshape(-1)[0].item()
+
+
 def fp32_input(request: Any, name: str) -> np.ndarray:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:

@@ -3,8 +3,8 @@
 A thin adapter over fusion_emotion.core.stream_runtime (states, batching encoder worker, sweeper) and
 fusion_emotion.core.stream (windows, buffers, features): it reads each request's tensors, keeps the START
 request's response sender as the stream's sink, and closes every other request with its final flag.
-Encoders are called through fusion_emotion.server.bls. Synchronous ``execute`` (a decoupled model's async
-execute ran a sequence's chunks out of order here, /work/shared notes), blocking BLS from the worker thread.
+Encoders are called through fusion_emotion.server.bls. Synchronous ``execute`` (under load, a decoupled
+model's async execute ran a sequence's chunks out of order on Triton 2.51), blocking BLS from the worker thread.
 """
 
 import logging
@@ -18,22 +18,18 @@ from fusion_emotion.core.fusion import FusionHead
 from fusion_emotion.core.stream import StreamLimits, Update, stream_config
 from fusion_emotion.core.stream_runtime import StreamRuntime
 from fusion_emotion.errors import ErrorKind, ServingError
-from fusion_emotion.server.bls import BlsEncoder, Callees
-from fusion_emotion.server.python_model import as_serving_error, error_response, model_parameters
+from fusion_emotion.server.bls import Encoders
+from fusion_emotion.server.python_model import (
+    as_serving_error,
+    error_response,
+    model_parameters,
+    optional_input,
+    scalar,
+)
 
 log = logging.getLogger(__name__)
 
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-
-
-def _tensor(request, name):
-    t = pb_utils.get_input_tensor_by_name(request, name)
-    return None if t is None else t.as_numpy()
-
-
-def _scalar(request, name):
-    value = _tensor(request, name)
-    return None if value is None else value.reshape(-1)[0].item()
 
 
 def _update_response(update, final):
@@ -91,33 +87,33 @@ class TritonPythonModel:
         head = FusionHead.load(repository / C.FUSION_HEAD / "1" / C.HEAD_WEIGHTS_FILENAME)
         bls_batch = max(1, int(params.get("bls_max_batch", "8") or 8))
         self.limits = StreamLimits.from_params(params)
-        self.callees = Callees((C.VIDEO_ENCODER, C.AUDIO_ENCODER), C.STREAM_MODEL)
+        self.encoders = Encoders(C.STREAM_MODEL, bls_batch)
         self.runtime = StreamRuntime(
             self.limits,
             head,
-            BlsEncoder(C.VIDEO_ENCODER, C.VIDEO_FRAMES.name, C.VIDEO_ENC_OUT.name, bls_batch),
-            BlsEncoder(C.AUDIO_ENCODER, C.AUDIO_WAVEFORM.name, C.AUDIO_ENC_OUT.name, bls_batch),
+            self.encoders.video,
+            self.encoders.audio,
             max_batch=int(params.get("max_batch_windows", "16") or 16),
         )
 
     def _one(self, request):
         """Handle one chunk; True when its sender was taken as the stream's sink (START)."""
-        sid = int(_scalar(request, "CORRID"))
-        start = bool(_scalar(request, "START"))
-        end = bool(_scalar(request, "END"))
-        audio = _tensor(request, C.IN_AUDIO_CHUNK.name)
-        jpegs = _tensor(request, C.IN_FRAMES_JPEG.name)
-        rgbs = _tensor(request, C.IN_FRAMES_RGB.name)
-        times = _tensor(request, C.IN_FRAME_TIMES.name)
-        abort = _scalar(request, C.IN_ABORT.name)
+        sid = int(scalar(request, "CORRID"))
+        start = bool(scalar(request, "START"))
+        end = bool(scalar(request, "END"))
+        audio = optional_input(request, C.IN_AUDIO_CHUNK.name)
+        jpegs = optional_input(request, C.IN_FRAMES_JPEG.name)
+        rgbs = optional_input(request, C.IN_FRAMES_RGB.name)
+        times = optional_input(request, C.IN_FRAME_TIMES.name)
+        abort = scalar(request, C.IN_ABORT.name)
         held = False
         if start:
-            self.callees.ensure()
+            self.encoders.callees.ensure()
             config = stream_config(
-                _scalar(request, C.IN_SAMPLE_RATE.name),
-                _scalar(request, C.IN_CHANNELS.name),
-                _scalar(request, C.IN_HOP_S.name),
-                _scalar(request, C.IN_WINDOW_S.name),
+                scalar(request, C.IN_SAMPLE_RATE.name),
+                scalar(request, C.IN_CHANNELS.name),
+                scalar(request, C.IN_HOP_S.name),
+                scalar(request, C.IN_WINDOW_S.name),
             )
             self.runtime.start(sid, config, _SenderSink(request))
             held = True
@@ -134,7 +130,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         for request in requests:
-            if not _scalar(request, "READY"):
+            if not scalar(request, "READY"):
                 continue  # an empty slot the direct strategy filled; it carries nothing
             held = False
             try:

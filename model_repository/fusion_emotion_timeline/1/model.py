@@ -1,13 +1,12 @@
 """fusion_emotion_timeline: container bytes -> per-window probabilities + the clip-level result.
 
-All numerics live in fusion_emotion.core.timeline (shared with the in-process reference); this adapter
-only supplies the BLS encoders (fusion_emotion.server.bls) and moves tensors. Each request is decoded once
-and its windows reach the encoders in chunks of ``bls_max_batch`` rows, so memory stays bounded; the
-window count is capped (``max_windows``) and a cancelled request stops between chunks and while decoding.
+A thin adapter over fusion_emotion.core.timeline (decoding with the profile's decoder, windows, scoring) and
+fusion_emotion.server.bls (the encoder calls). Each request is decoded once and its windows reach the
+encoders in chunks of ``bls_max_batch`` rows, so memory stays bounded; the window count is capped
+(``max_windows``) and a cancelled request stops between chunks and while decoding.
 """
 
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -15,23 +14,14 @@ import triton_python_backend_utils as pb_utils
 
 from fusion_emotion import contract as C
 from fusion_emotion.core.fusion import FusionHead
-from fusion_emotion.core.media import MediaError, MediaLimits
-from fusion_emotion.core.timeline import DEFAULT_MAX_WINDOWS, compute_timeline, timeline_limits, validate_params
+from fusion_emotion.core.probe import MediaError, MediaLimits
+from fusion_emotion.core.rows import video_backend
+from fusion_emotion.core.timeline import DEFAULT_MAX_WINDOWS, compute_timeline, timeline_limits, window_params
 from fusion_emotion.errors import ErrorKind
-from fusion_emotion.server.bls import BlsEncoder, Callees
-from fusion_emotion.server.python_model import bytes_rows, cancel_check, failure_response, model_parameters
+from fusion_emotion.server.bls import Encoders
+from fusion_emotion.server.python_model import bytes_rows, cancel_check, failure_response, model_parameters, scalar
 
 log = logging.getLogger(__name__)
-
-
-def _scalar(request, name):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return None
-    value = float(np.asarray(tensor.as_numpy(), dtype=np.float64).reshape(-1)[0])
-    if not math.isfinite(value):
-        raise MediaError(name, "must be a finite number of seconds", kind=ErrorKind.BAD_REQUEST)
-    return value
 
 
 class TritonPythonModel:
@@ -43,26 +33,30 @@ class TritonPythonModel:
         self.limits = timeline_limits(float(params.get("max_duration_s", 600) or 600), base)
         self.max_windows = int(params.get("max_windows", DEFAULT_MAX_WINDOWS) or DEFAULT_MAX_WINDOWS)
         self.chunk = max(1, int(params.get("bls_max_batch", "8") or 8))
-        self.encode_video = BlsEncoder(C.VIDEO_ENCODER, C.VIDEO_FRAMES.name, C.VIDEO_ENC_OUT.name, self.chunk)
-        self.encode_audio = BlsEncoder(C.AUDIO_ENCODER, C.AUDIO_WAVEFORM.name, C.AUDIO_ENC_OUT.name, self.chunk)
-        self.callees = Callees((C.VIDEO_ENCODER, C.AUDIO_ENCODER), C.TIMELINE_MODEL)
+        self.encoders = Encoders(C.TIMELINE_MODEL, self.chunk)
+        # Parameter video_decoder: "pyav" (default), "dali_cpu" (profile cpu_dali) or "dali_gpu" (NVDEC).
+        self.backend = video_backend(
+            params.get("video_decoder") or "pyav",
+            device_id=int(args.get("model_instance_device_id", 0) or 0),
+            pipelines=1,
+        )
 
     def _one(self, request):
         videos = bytes_rows(request, C.IN_VIDEO.name)
         audios = bytes_rows(request, C.IN_AUDIO.name)
-        rows = len(videos if videos is not None else audios or [])
-        if rows > 1:
+        if len(videos if videos is not None else audios or []) > 1:
             raise MediaError(
                 "request", "a timeline request carries one media file (batch of 1)", kind=ErrorKind.BAD_REQUEST
             )
-        self.callees.ensure()
+        self.encoders.callees.ensure()
         timeline = compute_timeline(
             videos[0] if videos else None,
             audios[0] if audios else None,
-            validate_params(_scalar(request, C.IN_WINDOW_S.name), _scalar(request, C.IN_HOP_S.name)),
-            encode_video=self.encode_video,
-            encode_audio=self.encode_audio,
+            window_params(scalar(request, C.IN_WINDOW_S.name), scalar(request, C.IN_HOP_S.name)),
+            encode_video=self.encoders.video,
+            encode_audio=self.encoders.audio,
             head=self.head,
+            backend=self.backend,
             limits=self.limits,
             chunk=self.chunk,
             max_windows=self.max_windows,
