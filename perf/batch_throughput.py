@@ -33,20 +33,20 @@ from fusion_emotion.server.procs import free_port
 
 def make_library(out: Path, count: int, seconds: float, bitrate: int) -> list[Path]:
     """``count`` MP4 clips (1280x720 30 fps H.264 + 48 kHz AAC speech with pauses), made once."""
-    from fusion_emotion.ops import synth
+    from fusion_emotion import testmedia
 
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"clip{i:03d}_{seconds:g}s.mp4" for i in range(count)]
     missing = [p for p in paths if not p.exists()]
     if missing:
-        speech = synth.speech(rate=48_000)
+        speech = testmedia.speech(rate=48_000)
         pause = np.zeros(24_000, dtype=np.float32)
         reps = int(np.ceil(seconds * 48_000 / (len(speech) + len(pause))))
         track = np.concatenate([np.concatenate([speech, pause])] * reps)[: int(seconds * 48_000)]
         for i, path in enumerate(paths):
             if path.exists():
                 continue
-            data = synth.mp4(seconds=seconds, audio=track, audio_rate=48_000, video_bitrate=bitrate, seed=i)
+            data = testmedia.mp4(seconds=seconds, audio=track, audio_rate=48_000, video_bitrate=bitrate, seed=i)
             path.with_suffix(".tmp").write_bytes(data)
             path.with_suffix(".tmp").replace(path)
             print(f"made {path} ({len(data) / 1e6:.1f} MB)")

@@ -28,10 +28,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from fusion_emotion.client import batch as B
+from fusion_emotion.client.batch_inputs import InputError, InputStats, iter_sources
+from fusion_emotion.client.batch_runner import run_batch
+from fusion_emotion.client.results import ResultsFile
 from fusion_emotion.client.search import SegmentIndex, index_path_for
 from test_deploy import BUCKET, IMAGE, ROLE, aws, moto_endpoint  # noqa: F401 - the moto fixtures of test_deploy
 
+from fusion_emotion import aws as aws_module
 from fusion_emotion import contract as C
 from fusion_emotion.cli import main
 from fusion_emotion.deploy import sagemaker as sm
@@ -62,34 +65,34 @@ def test_iter_sources_folder_glob_manifest_single(tmp_path: Path) -> None:
     (lib / ".hidden").mkdir()
     for rel in ("a.mp4", "b/c.WAV", "b/deep/d.flv", "b/notes.txt", ".hidden/e.mp4", "b/.f.avi"):
         (lib / rel).write_bytes(b"x")
-    stats = B.InputStats()
-    found = list(B.iter_sources(str(lib), stats))
+    stats = InputStats()
+    found = list(iter_sources(str(lib), stats))
     assert found == [str((lib / r).resolve()) for r in ("a.mp4", "b/c.WAV", "b/deep/d.flv")]
     assert stats.ignored == 1
 
-    stats = B.InputStats()
-    assert sorted(B.iter_sources(str(lib / "**" / "*"), stats)) == sorted(found)
+    stats = InputStats()
+    assert sorted(iter_sources(str(lib / "**" / "*"), stats)) == sorted(found)
     assert stats.ignored == 1
 
     manifest = lib / "b" / "list.txt"
     manifest.write_text("# clips\n../a.mp4\n\n  deep/d.flv  \ns3://bucket-1/k/e.mp4\nnotes.txt\n")
-    assert list(B.iter_sources(str(manifest))) == [
+    assert list(iter_sources(str(manifest))) == [
         str((lib / "a.mp4").resolve()),
         str((lib / "b/deep/d.flv").resolve()),
         "s3://bucket-1/k/e.mp4",
         str((lib / "b/notes.txt").resolve()),  # listed explicitly: sent, its bytes decide
     ]
-    assert list(B.iter_sources(str(lib / "a.mp4"))) == [str((lib / "a.mp4").resolve())]
-    with pytest.raises(B.InputError, match="not a folder, file, glob"):
-        list(B.iter_sources(str(tmp_path / "missing")))
+    assert list(iter_sources(str(lib / "a.mp4"))) == [str((lib / "a.mp4").resolve())]
+    with pytest.raises(InputError, match="not a folder, file, glob"):
+        list(iter_sources(str(tmp_path / "missing")))
 
 
 def test_iter_sources_s3_prefix(aws) -> None:
     s3 = aws.client("s3")
     for key in ("lib/x/a.mp4", "lib/x/sub/b.wav", "lib/x/readme.md", "lib/xy/c.mp4", "lib/x/dir/"):
         s3.put_object(Bucket=BUCKET, Key=key, Body=b"1")
-    stats = B.InputStats()
-    found = list(B.iter_sources(f"s3://{BUCKET}/lib/x/", stats, lambda: s3))
+    stats = InputStats()
+    found = list(iter_sources(f"s3://{BUCKET}/lib/x/", stats, lambda: s3))
     assert found == [f"s3://{BUCKET}/lib/x/a.mp4", f"s3://{BUCKET}/lib/x/sub/b.wav"]
     assert stats.ignored == 1
 
@@ -97,21 +100,21 @@ def test_iter_sources_s3_prefix(aws) -> None:
 # --------------------------------------------------------------------------- results file + runner
 def test_results_file_resume_and_half_written_line(tmp_path: Path) -> None:
     out = tmp_path / "r.jsonl"
-    with B.ResultsFile(out) as results:
+    with ResultsFile(out) as results:
         results.write({"source": "a", "status": "ok", "result": {}})
         results.write({"source": "b", "status": "error", "error": "bad"})
     with out.open("ab") as fh:
         fh.write(b'{"source": "c", "status": "o')  # a crash mid-line
-    again = B.ResultsFile(out)
+    again = ResultsFile(out)
     again.load()
     assert out.read_bytes().endswith(b"\n") and len(lines(out)) == 2
     assert (again.state("a"), again.state("b"), again.state("c")) == ("ok", "failed", None)
-    retry = B.ResultsFile(out, retry_failed=True)
+    retry = ResultsFile(out, retry_failed=True)
     retry.load()
     assert (retry.state("a"), retry.state("b")) == ("ok", None)
     with retry:
         retry.write({"source": "b", "status": "ok", "result": {}})
-    last = B.ResultsFile(out)
+    last = ResultsFile(out)
     last.load()
     assert last.state("b") == "ok"
 
@@ -129,18 +132,18 @@ def test_run_batch_stop_keeps_whole_lines_and_resumes(tmp_path: Path) -> None:
 
     stop = threading.Event()
     threading.Timer(0.4, stop.set).start()
-    results = B.ResultsFile(out)
+    results = ResultsFile(out)
     with results:
-        first = B.run_batch(iter(sources), handle, results, concurrency=3, stop=stop)
+        first = run_batch(iter(sources), handle, results, concurrency=3, stop=stop)
     assert first.interrupted and not first.all_ok
     done = lines(out)
     assert 0 < len(done) < len(sources)
     assert len({r["source"] for r in done}) == len(done)
 
-    results = B.ResultsFile(out)
+    results = ResultsFile(out)
     results.load()
     with results:
-        second = B.run_batch(iter(sources), handle, results, concurrency=3)
+        second = run_batch(iter(sources), handle, results, concurrency=3)
     assert not second.interrupted
     assert second.skipped_ok + second.skipped_failed == len(done)
     records = lines(out)
@@ -161,7 +164,7 @@ def test_streaming_stays_bounded(tmp_path: Path) -> None:
             for i in range(lines):
                 fh.write(f"s3://media-library/clips/{i // 1000:03d}/clip{i:06d}.mp4\n")
         tracemalloc.start()
-        count = sum(1 for _ in B.iter_sources(str(manifest)))
+        count = sum(1 for _ in iter_sources(str(manifest)))
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert count == lines
@@ -187,8 +190,8 @@ def test_streaming_stays_bounded(tmp_path: Path) -> None:
             assert pulled[0] - started[0] <= 2 * concurrency + concurrency + 1
         return {"source": source, "status": "ok", "result": {}}
 
-    with B.ResultsFile(tmp_path / "r.jsonl") as results:
-        summary = B.run_batch(sources(), handle, results, concurrency=concurrency)
+    with ResultsFile(tmp_path / "r.jsonl") as results:
+        summary = run_batch(sources(), handle, results, concurrency=concurrency)
     assert summary.ok == 2_000 and summary.all_ok
 
 
@@ -397,7 +400,7 @@ def test_search_bench_tool_runs(tmp_path: Path, capsys: pytest.CaptureFixture[st
 # --------------------------------------------------------------------------- SageMaker: endpoint route and transform jobs
 @pytest.fixture()
 def recorded(aws, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
-    """Every SageMaker / runtime / S3 call the code makes through sm.aws_session, with its parameters."""
+    """Every SageMaker / runtime / S3 call the code makes through aws.session, with its parameters."""
     calls: list[tuple[str, dict[str, Any]]] = []
 
     def record(params: dict[str, Any], model: Any, **kwargs: Any) -> None:
@@ -405,7 +408,7 @@ def recorded(aws, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, 
 
     for service in ("sagemaker", "sagemaker-runtime"):
         aws.events.register(f"provide-client-params.{service}.*", record)
-    monkeypatch.setattr(sm, "aws_session", lambda region=None: aws)
+    monkeypatch.setattr(aws_module, "session", lambda region=None: aws)
     return calls
 
 
@@ -488,7 +491,7 @@ def test_transform_job_request_shape_wait_and_gather(recorded, aws, media: dict[
         "FUSION_EMOTION_DEFAULT_OPTIONS": "timeline=true",
     }
     assert job["ModelClientConfig"] == {"InvocationsTimeoutInSeconds": 600, "InvocationsMaxRetries": 1}
-    manifest_loc = sm.parse_s3_uri(source["S3Uri"])
+    manifest_loc = sm.s3_argument(source["S3Uri"])
     manifest = json.loads(s3.get_object(Bucket=manifest_loc.bucket, Key=manifest_loc.key)["Body"].read())
     assert manifest == [{"prefix": f"s3://{BUCKET}/library/clips/"}, "sub/broken.flv", "sub/voice.wav", "talk.mp4"]
 
@@ -594,11 +597,11 @@ def test_transform_job_container_side_end_to_end(
     assert settings.max_body_bytes == 20 * 1024 * 1024 and settings.default_options == "timeline=true"
     manifest_uri = job["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
     prefix, entries = T.read_manifest(s3, manifest_uri)
-    out = sm.parse_s3_uri(job["TransformOutput"]["S3OutputPath"])
+    out = sm.s3_argument(job["TransformOutput"]["S3OutputPath"])
     statuses = {}
     with run_frontend(settings) as base:
         for rel in entries:
-            src = sm.parse_s3_uri(prefix + rel)
+            src = sm.s3_argument(prefix + rel)
             body = s3.get_object(Bucket=src.bucket, Key=src.key)["Body"].read()
             resp = httpx.post(
                 base + "/invocations",

@@ -15,6 +15,7 @@ from fusion_emotion.contract import ENSEMBLE, MODEL_NAMES
 from fusion_emotion.deploy import execution_env as E
 from fusion_emotion.deploy import sagemaker as sm
 from fusion_emotion.deploy.package import PackageError, build_model_tarball, build_stock_triton_tarball
+from fusion_emotion.s3uri import S3Uri
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "model_repository"
 
@@ -290,11 +291,11 @@ def _config(tmp_path: Path, **overrides: object) -> sm.DeployConfig:
 
 
 def test_parse_s3_uri() -> None:
-    assert sm.parse_s3_uri("s3://bucket/a/b/") == sm.S3Uri("bucket", "a/b")
-    assert str(sm.parse_s3_uri("s3://bucket").join("ep", "model.tar.gz")) == "s3://bucket/ep/model.tar.gz"
+    assert sm.s3_argument("s3://bucket/a/b/") == S3Uri("bucket", "a/b")
+    assert str(sm.s3_argument("s3://bucket").join("ep", "model.tar.gz")) == "s3://bucket/ep/model.tar.gz"
     for bad in ("bucket/key", "https://bucket/key", "s3://", "s3://B_ad/key", ""):
         with pytest.raises(sm.ArgumentError, match="s3://bucket/prefix"):
-            sm.parse_s3_uri(bad)
+            sm.s3_argument(bad)
 
 
 def test_parse_autoscaling() -> None:

@@ -603,11 +603,11 @@ def test_raw_matroska_and_webm_bodies_are_served(live_frontend: str, caplog: pyt
 
     The demo repository's weights are random-init: every answer says so in the custom-attributes header, and
     the HTTP client warns (as ``predict --local`` and ``--triton`` do)."""
-    from fusion_emotion.ops import synth
+    from fusion_emotion import testmedia
 
     bodies = (
-        (synth.mkv(width=320, height=240, fps=25, seconds=1.0, video_bitrate=500_000), "video/x-matroska"),
-        (synth.webm(width=320, height=240, fps=25, seconds=1.0, video_bitrate=500_000, live=True), "video/webm"),
+        (testmedia.mkv(width=320, height=240, fps=25, seconds=1.0, video_bitrate=500_000), "video/x-matroska"),
+        (testmedia.webm(width=320, height=240, fps=25, seconds=1.0, video_bitrate=500_000, live=True), "video/webm"),
     )
     for data, mime in bodies:
         resp = httpx.post(live_frontend + "/invocations", content=data, headers={"Content-Type": mime}, timeout=60)

@@ -23,14 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fusion_emotion.contract import (
-    ENSEMBLE,
-    MAX_INPUT_BYTES,
-    PROFILES,
-    SHM_DEFAULT_DEV_SHM_BYTES,
-    shm_input_limit,
-    shm_needed_bytes,
-)
+from botocore.exceptions import ClientError, WaiterError
+
+from fusion_emotion import aws
+from fusion_emotion.contract import ENSEMBLE, MAX_INPUT_BYTES, PROFILES
+from fusion_emotion.s3uri import S3Uri, S3UriError, parse_s3_uri
+from fusion_emotion.server.shm import SHM_DEFAULT_DEV_SHM_BYTES, shm_input_limit, shm_needed_bytes
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +73,6 @@ ENV_REQUEST_TIMEOUT_S = "FUSION_EMOTION_REQUEST_TIMEOUT_S"
 _GPU_FAMILY = re.compile(r"^[gp]\d")
 _NON_CUDA_FAMILIES = frozenset({"g4ad"})
 
-_S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(.*))?$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/[\w+=,.@\-/]{1,512}$")
 _ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 _INSTANCE_TYPE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
@@ -87,19 +84,6 @@ class DeployError(RuntimeError):
 
 class ArgumentError(ValueError):
     """An argument is malformed; raised before any AWS call."""
-
-
-@dataclass(frozen=True)
-class S3Uri:
-    bucket: str
-    key: str  # no leading slash; "" for the bucket root
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.key}" if self.key else f"s3://{self.bucket}"
-
-    def join(self, *parts: str) -> S3Uri:
-        key = "/".join(p.strip("/") for p in (self.key, *parts) if p.strip("/"))
-        return S3Uri(self.bucket, key)
 
 
 @dataclass(frozen=True)
@@ -153,12 +137,12 @@ class UndeployResult:
 # --- validation -------------------------------------------------------------------
 
 
-def parse_s3_uri(uri: str, what: str = "S3 URI") -> S3Uri:
-    """``s3://bucket[/key]`` -> S3Uri; anything else is an ArgumentError naming ``what``."""
-    m = _S3_URI.match(uri or "")
-    if not m or ".." in m.group(1):
-        raise ArgumentError(f"{what} must look like s3://bucket/prefix, got {uri!r}")
-    return S3Uri(m.group(1), (m.group(2) or "").strip("/"))
+def s3_argument(uri: str, what: str = "S3 URI") -> S3Uri:
+    """``s3://bucket[/prefix]`` given as an argument -> S3Uri; a malformed one is an ArgumentError naming ``what``."""
+    try:
+        return parse_s3_uri(uri, what)
+    except S3UriError as exc:
+        raise ArgumentError(str(exc)) from None
 
 
 def parse_autoscaling(spec: str, *, allow_zero_min: bool = False) -> Autoscaling:
@@ -222,7 +206,7 @@ def validate_config(cfg: DeployConfig) -> None:
     validate_endpoint_name(cfg.endpoint_name)
     validate_model_args(cfg)
     if cfg.async_output is not None:
-        parse_s3_uri(cfg.async_output, "--async-output")
+        s3_argument(cfg.async_output, "--async-output")
         if cfg.async_max_concurrency < 1:
             raise ArgumentError("--async-max-concurrency must be >= 1")
         if not ASYNC_DEADLINE_MARGIN_S < cfg.async_invocation_timeout_s <= ASYNC_MAX_INVOCATION_TIMEOUT_S:
@@ -240,7 +224,7 @@ def validate_config(cfg: DeployConfig) -> None:
     if not cfg.wait_timeout_s > 0:
         raise ArgumentError("--wait-timeout must be > 0")
     for bucket in cfg.s3_allowed_buckets or ():
-        parse_s3_uri(f"s3://{bucket}", "--s3-allow-bucket")
+        s3_argument(f"s3://{bucket}", "--s3-allow-bucket")
 
 
 def validate_model_args(cfg: DeployConfig) -> None:
@@ -264,24 +248,17 @@ def validate_model_args(cfg: DeployConfig) -> None:
             f"(CPU profiles: {cpu_profiles}) or a GPU instance type (ml.g4dn, ml.g5, ml.g6, ml.g6e, ml.p3, ml.p4d, ml.p5)"
         )
     if cfg.model_data.startswith("s3://"):
-        parse_s3_uri(cfg.model_data, "--model-data")
+        s3_argument(cfg.model_data, "--model-data")
     else:
         if not Path(cfg.model_data).is_file():
             raise ArgumentError(f"--model-data {cfg.model_data!r} is neither an s3:// URI nor an existing file")
         if cfg.s3_prefix is None:
             raise ArgumentError("--s3-prefix is required to upload a local --model-data file")
     if cfg.s3_prefix is not None:
-        parse_s3_uri(cfg.s3_prefix, "--s3-prefix")
+        s3_argument(cfg.s3_prefix, "--s3-prefix")
 
 
 # --- AWS plumbing ------------------------------------------------------------------
-
-
-def aws_session(region: str | None = None) -> Any:
-    """One boto3 Session: credential chain, profile, region and endpoint env vars all apply."""
-    import boto3
-
-    return boto3.session.Session(region_name=region) if region else boto3.session.Session()
 
 
 def _error_code(exc: Exception) -> str:
@@ -347,9 +324,9 @@ def container_environment(cfg: DeployConfig) -> dict[str, str]:
 def resolve_model_data(session: Any, cfg: DeployConfig) -> str:
     """The model tarball's S3 URI, uploading a local file to ``<s3-prefix>/<name>/model.tar.gz`` first."""
     if cfg.model_data.startswith("s3://"):
-        return str(parse_s3_uri(cfg.model_data, "--model-data"))
+        return str(s3_argument(cfg.model_data, "--model-data"))
     assert cfg.s3_prefix is not None
-    return upload_model_data(session, cfg.model_data, parse_s3_uri(cfg.s3_prefix), cfg.endpoint_name)
+    return upload_model_data(session, cfg.model_data, s3_argument(cfg.s3_prefix), cfg.endpoint_name)
 
 
 def create_model(sagemaker: Any, cfg: DeployConfig, model_name: str, model_data_url: str) -> None:
@@ -390,7 +367,7 @@ def endpoint_config_request(cfg: DeployConfig, model_name: str, config_name: str
         request["ProductionVariants"][0]["ContainerStartupHealthCheckTimeoutInSeconds"] = TRT_STARTUP_TIMEOUT_S
     if cfg.async_output is not None:
         request["AsyncInferenceConfig"] = {
-            "OutputConfig": {"S3OutputPath": str(parse_s3_uri(cfg.async_output))},
+            "OutputConfig": {"S3OutputPath": str(s3_argument(cfg.async_output))},
             "ClientConfig": {"MaxConcurrentInvocationsPerInstance": cfg.async_max_concurrency},
         }
     return request
@@ -398,8 +375,6 @@ def endpoint_config_request(cfg: DeployConfig, model_name: str, config_name: str
 
 def wait_in_service(sagemaker: Any, endpoint_name: str, timeout_s: int) -> str:
     """Bounded wait with the boto3 waiter; on failure report DescribeEndpoint's FailureReason."""
-    from botocore.exceptions import WaiterError
-
     attempts = max(1, -(-timeout_s // WAITER_DELAY_S))
     delay = min(WAITER_DELAY_S, timeout_s)
     log.info("waiting up to %ss for endpoint %s to be InService", timeout_s, endpoint_name)
@@ -510,8 +485,6 @@ def configure_autoscaling(session: Any, cfg: DeployConfig) -> list[str]:
 
 def current_deployment(sagemaker: Any, endpoint_name: str) -> tuple[str, list[str]] | None:
     """(endpoint config name, its model names) of an existing endpoint; None when there is no such endpoint."""
-    from botocore.exceptions import ClientError
-
     try:
         config_name = sagemaker.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
     except ClientError as exc:
@@ -549,7 +522,7 @@ def deploy(cfg: DeployConfig, session: Any | None = None) -> DeployResult:
     and model are deleted (with ``wait``; otherwise they are reported as left).
     """
     validate_config(cfg)
-    session = session or aws_session()
+    session = session or aws.session()
     sagemaker = session.client("sagemaker")
     profile = effective_profile(cfg)
     if not profile_needs_gpu(profile) and instance_has_gpu(cfg.instance_type):
@@ -557,8 +530,6 @@ def deploy(cfg: DeployConfig, session: Any | None = None) -> DeployResult:
     previous = current_deployment(sagemaker, cfg.endpoint_name)
 
     model_data_url = resolve_model_data(session, cfg)
-
-    from botocore.exceptions import ClientError
 
     model_name, config_name = resource_names(cfg.endpoint_name)
     created: list[tuple[str, Any, dict[str, str]]] = []
@@ -618,8 +589,6 @@ def deploy(cfg: DeployConfig, session: Any | None = None) -> DeployResult:
 
 
 def _roll_back(created: list[tuple[str, Any, dict[str, str]]]) -> None:
-    from botocore.exceptions import ClientError
-
     for what, call, kwargs in reversed(created):
         try:
             call(**kwargs)
@@ -630,8 +599,6 @@ def _roll_back(created: list[tuple[str, Any, dict[str, str]]]) -> None:
 
 def _delete_quietly(result: DeployResult, what: str, call: Any, **kwargs: Any) -> None:
     """Retire a previous deployment's piece; failure to delete it is reported, not fatal (the update worked)."""
-    from botocore.exceptions import ClientError
-
     try:
         call(**kwargs)
         result.retired.append(what)
@@ -678,8 +645,6 @@ def remove_autoscaling(session: Any, endpoint_name: str, result: UndeployResult)
 
 
 def _delete(result: UndeployResult, what: str, call: Any, **kwargs: Any) -> None:
-    from botocore.exceptions import ClientError
-
     try:
         call(**kwargs)
     except ClientError as exc:
@@ -694,10 +659,8 @@ def _delete(result: UndeployResult, what: str, call: Any, **kwargs: Any) -> None
 
 def undeploy(endpoint_name: str, session: Any | None = None) -> UndeployResult:
     """Delete autoscaling, endpoint, endpoint config and models; pieces already gone are reported, not errors."""
-    from botocore.exceptions import ClientError
-
     validate_endpoint_name(endpoint_name)
-    session = session or aws_session()
+    session = session or aws.session()
     sagemaker = session.client("sagemaker")
     result = UndeployResult()
 

@@ -30,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from fusion_emotion import contract as C
+from fusion_emotion import testmedia
+from fusion_emotion.core.pipeline import ReferencePipeline
 from fusion_emotion.server import procs
 from fusion_emotion.server.launcher import die_with_parent
 from fusion_emotion.server.procs import free_port
@@ -51,26 +54,26 @@ class Case:
 
 
 def make_cases(max_body_bytes: int) -> list[Case]:
-    from fusion_emotion.ops import synth
-
-    speech48 = synth.speech(rate=48_000)
-    speech44 = synth.speech(text="It is eleven o'clock. Please sit down.", rate=44_100)
-    mp4 = synth.mp4(width=640, height=360, seconds=2.0, audio=speech48, audio_rate=48_000, video_bitrate=1_500_000)
-    wav = synth.wav(np.stack([speech44, 0.5 * speech44], axis=1), 44_100, "s16")
+    speech48 = testmedia.speech(rate=48_000)
+    speech44 = testmedia.speech(text="It is eleven o'clock. Please sit down.", rate=44_100)
+    mp4 = testmedia.mp4(width=640, height=360, seconds=2.0, audio=speech48, audio_rate=48_000, video_bitrate=1_500_000)
+    wav = testmedia.wav(np.stack([speech44, 0.5 * speech44], axis=1), 44_100, "s16")
     rng = np.random.default_rng(0)
     good = [
         Case("mp4+wav", mp4, wav, True),
         Case("mp4", mp4, None, True),
         Case("wav", None, wav, True),
-        Case("flv", synth.flv(seconds=1.5, audio=speech44, audio_rate=44_100), None, True),
-        Case("avi+wav", synth.avi(width=320, height=240, seconds=1.5, audio=speech44, audio_rate=44_100), wav, True),
-        Case("mp4_noaudio", synth.mp4(width=320, height=240, seconds=1.0, audio=None), None, True),
+        Case("flv", testmedia.flv(seconds=1.5, audio=speech44, audio_rate=44_100), None, True),
+        Case(
+            "avi+wav", testmedia.avi(width=320, height=240, seconds=1.5, audio=speech44, audio_rate=44_100), wav, True
+        ),
+        Case("mp4_noaudio", testmedia.mp4(width=320, height=240, seconds=1.0, audio=None), None, True),
     ]
     bad = [
         Case("garbage_video", rng.bytes(20_000), None, False),
         Case("truncated_mp4", mp4[: len(mp4) // 3], None, False),
         Case("mp4_as_audio", None, mp4, False),
-        Case("wav_header_only", None, synth.header_only_wav(), False),
+        Case("wav_header_only", None, testmedia.header_only_wav(), False),
         Case("wav_as_video", wav, None, False),
         Case("empty_audio", None, b"", False),
         Case("over_body_limit", rng.bytes(max_body_bytes + 1), None, False),
@@ -79,8 +82,6 @@ def make_cases(max_body_bytes: int) -> list[Case]:
 
 
 def attach_reference(cases: list[Case], repository: Path) -> None:
-    from fusion_emotion.core.pipeline import ReferencePipeline
-
     ref = ReferencePipeline(repository)
     for case in cases:
         if case.good:
@@ -194,7 +195,6 @@ async def _load(
     flight has been answered and ``on_quiet`` is called (a memory sample with nothing in flight), then the
     next round starts.
     """
-    import httpx
 
     stats: dict[str, Any] = {
         "requests": 0,
@@ -384,11 +384,10 @@ def run_soak(
     with tempfile.TemporaryDirectory(prefix="fusion-soak-") as tmp:
         work = Path(tmp)
         if repository is None:
-            from fusion_emotion.cli import main as cli_main
+            from fusion_emotion.export.repository import export_random  # optional: [export]
 
             repository = work / "model_repository"
-            if cli_main(["export", "--init", "random", "--seed", "0", "--output", str(repository)]) != 0:
-                raise RuntimeError("export of a random-init repository failed")
+            export_random(repository, seed=0)
         cases = make_cases(max_body_bytes)
         attach_reference(cases, repository)
         stack = start_stack(repository, work, max_body_bytes, request_timeout_s)
