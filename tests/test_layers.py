@@ -29,6 +29,21 @@ def _layers() -> list[str]:
     return [name.strip() for layer in layers["layers"] for name in layer.replace(":", "|").split("|")]
 
 
+def _installed_source(name: str) -> Path:
+    """The file the installed package holds for module ``name``, found through its package's search path
+    (not by importing it: an already imported alias would answer for the module it stands for)."""
+    spec = importlib.util.find_spec(name) if name in lint_imports.package_folders(PYPROJECT) else None
+    if spec is not None:  # a package (mapped ones through the editable install's finder)
+        assert spec.origin is not None, name
+        return Path(spec.origin)
+    parent, leaf = name.rsplit(".", 1)
+    spec = importlib.util.find_spec(parent)
+    assert spec is not None and spec.submodule_search_locations, parent
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    package = folder / leaf / "__init__.py"
+    return package if package.exists() else folder / f"{leaf}.py"
+
+
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     dest = tmp_path_factory.mktemp("layout")
@@ -39,11 +54,9 @@ def test_the_layout_holds_every_installed_module_at_its_installed_name(layout: t
     dest, modules = layout
     assert "fusion_emotion.client.batch" in modules and "fusion_emotion.export.cli" in modules
     for name in modules:  # the same file the editable install imports under that name
-        spec = importlib.util.find_spec(name)
-        assert spec is not None and spec.origin is not None, name
         laid = dest.joinpath(*name.split(".")) / "__init__.py"
         laid = laid if laid.exists() else dest.joinpath(*name.split(".")).with_suffix(".py")
-        assert laid.read_bytes() == Path(spec.origin).read_bytes(), name
+        assert laid.read_bytes() == _installed_source(name).read_bytes(), name
     sources = {p.resolve() for folder in lint_imports.package_folders(PYPROJECT).values() for p in folder.glob("*.py")}
     assert len(sources) == len(modules)  # nothing installed is left out of the check
 

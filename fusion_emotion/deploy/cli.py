@@ -17,6 +17,7 @@ from pathlib import Path
 from fusion_emotion import contract as C
 from fusion_emotion.arguments import env_pair, field_args
 from fusion_emotion.contract import PROFILES
+from fusion_emotion.deploy import config as dc
 from fusion_emotion.deploy import execution_env as E
 from fusion_emotion.deploy.package import (
     TARGETS,
@@ -189,9 +190,9 @@ def _deploy(args: argparse.Namespace) -> int:
         return 2
     try:
         # Flags named after DeployConfig's fields fill them; these are mapped here (autoscaling: parsed below).
-        cfg = sm.DeployConfig(
+        cfg = dc.DeployConfig(
             **field_args(
-                sm.DeployConfig,
+                dc.DeployConfig,
                 args,
                 autoscaling=None,
                 async_invocation_timeout_s=args.async_invocation_timeout,
@@ -202,14 +203,14 @@ def _deploy(args: argparse.Namespace) -> int:
             )
         )
         if args.autoscaling:
-            cfg.autoscaling = sm.parse_autoscaling(args.autoscaling, allow_zero_min=args.async_output is not None)
-        sm.validate_config(cfg)
-    except sm.ArgumentError as exc:
+            cfg.autoscaling = dc.parse_autoscaling(args.autoscaling, allow_zero_min=args.async_output is not None)
+        dc.validate_config(cfg)
+    except dc.ArgumentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         result = sm.deploy(cfg, session=aws.session(args.region))
-    except sm.DeployError as exc:
+    except dc.DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     verb = "updated" if result.updated else "created"
@@ -231,10 +232,10 @@ def _undeploy(args: argparse.Namespace) -> int:
 
     try:
         result = sm.undeploy(args.endpoint_name, session=aws.session(args.region))
-    except sm.ArgumentError as exc:
+    except dc.ArgumentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except sm.DeployError as exc:
+    except dc.DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for item in result.deleted:

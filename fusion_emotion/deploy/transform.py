@@ -41,6 +41,7 @@ from fusion_emotion.client.batch_inputs import describe_error
 from fusion_emotion.client.batch_runner import Summary, run_batch
 from fusion_emotion.client.progress import format_seconds
 from fusion_emotion.client.results import ResultsFile
+from fusion_emotion.deploy import config as dc
 from fusion_emotion.deploy import sagemaker as sm
 from fusion_emotion.s3uri import S3Uri
 
@@ -64,7 +65,7 @@ class TransformError(RuntimeError):
 class TransformConfig:
     input: str  # s3://bucket/prefix/
     output: str  # s3://bucket/prefix/ for the .out objects
-    model: sm.DeployConfig  # image, tarball, role, instances; endpoint_name = the job's base name
+    model: dc.DeployConfig  # image, tarball, role, instances; endpoint_name = the job's base name
     content_type: str | None = None
     options: str = ""  # the container's default request options, e.g. "timeline=true,window_s=4"
     timeline: bool = False
@@ -121,8 +122,8 @@ def _meta_prefix(output: S3Uri, job_name: str) -> S3Uri:
 
 def plan_inputs(s3: Any, cfg: TransformConfig, job_name: str) -> InputPlan:
     """List INPUT once (streamed), write the manifest and the skipped lines, upload both."""
-    src = sm.s3_argument(cfg.input, "INPUT")
-    out = sm.s3_argument(cfg.output, "--output")
+    src = dc.s3_argument(cfg.input, "INPUT")
+    out = dc.s3_argument(cfg.output, "--output")
     list_prefix = src.key + "/" if src.key else ""
     prefix_uri = f"s3://{src.bucket}/{list_prefix}"
     meta = _meta_prefix(out, job_name)
@@ -176,7 +177,7 @@ def plan_inputs(s3: Any, cfg: TransformConfig, job_name: str) -> InputPlan:
 def read_manifest(s3: Any, uri: str) -> tuple[str, Iterator[str]]:
     """``(prefix, relative keys)`` of a manifest, streamed line by line (our one-entry-per-line layout,
     falling back to parsing the whole JSON for manifests written by others)."""
-    loc = sm.s3_argument(uri, "manifest")
+    loc = dc.s3_argument(uri, "manifest")
     body = s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
     lines = body.iter_lines()
     first = next(lines, b"").strip()
@@ -200,12 +201,12 @@ def read_manifest(s3: Any, uri: str) -> tuple[str, Iterator[str]]:
 def transform_job_request(cfg: TransformConfig, job_name: str, model_name: str, plan: InputPlan) -> dict[str, Any]:
     """The CreateTransformJob request: one object per record, raw bodies, our container's settings."""
     env = {
-        sm.ENV_MAX_BODY_BYTES: str(cfg.max_payload_mb * 1024 * 1024),
+        dc.ENV_MAX_BODY_BYTES: str(cfg.max_payload_mb * 1024 * 1024),
         # The front end answers (504) before SageMaker's own per-invocation timeout.
-        sm.ENV_REQUEST_TIMEOUT_S: str(max(1, cfg.invocation_timeout_s - 10)),
+        dc.ENV_REQUEST_TIMEOUT_S: str(max(1, cfg.invocation_timeout_s - 10)),
     }
     if cfg.options:
-        env[sm.ENV_DEFAULT_OPTIONS] = cfg.options
+        env[dc.ENV_DEFAULT_OPTIONS] = cfg.options
     return {
         "TransformJobName": job_name,
         "ModelName": model_name,
@@ -224,7 +225,7 @@ def transform_job_request(cfg: TransformConfig, job_name: str, model_name: str, 
             "SplitType": "None",
         },
         "TransformOutput": {
-            "S3OutputPath": str(sm.s3_argument(cfg.output, "--output")),
+            "S3OutputPath": str(dc.s3_argument(cfg.output, "--output")),
             "Accept": "application/json",
             "AssembleWith": "None",
         },
@@ -234,23 +235,23 @@ def transform_job_request(cfg: TransformConfig, job_name: str, model_name: str, 
 
 def validate(cfg: TransformConfig) -> None:
     """Offline checks, before any AWS call."""
-    sm.validate_endpoint_name(cfg.model.endpoint_name)
-    sm.validate_model_args(cfg.model)
-    src = sm.s3_argument(cfg.input, "INPUT (with --transform-job, an s3:// prefix)")
-    out = sm.s3_argument(cfg.output, "--output (with --transform-job, an s3:// prefix)")
+    dc.validate_endpoint_name(cfg.model.endpoint_name)
+    dc.validate_model_args(cfg.model)
+    src = dc.s3_argument(cfg.input, "INPUT (with --transform-job, an s3:// prefix)")
+    out = dc.s3_argument(cfg.output, "--output (with --transform-job, an s3:// prefix)")
     inside = not src.key or out.key == src.key or out.key.startswith(src.key + "/")
     if src.bucket == out.bucket and inside:
-        raise sm.ArgumentError("--output must not lie inside INPUT (the outputs would become inputs of later jobs)")
+        raise dc.ArgumentError("--output must not lie inside INPUT (the outputs would become inputs of later jobs)")
     if not 1 <= cfg.max_payload_mb <= MAX_PAYLOAD_MB:
-        raise sm.ArgumentError(f"--max-payload-mb must be 1..{MAX_PAYLOAD_MB} (SageMaker's per-record maximum)")
+        raise dc.ArgumentError(f"--max-payload-mb must be 1..{MAX_PAYLOAD_MB} (SageMaker's per-record maximum)")
     if cfg.max_concurrent is not None and cfg.max_concurrent < 1:
-        raise sm.ArgumentError("--max-concurrent-transforms must be >= 1")
+        raise dc.ArgumentError("--max-concurrent-transforms must be >= 1")
     if not 1 <= cfg.invocation_timeout_s <= 3600:
-        raise sm.ArgumentError("--invocation-timeout must be 1..3600 s")
+        raise dc.ArgumentError("--invocation-timeout must be 1..3600 s")
     if cfg.content_type is not None and cfg.content_type not in (
         C.RAW_VIDEO_TYPES | C.RAW_AUDIO_TYPES | {C.RAW_SNIFF_TYPE}
     ):
-        raise sm.ArgumentError(f"--content-type {cfg.content_type!r} is not one the container accepts")
+        raise dc.ArgumentError(f"--content-type {cfg.content_type!r} is not one the container accepts")
 
 
 def submit(cfg: TransformConfig, session: Any | None = None) -> SubmitResult:
@@ -287,7 +288,7 @@ def submit(cfg: TransformConfig, session: Any | None = None) -> SubmitResult:
 
 # --------------------------------------------------------------------------- follow and gather
 def _output_location(desc: dict[str, Any]) -> S3Uri:
-    return sm.s3_argument(desc["TransformOutput"]["S3OutputPath"], "S3OutputPath")
+    return dc.s3_argument(desc["TransformOutput"]["S3OutputPath"], "S3OutputPath")
 
 
 def list_outputs(s3: Any, output: S3Uri) -> Iterator[str]:

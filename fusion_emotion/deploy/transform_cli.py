@@ -20,7 +20,7 @@ from fusion_emotion.arguments import env_pair
 from fusion_emotion.client import batch
 from fusion_emotion.client.batch import RequestOptions
 from fusion_emotion.client.batch_runner import print_summary, stop_on_signals, update_search_index
-from fusion_emotion.deploy import sagemaker as sm
+from fusion_emotion.deploy import config as dc
 from fusion_emotion.deploy import transform as T
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> T.TransformConfig:
     options = RequestOptions(args.timeline, args.window, args.hop).attributes()
-    model = sm.DeployConfig(
+    model = dc.DeployConfig(
         model_data=args.model_data or "",
         image_uri=args.image_uri or "",
         role_arn=args.role_arn or "",
@@ -104,12 +104,12 @@ def run_cli(args: argparse.Namespace) -> int:
                 from fusion_emotion.core.timeline import validate_params  # optional: [models]
 
                 validate_params(args.window, args.hop)
-        except (sm.ArgumentError, ValueError) as exc:
+        except (dc.ArgumentError, ValueError) as exc:
             log.error("%s", exc)
             return 2
         try:
             submitted = T.submit(cfg, session)
-        except (T.TransformError, sm.DeployError) as exc:
+        except (T.TransformError, dc.DeployError) as exc:
             log.error("%s", exc)
             return 1
         job_name, total = submitted.job_name, submitted.plan.count

@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    # optional: [serving]
+    # optional: [serving] (FastAPI, uvicorn: `serve --help` needs neither)
     import uvicorn
 
     from fusion_emotion.frontend.app import create_app
