@@ -45,7 +45,8 @@ def _to_int16(samples: np.ndarray) -> np.ndarray:
 
 
 def jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
-    import cv2  # optional: [models] (frames of a video file)
+    """One RGB frame as the JPEG bytes a frame message carries."""
+    import cv2  # optional: [models] (play() sends what it is given and needs no encoder)
 
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
@@ -56,9 +57,10 @@ def jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
 def media_source(data: bytes, *, fps: float = 5.0, max_width: int = 640, with_frames: bool = True) -> MediaSource:
     """A WAV (audio only) or a video file (its audio track, resampled to mono or stereo kept, and its frames
     at ``fps``, scaled to at most ``max_width`` wide and JPEG-encoded, stamped with their stream times)."""
-    import av  # optional: [models] (a video file; a WAV needs no decoder)
+    # optional: [models] (reading media to stream; play() needs no decoder)
+    import av
 
-    from fusion_emotion.core.media import MediaLimits, audio_frame_to_float, decode_audio, to_mono  # optional: [models]
+    from fusion_emotion.core.media import MediaLimits, audio_frame_to_float, decode_audio, to_mono
 
     if data[:4] == b"RIFF":
         dec = decode_audio(data)
