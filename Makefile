@@ -36,9 +36,11 @@ unit:
 integration:
 	$(BIN)/pytest -q -m integration
 
+# ruff, then the import contracts of docs/architecture.md on the package as it installs
 lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/lint_imports.py
 
 format:
 	$(BIN)/ruff format .

@@ -8,6 +8,13 @@ import logging
 import sys
 from pathlib import Path
 
+import tritonclient.grpc as grpcclient
+from fusion_emotion.client.http import predict_sagemaker_endpoint, predict_url
+from fusion_emotion.client.triton import infer_grpc
+
+from fusion_emotion import contract as C
+from fusion_emotion.core.result import result_dict
+
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = {".wav", ".wave"}
@@ -43,37 +50,27 @@ def read_inputs(file: Path, audio: Path | None) -> tuple[bytes | None, bytes | N
 
 
 def predict(args: argparse.Namespace, video: bytes | None, audio: bytes | None) -> dict:
-    from fusion_emotion.core.result import result_dict
-
     if args.local:
-        from fusion_emotion.core.pipeline import ReferencePipeline
+        from fusion_emotion.core.pipeline import ReferencePipeline  # optional: [models]
 
         probs, flags = ReferencePipeline(args.local).predict(video, audio)
         return result_dict(probs, flags)
     if args.triton:
-        from fusion_emotion.client.triton import infer_grpc
-
         return result_dict(*infer_grpc(args.triton, video, audio, timeout_s=args.timeout))
     if args.url:
-        from fusion_emotion.client.http import predict_url
-
         return predict_url(args.url, video, audio, timeout=args.timeout)
-    from fusion_emotion.client.http import predict_sagemaker_endpoint
 
     return predict_sagemaker_endpoint(args.sagemaker_endpoint, video, audio)
 
 
 def weights_provenance(args: argparse.Namespace) -> str | None:
     """The repository's weights provenance (None when the route cannot tell)."""
-    from fusion_emotion import contract as C
 
     if args.local:
         text = (args.local / C.ENSEMBLE / "config.pbtxt").read_text()
         marker = f'key: "{C.PROVENANCE_PARAMETER}" value {{ string_value: "'
         return text.split(marker, 1)[1].split('"', 1)[0] if marker in text else None
     if args.triton:
-        import tritonclient.grpc as grpcclient
-
         with grpcclient.InferenceServerClient(args.triton) as client:
             params = client.get_model_config(C.ENSEMBLE, as_json=True)["config"].get("parameters", {})
         return params.get(C.PROVENANCE_PARAMETER, {}).get("string_value")
@@ -85,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     # (PyAV, scipy), which a client install (`pip install fusion-emotion[client]`) does not have.
     local_errors: tuple[type[Exception], ...] = ()
     if args.local:
-        from fusion_emotion.core.probe import MediaError
+        from fusion_emotion.core.probe import MediaError  # optional: [models]
 
         local_errors = (MediaError,)
     try:

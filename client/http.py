@@ -14,6 +14,9 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
+import boto3
+import httpx
+
 from fusion_emotion import contract as C
 
 log = logging.getLogger(__name__)
@@ -63,7 +66,8 @@ def warn_if_untrained(attributes: str | None) -> None:
         log.warning("the endpoint serves UNTRAINED random-init weights (demo only): its predictions are meaningless")
 
 
-def _decode(status: int, body: bytes) -> dict[str, Any]:
+def decode_response(status: int, body: bytes) -> dict[str, Any]:
+    """The front end's JSON answer, or a FrontendError carrying its status and ``error`` text."""
     try:
         payload = json.loads(body)
     except ValueError:
@@ -92,14 +96,12 @@ def predict_url(
 
     ``params`` become the query string (e.g. ``timeline=true``).
     """
-    import httpx
-
     body, content_type = encode_multipart(video, audio)
     resp = httpx.post(
         invocations_url(url), params=params, content=body, headers={"Content-Type": content_type}, timeout=timeout
     )
     warn_if_untrained(resp.headers.get(C.RESPONSE_ATTRIBUTES_HEADER))
-    return _decode(resp.status_code, resp.content)
+    return decode_response(resp.status_code, resp.content)
 
 
 def post_raw(
@@ -112,15 +114,13 @@ def post_raw(
     client: Any = None,
 ) -> dict[str, Any]:
     """One file's bytes as the whole body (what Batch Transform and async endpoints send)."""
-    import httpx
-
     headers = {"Content-Type": content_type, "Accept": "application/json"}
     if client is None:
         resp = httpx.post(invocations_url(url), params=params, content=data, headers=headers, timeout=timeout)
     else:
         resp = client.post(invocations_url(url), params=params, content=data, headers=headers, timeout=timeout)
     warn_if_untrained(resp.headers.get(C.RESPONSE_ATTRIBUTES_HEADER))
-    return _decode(resp.status_code, resp.content)
+    return decode_response(resp.status_code, resp.content)
 
 
 def _invoke_endpoint(
@@ -139,14 +139,12 @@ def _invoke_endpoint(
             status, str(err.get("OriginalMessage") or err.get("Error", {}).get("Message", ""))
         ) from None
     warn_if_untrained(resp.get("CustomAttributes"))
-    return _decode(200, resp["Body"].read())
+    return decode_response(200, resp["Body"].read())
 
 
 def _runtime_client(client: Any, region: str | None) -> Any:
     if client is not None:
         return client
-    import boto3
-
     return boto3.client("sagemaker-runtime", region_name=region)
 
 

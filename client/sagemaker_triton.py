@@ -28,9 +28,12 @@ import re
 import struct
 from typing import Any
 
+import boto3
+import httpx
 import numpy as np
 
 from fusion_emotion import contract as C
+from fusion_emotion.core.result import result_dict
 
 BINARY_JSON_MIME = "application/vnd.sagemaker-triton.binary+json;json-header-size="
 _DTYPES = {"FP32": "<f4", "FP64": "<f8", "INT32": "<i4", "INT64": "<i8"}
@@ -167,9 +170,6 @@ def invoke_url(
     ``form`` is the request body: ``binary+json`` (default) or plain KServe ``json``;
     ``binary_outputs`` asks for the outputs as binary tensors after a JSON header.
     """
-    import httpx
-
-    from fusion_emotion.core.result import result_dict
 
     if form not in FORMS:
         raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
@@ -193,11 +193,8 @@ def invoke_endpoint(
     endpoint_name: str, video: bytes | None, audio: bytes | None, *, client: Any = None
 ) -> dict[str, Any]:
     """The same request through boto3 ``sagemaker-runtime`` to an endpoint on the stock Triton image."""
-    from fusion_emotion.core.result import result_dict
 
     if client is None:
-        import boto3
-
         client = boto3.client("sagemaker-runtime")
     body, headers = build_request(video, audio)
     resp = client.invoke_endpoint(

@@ -1,18 +1,16 @@
-"""Streaming clients: the tritonclient tensors of the ``fusion_emotion_stream`` model, and a WebSocket player.
+"""Streaming client of the front end's ``GET /stream`` WebSocket.
 
-* Triton (gRPC bidirectional stream, sequence batcher): :func:`chunk_inputs` builds one chunk's inputs,
-  :func:`parse_update` turns one response into the product's update JSON. The front end and the README's
-  tritonclient example use them.
-* WebSocket (the front end's ``GET /stream``): :func:`media_source` reads a WAV or a video file's audio
-  track (and its frames, as JPEG) and :func:`play` plays it into the stream, at real-time pace or as fast
-  as the server takes it, handing every server message to a callback. ``fusion-emotion stream`` and
-  ``fusion-emotion bench-stream`` are built on it.
+:func:`media_source` reads a WAV or a video file's audio track (and its frames, as JPEG) and :func:`play`
+plays it into the stream, at real-time pace or as fast as the server takes it, handing every server message
+to a callback. ``fusion-emotion stream`` and ``fusion-emotion bench-stream`` are built on it. The tritonclient
+tensors of the ``fusion_emotion_stream`` model itself (gRPC, sequence batcher) are in ``fusion_emotion.tensors``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -20,82 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from fusion_emotion import contract as C
-
-# --------------------------------------------------------------------------- Triton tensors
-
-ENCODINGS: dict[str, tuple[str, float]] = {"pcm_s16le": ("<i2", 32768.0), "pcm_f32le": ("<f4", 1.0)}
-"""WebSocket audio encodings: numpy dtype of one sample and its full scale."""
-
-
-def _input(module: Any, spec: C.TensorSpec, array: np.ndarray) -> Any:
-    inp = module.InferInput(spec.name, list(array.shape), spec.wire_dtype)
-    inp.set_data_from_numpy(array)
-    return inp
-
-
-def chunk_inputs(
-    module: Any,
-    *,
-    audio: np.ndarray | None = None,
-    jpegs: list[bytes] | None = None,
-    rgbs: np.ndarray | None = None,
-    times: list[float] | np.ndarray | None = None,
-    sample_rate: int | None = None,
-    channels: int | None = None,
-    hop_s: float | None = None,
-    window_s: float | None = None,
-    abort: bool = False,
-) -> list[Any]:
-    """One chunk's InferInputs (``module`` is tritonclient.grpc or .grpc.aio); settings only on START.
-
-    ``audio``: float32 samples, interleaved when stereo, full scale 1.0. ``jpegs`` or ``rgbs`` (uint8
-    [F, H, W, 3]) with ``times`` (stream seconds, one per frame).
-    """
-    out = []
-    if audio is not None:
-        out.append(_input(module, C.IN_AUDIO_CHUNK, np.asarray(audio, np.float32).reshape(1, -1)))
-    if jpegs:
-        out.append(_input(module, C.IN_FRAMES_JPEG, np.array([list(jpegs)], dtype=np.object_)))
-    if rgbs is not None:
-        out.append(_input(module, C.IN_FRAMES_RGB, np.ascontiguousarray(rgbs, np.uint8)[None]))
-    if jpegs or rgbs is not None:
-        out.append(_input(module, C.IN_FRAME_TIMES, np.asarray(times, np.float32).reshape(1, -1)))
-    for spec, value, dtype in (
-        (C.IN_SAMPLE_RATE, sample_rate, np.int32),
-        (C.IN_CHANNELS, channels, np.int32),
-        (C.IN_HOP_S, hop_s, np.float32),
-        (C.IN_WINDOW_S, window_s, np.float32),
-    ):
-        if value is not None:
-            out.append(_input(module, spec, np.array([[value]], dtype)))
-    if abort:
-        out.append(_input(module, C.IN_ABORT, np.array([[True]], np.bool_)))
-    return out
-
-
-def stream_outputs(module: Any) -> list[Any]:
-    return [
-        module.InferRequestedOutput(s.name) for s in (C.OUT_T_WINDOW, C.OUT_PROBABILITIES, C.OUT_QA_FLAGS, C.OUT_FINAL)
-    ]
-
-
-def parse_update(result: Any) -> tuple[dict[str, Any] | None, bool]:
-    """One stream response -> (the update's JSON or None when it carries none, whether it is the last)."""
-    from fusion_emotion.core.result import result_dict
-
-    final = result.as_numpy(C.OUT_FINAL.name)
-    is_final = bool(final is not None and np.asarray(final).reshape(-1)[0])
-    window = result.as_numpy(C.OUT_T_WINDOW.name)
-    probs = result.as_numpy(C.OUT_PROBABILITIES.name)
-    if window is None or probs is None:
-        return None, is_final
-    t = np.asarray(window, np.float64).reshape(-1)
-    update = {"t_start": round(float(t[0]), 6), "t_end": round(float(t[1]), 6)}
-    update.update(result_dict(np.asarray(probs).reshape(-1), result.as_numpy(C.OUT_QA_FLAGS.name)))
-    return update, is_final
-
+import websockets
 
 # --------------------------------------------------------------------------- media to play
 
@@ -121,8 +44,9 @@ def _to_int16(samples: np.ndarray) -> np.ndarray:
     return (np.clip(samples, -1.0, 32767 / 32768) * 32768.0).astype("<i2")
 
 
-def _jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
-    import cv2
+def jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
+    """One RGB frame as the JPEG bytes a frame message carries."""
+    import cv2  # optional: [models] (play() sends what it is given and needs no encoder)
 
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
@@ -133,9 +57,10 @@ def _jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
 def media_source(data: bytes, *, fps: float = 5.0, max_width: int = 640, with_frames: bool = True) -> MediaSource:
     """A WAV (audio only) or a video file (its audio track, resampled to mono or stereo kept, and its frames
     at ``fps``, scaled to at most ``max_width`` wide and JPEG-encoded, stamped with their stream times)."""
+    # optional: [models] (reading media to stream; play() needs no decoder)
     import av
 
-    from fusion_emotion.core.audio import decode_audio
+    from fusion_emotion.core.audio import audio_frame_to_float, decode_audio
     from fusion_emotion.core.model_inputs import to_mono
     from fusion_emotion.core.probe import MediaLimits
 
@@ -144,8 +69,6 @@ def media_source(data: bytes, *, fps: float = 5.0, max_width: int = 640, with_fr
         samples, rate = dec.samples, dec.sample_rate
         frames: list[tuple[float, bytes]] = []
     else:
-        import io
-
         samples, rate, frames = None, 0, []
         with av.open(io.BytesIO(data)) as container:
             astream = container.streams.audio[0] if container.streams.audio else None
@@ -159,8 +82,6 @@ def media_source(data: bytes, *, fps: float = 5.0, max_width: int = 640, with_fr
             for packet in container.demux(*streams):
                 for frame in packet.decode():
                     if isinstance(frame, av.AudioFrame):
-                        from fusion_emotion.core.audio import audio_frame_to_float
-
                         chunks.append(audio_frame_to_float(frame))
                         rate = frame.sample_rate
                     elif frame.time is not None:
@@ -170,7 +91,7 @@ def media_source(data: bytes, *, fps: float = 5.0, max_width: int = 640, with_fr
                             w = min(max_width, frame.width)
                             h = int(round(frame.height * w / frame.width)) // 2 * 2
                             rgb = frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
-                            frames.append((round(t, 6), _jpeg(rgb)))
+                            frames.append((round(t, 6), jpeg(rgb)))
                             next_t += 1.0 / fps
             if chunks:
                 samples = np.concatenate(chunks, axis=1)
@@ -232,7 +153,6 @@ async def play(
     server reads (it paces streams that get ahead of their updates). Frames go out before the audio that
     passes their time. Ends with ``{"end": true}`` (unless ``end`` is False: the connection is dropped).
     """
-    import websockets
 
     result = PlayResult()
     await asyncio.sleep(start_delay_s)

@@ -15,7 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fusion_emotion.client.stream import media_source, play
+
 from fusion_emotion import contract as C
+from fusion_emotion.core.windows import STREAM_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +26,6 @@ CSV_COLUMNS = ("t_start", "t_end", *C.LABELS, "dominant_emotion", "latency_ms")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from fusion_emotion.core.windows import STREAM_DEFAULTS
-
     p = sub.add_parser("stream", help="stream a WAV or a video file to the front end and print live updates")
     p.add_argument("file", type=Path, help="WAV, or a video (MP4/FLV/AVI/MKV/WebM): its audio track and frames")
     p.add_argument("--url", default="ws://127.0.0.1:8080/stream", help="front end WebSocket (default %(default)s)")
@@ -49,8 +50,6 @@ def csv_row(update: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion_emotion.client.stream import media_source, play
-
     source = media_source(args.file.read_bytes(), fps=args.fps, with_frames=not args.no_video)
     log.info("streaming %.1f s of %d Hz x %d audio and %d frames", source.duration_s, source.sample_rate,
              source.channels, len(source.frames))  # fmt: skip

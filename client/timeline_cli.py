@@ -2,7 +2,8 @@
 
 Routes: ``--triton`` (the ``fusion_emotion_timeline`` model over gRPC), ``--url``
 (the front end with ``?timeline=true``) or ``--local`` (the in-process
-reference on an exported repository). Heavy imports stay in the handlers.
+reference on an exported repository). The command needs the models extra (the
+window rules live in ``core.timeline``); the plot needs the plots extra.
 """
 
 from __future__ import annotations
@@ -17,17 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fusion_emotion.client.cli import add_media_arguments, read_inputs
+from fusion_emotion.client.http import predict_url
+from fusion_emotion.client.triton import timeline_grpc
 
 from fusion_emotion import contract as C
+from fusion_emotion.core.pipeline import ReferencePipeline
+from fusion_emotion.core.timeline import timeline_local
+from fusion_emotion.core.windows import MAX_WINDOW_S, MIN_HOP_S, MIN_WINDOW_S, TIMELINE_DEFAULTS, window_params
+from fusion_emotion.errors import ServingError
 
 log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from fusion_emotion.client.cli import add_media_arguments
-
-    from fusion_emotion.core.windows import MAX_WINDOW_S, MIN_HOP_S, MIN_WINDOW_S, TIMELINE_DEFAULTS
-
     p = sub.add_parser("timeline", help="emotion timeline (overlapping windows) of a video or WAV file")
     add_media_arguments(p)
     route = p.add_mutually_exclusive_group(required=True)
@@ -46,45 +50,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def timeline_grpc(
-    url: str,
-    video: bytes | None,
-    audio: bytes | None,
-    window_s: float | None = None,
-    hop_s: float | None = None,
-    timeout_s: float = 600.0,
-    client: Any = None,
-) -> dict[str, Any]:
-    """One call to the timeline model over gRPC -> the product's JSON with ``segments``.
-
-    ``client``: a ``tritonclient.grpc.InferenceServerClient`` to reuse (kept open); else one per call.
-    """
-    import tritonclient.grpc as grpcclient
-    from fusion_emotion.client.triton import build_inputs
-
-    from fusion_emotion.core.result import timeline_result
-
-    inputs = build_inputs(video, audio, grpcclient)
-    for spec, value in ((C.IN_WINDOW_S, window_s), (C.IN_HOP_S, hop_s)):
-        if value is not None:
-            tensor = grpcclient.InferInput(spec.name, [1, 1], spec.wire_dtype)
-            tensor.set_data_from_numpy(np.array([[value]], dtype=np.float32))
-            inputs.append(tensor)
-    outputs = [grpcclient.InferRequestedOutput(s.name) for s in (C.OUT_SEGMENTS, C.OUT_PROBABILITIES, C.OUT_QA_FLAGS)]
-    own = client is None
-    client = client or grpcclient.InferenceServerClient(url)
-    try:
-        result = client.infer(C.TIMELINE_MODEL, inputs, outputs=outputs, client_timeout=timeout_s)
-    finally:
-        if own:
-            client.close()
-    return timeline_result(
-        result.as_numpy(C.OUT_SEGMENTS.name)[0],
-        result.as_numpy(C.OUT_PROBABILITIES.name)[0],
-        result.as_numpy(C.OUT_QA_FLAGS.name)[0],
-    )
-
-
 def segments_csv(result: dict[str, Any]) -> str:
     """One row per window: start, end, the six probabilities, dominant_emotion."""
     out = io.StringIO()
@@ -97,10 +62,10 @@ def segments_csv(result: dict[str, Any]) -> str:
 
 def plot_timeline(result: dict[str, Any], path: Path, title: str = "") -> None:
     """Six probability curves at the window centres; the dominant emotion shaded around each centre."""
-    import matplotlib
+    import matplotlib  # optional: [plots]
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: [plots]
 
     segs = result["segments"]
     centres = np.array([(s["start"] + s["end"]) / 2 for s in segs], dtype=np.float64)
@@ -127,13 +92,9 @@ def plot_timeline(result: dict[str, Any], path: Path, title: str = "") -> None:
 
 def compute(args: argparse.Namespace, video: bytes | None, audio: bytes | None) -> dict[str, Any]:
     if args.local:
-        from fusion_emotion.core.pipeline import ReferencePipeline
-        from fusion_emotion.core.timeline import timeline_local
-
         return timeline_local(ReferencePipeline(args.local), video, audio, args.window, args.hop)
     if args.triton:
         return timeline_grpc(args.triton, video, audio, args.window, args.hop, args.timeout)
-    from fusion_emotion.client.http import predict_url
 
     # The front end with ?timeline=true (path defaults to /invocations).
     params = {"timeline": "true"}
@@ -142,11 +103,6 @@ def compute(args: argparse.Namespace, video: bytes | None, audio: bytes | None) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion_emotion.client.cli import read_inputs
-
-    from fusion_emotion.core.timeline import window_params
-    from fusion_emotion.errors import ServingError
-
     try:
         window_params(args.window, args.hop)
         video, audio = read_inputs(args.file, args.audio)

@@ -1,40 +1,28 @@
-"""tritonclient gRPC helpers for the ``fusion_emotion`` ensemble."""
+"""Synchronous requests over tritonclient gRPC: one clip to the ensemble, one file to the timeline model."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import tritonclient.grpc as grpcclient
 
 from fusion_emotion import contract as C
+from fusion_emotion.core.result import timeline_result
+from fusion_emotion.tensors import (
+    build_inputs,
+    parse_result,
+    parse_timeline,
+    requested_outputs,
+    timeline_inputs,
+    timeline_outputs,
+)
 
 
-def build_inputs(video: bytes | None, audio: bytes | None, module):
-    """InferInput list for one request; ``module`` is tritonclient.grpc or tritonclient.http."""
-    inputs = []
-    for spec, data in ((C.IN_VIDEO, video), (C.IN_AUDIO, audio)):
-        if data is None:
-            continue
-        arr = np.array([[data]], dtype=np.object_)
-        inp = module.InferInput(spec.name, list(arr.shape), spec.wire_dtype)
-        inp.set_data_from_numpy(arr)
-        inputs.append(inp)
-    if not inputs:
-        raise ValueError("send at least one of video and audio")
-    return inputs
-
-
-def requested_outputs(module):
-    return [module.InferRequestedOutput(C.OUT_PROBABILITIES.name), module.InferRequestedOutput(C.OUT_QA_FLAGS.name)]
-
-
-def parse_result(result) -> tuple[np.ndarray, np.ndarray]:
-    """-> (probabilities [6], qa_flags [6]) of the first row."""
-    return result.as_numpy(C.OUT_PROBABILITIES.name)[0], result.as_numpy(C.OUT_QA_FLAGS.name)[0]
-
-
-def infer_grpc(url: str, video: bytes | None, audio: bytes | None, timeout_s: float = 60.0, client=None):
-    """One synchronous request over gRPC -> (probabilities, qa_flags)."""
-    import tritonclient.grpc as grpcclient
-
+def infer_grpc(
+    url: str, video: bytes | None, audio: bytes | None, timeout_s: float = 60.0, client: Any = None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """-> (probabilities, qa_flags); ``client``: an ``InferenceServerClient`` to reuse (kept open), else one per call."""
     own = client is None
     client = client or grpcclient.InferenceServerClient(url)
     try:
@@ -48,3 +36,27 @@ def infer_grpc(url: str, video: bytes | None, audio: bytes | None, timeout_s: fl
         if own:
             client.close()
     return parse_result(result)
+
+
+def timeline_grpc(
+    url: str,
+    video: bytes | None,
+    audio: bytes | None,
+    window_s: float | None = None,
+    hop_s: float | None = None,
+    timeout_s: float = 600.0,
+    client: Any = None,
+) -> dict[str, Any]:
+    """One call to the timeline model over gRPC -> the product's JSON with ``segments``.
+
+    ``client``: a ``tritonclient.grpc.InferenceServerClient`` to reuse (kept open); else one per call.
+    """
+    inputs = timeline_inputs(video, audio, window_s, hop_s, grpcclient)
+    own = client is None
+    client = client or grpcclient.InferenceServerClient(url)
+    try:
+        result = client.infer(C.TIMELINE_MODEL, inputs, outputs=timeline_outputs(grpcclient), client_timeout=timeout_s)
+    finally:
+        if own:
+            client.close()
+    return timeline_result(*parse_timeline(result))

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from fusion_emotion.export.models import CONTRACT_CONFIG, DEFAULT_CONFIG, FusionEmotionModel
+from transformers import HubertModel
 
 from fusion_emotion import contract as C
 
@@ -97,7 +98,6 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
 
 def load_hubert_pretrained(loaded: LoadedModel, directory: str | Path) -> None:
     """Replace the audio encoder with a local Hugging Face HuBERT directory (no hub access)."""
-    from transformers import HubertModel
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():

@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # optional: [export] (torch, transformers: `export --help` needs neither)
     from fusion_emotion.export.checkpoint import CheckpointError, load_checkpoint, load_hubert_pretrained, random_model
     from fusion_emotion.export.onnx_export import ExportValidationError
     from fusion_emotion.export.repository import write_repository

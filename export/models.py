@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models.video import r3d_18
+from transformers import HubertConfig, HubertModel
 
 from fusion_emotion import contract as C
 
@@ -38,16 +40,12 @@ DEFAULT_CONFIG: dict[str, Any] = {
 
 
 def build_video_encoder() -> nn.Module:
-    from torchvision.models.video import r3d_18
-
     model = r3d_18(weights=None)  # never downloads: weights come from the checkpoint
     model.fc = nn.Identity()
     return model
 
 
 def build_audio_encoder(overrides: dict[str, Any] | None = None) -> nn.Module:
-    from transformers import HubertConfig, HubertModel
-
     config = HubertConfig(**(overrides or {}))
     return HubertModel(config)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -63,7 +64,6 @@ def export_encoder(
     torchscript: bool = False,
 ) -> list[Check]:
     """Write ``model.onnx`` (dynamic batch axis) into ``version_dir`` and validate it."""
-    import onnxruntime as ort
 
     module = module.eval()
     version_dir.mkdir(parents=True, exist_ok=True)

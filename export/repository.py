@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusion_emotion.export.checkpoint import LoadedModel
+from fusion_emotion.export.checkpoint import LoadedModel, random_model
 from fusion_emotion.export.models import AudioEmbedding
 from fusion_emotion.export.onnx_export import DEFAULT_TOLERANCE, OPSET, Check, export_encoder, export_head, require_ok
 
@@ -107,3 +107,8 @@ def write_repository(
         shutil.rmtree(staging, ignore_errors=True)
     log.info("model repository written to %s", output)
     return ExportReport(output, checks, loaded.provenance, loaded.trained)
+
+
+def export_random(output: str | Path, seed: int = 0) -> ExportReport:
+    """A repository with deterministic random-init (UNTRAINED) weights, as ``export --init random --seed``."""
+    return write_repository(random_model(seed), output)

@@ -1,18 +1,19 @@
 """``fusion-emotion`` console command.
 
-Each subcommand lives in its own module exposing ``register(subparsers)``;
-modules keep heavy imports (torch, tritonclient, boto3) inside their handlers
-so ``fusion-emotion --help`` stays fast and serving never imports torch.
+Each subcommand lives in its own module exposing ``register(subparsers)``. A module
+imports what its role (a pyproject extra) installs at its top, so a command whose role
+is not installed is listed as unavailable, naming the extra; imports of other roles'
+packages stay inside the functions that need them, marked ``# optional: [extra]``.
+This module is the top layer (docs/architecture.md): it imports the command modules,
+none of them imports it.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import logging
 import sys
-from typing import Any
 
 # Modules that register subcommands, in help order, with the commands they register.
 COMMAND_MODULES = {
@@ -28,7 +29,7 @@ COMMAND_MODULES = {
     "fusion_emotion.client.timeline_cli": ("timeline",),
     "fusion_emotion.client.stream_cli": ("stream",),
     "fusion_emotion.ops.evaluate": ("evaluate",),
-    "fusion_emotion.client.batch": ("batch",),
+    "fusion_emotion.deploy.transform_cli": ("batch",),  # the client's routes plus SageMaker Batch Transform
     "fusion_emotion.client.search": ("search",),
 }
 
@@ -44,26 +45,26 @@ EXTRA_FOR_MODULE = {
     "matplotlib": "plots",
     "websockets": "client",
     "psutil": "client",
+    "tritonclient": "client",
+    "httpx": "client",
+    "boto3": "client",
+    "botocore": "client",
     "torch": "export",
     "torchvision": "export",
     "transformers": "export",
     "onnx": "export",
+    "skimage": "dev",
 }
 
 
-def field_args(cls: type, args: argparse.Namespace, **explicit: Any) -> dict[str, Any]:
-    """Keyword arguments for dataclass ``cls``: each field whose flag has the same dest, then ``explicit``.
-
-    Flags named after the fields they set need no hand-written ``field=args.field`` list to drift.
-    """
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    return {**values, **explicit}
+def _needs(missing: str) -> str:
+    extra = EXTRA_FOR_MODULE.get(missing.split(".")[0], "serving")
+    return f"needs `pip install fusion-emotion[{extra}]` (module {missing} is not installed)"
 
 
 def _unavailable(sub: argparse._SubParsersAction, module: str, missing: str) -> None:
     """Commands of a role that is not installed: say which extra brings them instead of failing the CLI."""
-    extra = EXTRA_FOR_MODULE.get(missing.split(".")[0], "serving")
-    message = f"needs `pip install fusion-emotion[{extra}]` (module {missing} is not installed)"
+    message = _needs(missing)
     for name in COMMAND_MODULES[module]:
         if name in sub.choices:
             continue
@@ -79,7 +80,7 @@ def _fail(name: str, message: str) -> int:
 
 # Commands whose run imports only their own module: some modules import scipy/PyAV when registering
 # (seconds on a loaded machine), which a quick `search` should not pay for. Others import every module.
-FAST_COMMANDS = {"search": "fusion_emotion.client.search", "batch": "fusion_emotion.client.batch"}
+FAST_COMMANDS = {"search": "fusion_emotion.client.search", "batch": "fusion_emotion.deploy.transform_cli"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -109,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:  # an import a handler defers (`# optional: [extra]`) is not installed
+        if exc.name and not exc.name.startswith("fusion_emotion"):
+            return _fail(args.command, _needs(exc.name))
+        raise
 
 
 if __name__ == "__main__":

@@ -164,39 +164,6 @@ UNTRAINED_ATTRIBUTE = "weights=untrained"
 # Hard limits applied before heavy work (bytes of one encoded input).
 MAX_INPUT_BYTES = 100 * 1024 * 1024
 
-# --- Python-backend shared memory (/dev/shm) ----------------------------------------
-# python_backend r24.10 (src/shm_manager.cc, stub_launcher.cc) gives every model instance (stub) its own
-# region, posix_fallocate'd to shm-default-byte-size at load (ENOSPC fails the load), grown on demand by
-# growth * (bytes // growth + 1) and never shrunk while the stub lives. A request's inputs are copied into
-# its instance's region for the whole execute, BLS tensors into the caller's and the callee's. A large
-# default region only reserves space no other stub can use, so regions start at the backend's own minimum
-# and grow in small steps; what /dev/shm must hold is the sum of the regions' high-water marks.
-SHM_REGION_BYTES = 1024 * 1024
-SHM_GROWTH_BYTES = 1024 * 1024
-# Docker's default --shm-size and SageMaker's fixed /dev/shm (the figure of issue 13; not checked on SageMaker).
-SHM_DEFAULT_DEV_SHM_BYTES = 64 * 1024 * 1024
-# The input one decoder (preprocess instance) must carry: the real-time body limit (SageMaker's 6 MiB).
-SHM_REALTIME_INPUT_BYTES = 6 * 1024 * 1024
-# Measured (docs/reliability.md "Shared memory"): a preprocess region grew to input + 5 MiB (its BLS
-# frames and waveform, allocator overhead, growth rounding), the video encoder's by 6 MiB for 4 decoders.
-SHM_DECODER_OVERHEAD_BYTES = 5 * 1024 * 1024
-SHM_ENCODER_BYTES_PER_DECODER = 2 * 1024 * 1024
-
-
-def shm_needed_bytes(stubs: int, decoders: int, input_bytes: int, region_bytes: int = SHM_REGION_BYTES) -> int:
-    """/dev/shm the Python backend needs when ``decoders`` preprocess instances each hold an input at once."""
-    per_decoder = input_bytes + SHM_DECODER_OVERHEAD_BYTES + SHM_ENCODER_BYTES_PER_DECODER
-    return stubs * region_bytes + decoders * per_decoder
-
-
-def shm_input_limit(dev_shm_bytes: int, stubs: int, decoders: int, region_bytes: int = SHM_REGION_BYTES) -> int:
-    """Largest input each of ``decoders`` concurrent decoders can carry in ``dev_shm_bytes`` (<= 0: none)."""
-    free = (
-        dev_shm_bytes - stubs * region_bytes - decoders * (SHM_DECODER_OVERHEAD_BYTES + SHM_ENCODER_BYTES_PER_DECODER)
-    )
-    return min(MAX_INPUT_BYTES, free // max(decoders, 1))
-
-
 # --- Raw request bodies (front end /invocations, batch) -----------------------------
 # SageMaker Batch Transform, async endpoints and `invoke-endpoint --body fileb://clip.mp4`
 # post one file's bytes with its media type. Video types go to the `video` input,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from typing import Any
 
 
 class ErrorKind(str, enum.Enum):
@@ -67,6 +68,26 @@ class ServingError(Exception):
     def wire(self) -> str:
         """The Triton error message: ``"<subject>: <reason> [fusion-emotion:<kind>:<subject>]"``."""
         return f"{self.subject}: {self.reason} [{TAG_PREFIX}{self.kind.value}:{self.subject}]"
+
+
+class ApiError(Exception):
+    """An HTTP answer: a status plus a client-safe message (``message`` never holds internals).
+
+    What the front end's handlers raise, and what the S3 fetcher shared with the clients raises.
+    """
+
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra
+
+    def body(self, request_id: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.message, **self.extra}
+        if request_id:
+            out["request_id"] = request_id
+        return out
 
 
 @dataclass(frozen=True)

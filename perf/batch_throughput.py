@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -27,26 +28,32 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from fusion_emotion.client.batch_inputs import media_duration
 
-from fusion_emotion.server.procs import free_port
+from fusion_emotion import contract as C
+from fusion_emotion import testmedia
+from fusion_emotion.cli import main as fe
+from fusion_emotion.core.fusion import FusionHead
+from fusion_emotion.core.rows import decode_row
+from fusion_emotion.core.timeline import compute_timeline
+from fusion_emotion.core.windows import window_params
+from fusion_emotion.server.procs import free_port, tree_cpu_seconds
 
 
 def make_library(out: Path, count: int, seconds: float, bitrate: int) -> list[Path]:
     """``count`` MP4 clips (1280x720 30 fps H.264 + 48 kHz AAC speech with pauses), made once."""
-    from fusion_emotion.ops import synth
-
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"clip{i:03d}_{seconds:g}s.mp4" for i in range(count)]
     missing = [p for p in paths if not p.exists()]
     if missing:
-        speech = synth.speech(rate=48_000)
+        speech = testmedia.speech(rate=48_000)
         pause = np.zeros(24_000, dtype=np.float32)
         reps = int(np.ceil(seconds * 48_000 / (len(speech) + len(pause))))
         track = np.concatenate([np.concatenate([speech, pause])] * reps)[: int(seconds * 48_000)]
         for i, path in enumerate(paths):
             if path.exists():
                 continue
-            data = synth.mp4(seconds=seconds, audio=track, audio_rate=48_000, video_bitrate=bitrate, seed=i)
+            data = testmedia.mp4(seconds=seconds, audio=track, audio_rate=48_000, video_bitrate=bitrate, seed=i)
             path.with_suffix(".tmp").write_bytes(data)
             path.with_suffix(".tmp").replace(path)
             print(f"made {path} ({len(data) / 1e6:.1f} MB)")
@@ -66,15 +73,6 @@ def cpu_stages(repository: Path, clip: Path, repeats: int = 3) -> dict[str, floa
     """CPU seconds of the work that stays on the CPU on a GPU instance, for one library clip (median of repeats):
     whole clip = decode + QA + encoder inputs (``decode_row``); timeline = the timeline pass with the encoders
     replaced by zeros (decode, per-window frames and audio, QA, fusion head)."""
-    import statistics
-
-    from fusion_emotion.client.batch import media_duration
-
-    from fusion_emotion import contract as C
-    from fusion_emotion.core.fusion import FusionHead
-    from fusion_emotion.core.rows import decode_row
-    from fusion_emotion.core.timeline import compute_timeline, window_params
-
     data = clip.read_bytes()
     head = FusionHead.load(repository / C.FUSION_HEAD / "1" / C.HEAD_WEIGHTS_FILENAME)
 
@@ -142,10 +140,52 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
     raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from fusion_emotion.cli import main as fe
-    from fusion_emotion.server.procs import tree_cpu_seconds
+def _run_mode(mode: str, args: argparse.Namespace, front: int, pids: list[int]) -> dict[str, object]:
+    """One ``fusion-emotion batch`` over the library through the front end, with the servers' CPU seconds."""
+    out = args.output / f"{mode}.jsonl"
+    out.unlink(missing_ok=True)
+    cmd = ["batch", str(args.library), "--output", str(out), "--url", f"http://127.0.0.1:{front}"]
+    cmd += ["--concurrency", str(args.concurrency if mode == "whole" else 2), "--no-index"]
+    if mode == "timeline":
+        cmd.append("--timeline")
+    load0 = os.getloadavg()[0]
+    cpu0, t0 = tree_cpu_seconds(pids), time.monotonic()
+    rc = fe(cmd)
+    cpu, wall = tree_cpu_seconds(pids) - cpu0, time.monotonic() - t0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    ok = [r for r in records if r["status"] == "ok"]
+    media_min = sum(r["duration_s"] or 0.0 for r in ok) / 60
+    return {
+        "exit_status": rc,
+        "files_ok": len(ok),
+        "files_failed": len(records) - len(ok),
+        "media_minutes": round(media_min, 2),
+        "wall_s": round(wall, 1),
+        "media_minutes_per_hour": round(media_min / (wall / 3600), 1),
+        "server_cpu_s_per_media_minute": round(cpu / media_min, 1) if media_min else None,
+        "load_average_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
+    }
 
+
+def _report(args: argparse.Namespace, front: int, pids: list[int]) -> None:
+    report: dict[str, object] = {}
+    for mode in args.modes.split(","):
+        report[mode] = _run_mode(mode, args, front, pids)
+        print(f"{mode}: {json.dumps(report[mode])}")
+    stages = cpu_stages(args.repository, sorted(args.library.glob("*.mp4"))[0])
+    report["cpu_stages_one_clip"] = {k: round(v, 3) for k, v in stages.items()}
+    print(
+        f"CPU part of one clip (what stays on the CPU on a GPU instance): {json.dumps(report['cpu_stages_one_clip'])}"
+    )
+    report["estimate"] = estimate(stages)
+    print("expected per instance (CPU stages measured here, GPU from the per-stage budget):")
+    for line in report["estimate"]:
+        print("  " + line)
+    (args.output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.output / 'report.json'} ({os.cpu_count()} CPUs here)")
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repository", type=Path, required=True, help="exported model repository")
     p.add_argument("--library", type=Path, default=Path("build/library"))
@@ -180,44 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             start_new_session=True,
         )
         wait_http(f"http://127.0.0.1:{front}/ping", 120, serve)
-        pids = [triton.pid, serve.pid]
-        report = {}
-        for mode in args.modes.split(","):
-            out = args.output / f"{mode}.jsonl"
-            out.unlink(missing_ok=True)
-            cmd = ["batch", str(args.library), "--output", str(out), "--url", f"http://127.0.0.1:{front}"]
-            cmd += ["--concurrency", str(args.concurrency if mode == "whole" else 2), "--no-index"]
-            if mode == "timeline":
-                cmd.append("--timeline")
-            load0 = os.getloadavg()[0]
-            cpu0, t0 = tree_cpu_seconds(pids), time.monotonic()
-            rc = fe(cmd)
-            cpu, wall = tree_cpu_seconds(pids) - cpu0, time.monotonic() - t0
-            records = [json.loads(line) for line in out.read_text().splitlines()]
-            ok = [r for r in records if r["status"] == "ok"]
-            media_min = sum(r["duration_s"] or 0.0 for r in ok) / 60
-            report[mode] = {
-                "exit_status": rc,
-                "files_ok": len(ok),
-                "files_failed": len(records) - len(ok),
-                "media_minutes": round(media_min, 2),
-                "wall_s": round(wall, 1),
-                "media_minutes_per_hour": round(media_min / (wall / 3600), 1),
-                "server_cpu_s_per_media_minute": round(cpu / media_min, 1) if media_min else None,
-                "load_average_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
-            }
-            print(f"{mode}: {json.dumps(report[mode])}")
-        stages = cpu_stages(args.repository, sorted(args.library.glob("*.mp4"))[0])
-        report["cpu_stages_one_clip"] = {k: round(v, 3) for k, v in stages.items()}
-        print(
-            f"CPU part of one clip (what stays on the CPU on a GPU instance): {json.dumps(report['cpu_stages_one_clip'])}"
-        )
-        report["estimate"] = estimate(stages)
-        print("expected per instance (CPU stages measured here, GPU from the per-stage budget):")
-        for line in report["estimate"]:
-            print("  " + line)
-        (args.output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.output / 'report.json'} ({os.cpu_count()} CPUs here)")
+        _report(args, front, [triton.pid, serve.pid])
     finally:
         for proc in (serve, triton):
             if proc is not None and proc.poll() is None:

@@ -14,14 +14,14 @@ import sys
 
 import numpy as np
 
+from fusion_emotion import testmedia
 from fusion_emotion.core.pipeline import ReferencePipeline
-from fusion_emotion.ops import synth
 
 
 def main(argv: list[str]) -> int:
     repo = argv[0]
-    base = synth.mp4(seconds=1.0, audio=synth.speech(rate=48_000)[:48_000], audio_rate=48_000)
-    clips = {"mp4": base, "avi (H.264)": synth.remux(base, "avi"), "mkv": synth.remux(base, "matroska")}
+    base = testmedia.mp4(seconds=1.0, audio=testmedia.speech(rate=48_000)[:48_000], audio_rate=48_000)
+    clips = {"mp4": base, "avi (H.264)": testmedia.remux(base, "avi"), "mkv": testmedia.remux(base, "matroska")}
     pyav, dali = ReferencePipeline(repo), ReferencePipeline(repo, video_decoder="dali_cpu")
     for name, data in clips.items():
         fp, fd = pyav.row(data, None), dali.row(data, None)

@@ -2,7 +2,7 @@
 
     .venv/bin/python perf/face_flag.py [--scenes 8] [--repeats 5]
 
-Scenes come from ``fusion_emotion.ops.synth.face_scene`` (the astronaut's frontal
+Scenes come from ``fusion_emotion.testmedia.face_scene`` (the astronaut's frontal
 face at a known share of the frame height, pasted on a wall at random places) in
 1280x720 and 480x360 frames, JPEG quality 50, scaled as the decoder's ``qa_frames``
 (height <= 360 px); negatives are a face-less photo, noise, a blank wall and a
@@ -28,8 +28,8 @@ import time
 import cv2
 import numpy as np
 
+from fusion_emotion import testmedia
 from fusion_emotion.core import qa
-from fusion_emotion.ops import synth
 
 FRACTIONS = (0.08, 0.10, 0.15, 0.30)
 NEGATIVES = ("no_face", "noise", "wall", "texture")
@@ -49,13 +49,13 @@ def scenes(n: int, seed: int = 1) -> dict[tuple, np.ndarray]:
     for w, h in SIZES:
         for frac in FRACTIONS:
             frames = [
-                synth.face_scene(w, h, frac, centers=[(rng.uniform(0.2, 0.8), rng.uniform(0.3, 0.6))], seed=i)
+                testmedia.face_scene(w, h, frac, centers=[(rng.uniform(0.2, 0.8), rng.uniform(0.3, 0.6))], seed=i)
                 for i in range(n)
             ]
-            out[(w, h, frac)] = synth.qa_frames(np.stack([_jpeg(f) for f in frames]))
+            out[(w, h, frac)] = testmedia.qa_frames(np.stack([_jpeg(f) for f in frames]))
         for kind in NEGATIVES:
-            frames = [synth.face_scene(w, h, kind=kind, seed=i) for i in range(n)]
-            out[(w, h, kind)] = synth.qa_frames(np.stack([_jpeg(f) for f in frames]))
+            frames = [testmedia.face_scene(w, h, kind=kind, seed=i) for i in range(n)]
+            out[(w, h, kind)] = testmedia.qa_frames(np.stack([_jpeg(f) for f in frames]))
     return out
 
 

@@ -32,9 +32,9 @@ def _emit(**fields: object) -> None:
 
 
 def cmd_clip(args: argparse.Namespace) -> None:
-    from fusion_emotion.ops import synth
+    from fusion_emotion import testmedia
 
-    data = synth.mp4(seconds=args.clip_seconds)  # 1280x720 30 fps H.264 ~8 Mbit/s, as in the tests
+    data = testmedia.mp4(seconds=args.clip_seconds)  # 1280x720 30 fps H.264 ~8 Mbit/s, as in the tests
     Path(args.output).write_bytes(data)
     _emit(stage="clip", path=str(args.output), bytes=len(data), seconds=args.clip_seconds)
 

@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
 
     videos = [v.read_bytes() for v in args.video]
     if args.synth:
-        from fusion_emotion.ops import synth
+        from fusion_emotion import testmedia
 
-        clip = synth.mp4(audio=synth.speech(rate=48_000), audio_rate=48_000)
+        clip = testmedia.mp4(audio=testmedia.speech(rate=48_000), audio_rate=48_000)
         if args.save_clip:
             args.save_clip.write_bytes(clip)
         videos.append(clip)

@@ -64,9 +64,9 @@ def _clip(args: argparse.Namespace, out: Path) -> tuple[bytes | None, bytes | No
     audio = args.audio.read_bytes() if args.audio else None
     if args.video:
         return args.video.read_bytes(), audio, args.video.name
-    from fusion_emotion.ops import synth
+    from fusion_emotion import testmedia
 
-    clip = synth.mp4(audio=synth.speech(rate=48_000), audio_rate=48_000)
+    clip = testmedia.mp4(audio=testmedia.speech(rate=48_000), audio_rate=48_000)
     (out / "clip.mp4").write_bytes(clip)
     return clip, audio, "generated RAVDESS-like clip (1280x720 30 fps 3.5 s H.264 ~8 Mbit/s + 48 kHz AAC)"
 

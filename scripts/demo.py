@@ -12,8 +12,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import start_triton  # noqa: E402
 
+from fusion_emotion import testmedia  # noqa: E402
 from fusion_emotion.cli import main  # noqa: E402
-from fusion_emotion.ops import synth  # noqa: E402
 
 
 def run() -> int:
@@ -21,7 +21,7 @@ def run() -> int:
     if main(["export", "--init", "random", "--seed", "0", "--output", str(repo), "--force"]) != 0:
         return 1
     clip = ROOT / "build" / "demo_clip.mp4"
-    clip.write_bytes(synth.mp4(audio=synth.speech(rate=48_000), audio_rate=48_000))
+    clip.write_bytes(testmedia.mp4(audio=testmedia.speech(rate=48_000), audio_rate=48_000))
     sys.stderr.write(f"demo clip: {clip} (1280x720 30 fps H.264 + 48 kHz AAC, espeak-ng speech, astronaut face)\n")
     with tempfile.TemporaryDirectory() as tmp:
         server = start_triton(repo, Path(tmp) / "tritonserver.log")

@@ -41,22 +41,22 @@ def media() -> dict[str, bytes]:
     """Media the tests make themselves: real speech (espeak-ng) and a real face (astronaut)."""
     import numpy as np
 
-    from fusion_emotion.ops import synth
+    from fusion_emotion import testmedia
 
-    speech48 = synth.speech(rate=48_000)
-    speech44 = synth.speech(text="It is eleven o'clock. Please sit down.", rate=44_100)
-    speech16 = synth.speech(text="The quick brown fox jumps over the lazy dog.", rate=16_000)
+    speech48 = testmedia.speech(rate=48_000)
+    speech44 = testmedia.speech(text="It is eleven o'clock. Please sit down.", rate=44_100)
+    speech16 = testmedia.speech(text="The quick brown fox jumps over the lazy dog.", rate=16_000)
     stereo = np.stack([speech44, 0.5 * speech44], axis=1)
     return {
         # RAVDESS-like: 1280x720 30 fps H.264 + 48 kHz AAC
-        "mp4": synth.mp4(audio=speech48, audio_rate=48_000),
-        "mp4_noaudio": synth.mp4(seconds=2.0, audio=None),
+        "mp4": testmedia.mp4(audio=speech48, audio_rate=48_000),
+        "mp4_noaudio": testmedia.mp4(seconds=2.0, audio=None),
         # CREMA-D-like: 480x360 FLV
-        "flv": synth.flv(audio=speech44, audio_rate=44_100),
-        "avi": synth.avi(audio=speech44, audio_rate=44_100),
-        "wav": synth.wav(stereo, 44_100, "s16"),
-        "wav16k": synth.wav(speech16, 16_000, "s24"),
-        "wav_header_only": synth.header_only_wav(),
+        "flv": testmedia.flv(audio=speech44, audio_rate=44_100),
+        "avi": testmedia.avi(audio=speech44, audio_rate=44_100),
+        "wav": testmedia.wav(stereo, 44_100, "s16"),
+        "wav16k": testmedia.wav(speech16, 16_000, "s24"),
+        "wav_header_only": testmedia.header_only_wav(),
         "garbage": np.random.default_rng(0).bytes(50_000),
         "empty": b"",
     }

@@ -13,7 +13,7 @@ import pytest
 
 from fusion_emotion import contract as C
 from fusion_emotion.cli import main
-from fusion_emotion.ops import bench
+from fusion_emotion.ops import bench, loadgen, server_stats
 from fusion_emotion.ops.stages import measure_stages
 from fusion_emotion.server.procs import free_port
 
@@ -22,7 +22,7 @@ LATENCY_KEYS = {"avg", "min", "max", "p50", "p90", "p95", "p99"}
 
 # --------------------------------------------------------------------------- pure parts
 def test_percentiles_linear_interpolation():
-    s = bench.latency_summary([i / 1000 for i in range(1, 101)])  # 1..100 ms
+    s = loadgen.latency_summary([i / 1000 for i in range(1, 101)])  # 1..100 ms
     assert s["avg"] == pytest.approx(50.5)
     assert s["min"] == pytest.approx(1) and s["max"] == pytest.approx(100)
     # numpy's linear method: rank (n-1)*q -> 1 + 99*q
@@ -30,10 +30,10 @@ def test_percentiles_linear_interpolation():
     assert s["p90"] == pytest.approx(90.1)
     assert s["p95"] == pytest.approx(95.05)
     assert s["p99"] == pytest.approx(99.01)
-    one = bench.latency_summary([0.25])
+    one = loadgen.latency_summary([0.25])
     assert all(one[k] == pytest.approx(250) for k in LATENCY_KEYS)
-    assert set(bench.latency_summary([])) == LATENCY_KEYS
-    assert all(v is None for v in bench.latency_summary([]).values())
+    assert set(loadgen.latency_summary([])) == LATENCY_KEYS
+    assert all(v is None for v in loadgen.latency_summary([]).values())
 
 
 def test_closed_loop_counts_requests_errors_and_concurrency():
@@ -53,7 +53,7 @@ def test_closed_loop_counts_requests_errors_and_concurrency():
         if n % 4 == 0:
             raise RuntimeError("boom")
 
-    wall, lat, errors, samples = bench.run_closed_loop(send, 12, 3, progress=False)
+    wall, lat, errors, samples = loadgen.run_closed_loop(send, 12, 3, progress=False)
     assert calls == 12 and errors == 3 and len(lat) == 9
     assert peak == 3
     assert samples and "RuntimeError: boom" in samples[0]
@@ -62,9 +62,9 @@ def test_closed_loop_counts_requests_errors_and_concurrency():
 
 
 def test_pool_runs_and_throughput():
-    a = bench.RunResult("t", 4, 2, 2.0, [0.1] * 4, 0)
-    b = bench.RunResult("t", 4, 2, 6.0, [0.3] * 3, 1, ["E: x"], round=1)
-    pooled = bench.pool_runs([a, b])
+    a = loadgen.RunResult("t", 4, 2, 2.0, [0.1] * 4, 0)
+    b = loadgen.RunResult("t", 4, 2, 6.0, [0.3] * 3, 1, ["E: x"], round=1)
+    pooled = loadgen.pool_runs([a, b])
     assert pooled["requests"] == 8 and pooled["succeeded"] == 7 and pooled["errors"] == 1
     assert pooled["throughput_rps"] == pytest.approx(7 / 8.0)
     assert pooled["throughput_rps_per_round"] == [pytest.approx(2.0), pytest.approx(0.5)]
@@ -92,9 +92,9 @@ def _stats(count: int, execs: int, queue_ns: int, infer_ns: int, batch_infer_ns:
 
 
 def test_triton_stats_delta_per_request_and_per_execution():
-    before = bench.flatten_model_stats(_stats(10, 5, 10_000_000, 100_000_000, 50_000_000))
-    after = bench.flatten_model_stats(_stats(14, 7, 18_000_000, 180_000_000, 90_000_000))
-    d = bench.stats_delta(before, after)
+    before = server_stats.flatten_model_stats(_stats(10, 5, 10_000_000, 100_000_000, 50_000_000))
+    after = server_stats.flatten_model_stats(_stats(14, 7, 18_000_000, 180_000_000, 90_000_000))
+    d = server_stats.stats_delta(before, after)
     assert set(d) == {"video_encoder"}  # models without traffic are left out
     v = d["video_encoder"]
     assert v["requests"] == 4 and v["executions"] == 2 and v["avg_batch"] == pytest.approx(2.0)
@@ -113,7 +113,7 @@ def test_triton_stats_snapshot_waits_for_lagging_records():
         def get_inference_statistics(self, as_json: bool) -> dict:
             return reads.pop(0)
 
-    stats = bench.TritonStats.__new__(bench.TritonStats)
+    stats = server_stats.TritonStats.__new__(server_stats.TritonStats)
     stats.client = Client()
     assert stats.snapshot(interval_s=0.01)["video_encoder"]["inference_count"] == 4  # not the lagging 3
     assert len(reads) == 1  # stopped at the first two equal reads
@@ -163,8 +163,8 @@ def test_cpu_timeline_samples_this_process():
 
 def test_summary_ratios_and_plot(tmp_path: Path):
     results = {
-        "service": {c: [bench.RunResult("s", 4, c, 2.0, [0.2 * c] * 4, 0)] for c in (1, 2)},
-        "baseline": {c: [bench.RunResult("b", 4, c, 4.0, [0.4 * c] * 4, 0)] for c in (1, 2)},
+        "service": {c: [loadgen.RunResult("s", 4, c, 2.0, [0.2 * c] * 4, 0)] for c in (1, 2)},
+        "baseline": {c: [loadgen.RunResult("b", 4, c, 4.0, [0.4 * c] * 4, 0)] for c in (1, 2)},
     }
     doc = bench.summarise(results, "service", headline=2)
     assert doc["concurrency"] == 2 and doc["baseline"]["concurrency"] == 2

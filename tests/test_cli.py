@@ -28,7 +28,8 @@ def test_serve_and_triton_flags_fill_their_settings():
     """serve/triton build their settings from the flags named after the fields: none may go missing."""
     from dataclasses import fields
 
-    from fusion_emotion.cli import build_parser, field_args
+    from fusion_emotion.arguments import field_args
+    from fusion_emotion.cli import build_parser
     from fusion_emotion.frontend.settings import Settings
     from fusion_emotion.server.launcher import ServerOptions
 

@@ -16,6 +16,7 @@ from helpers import start_triton
 from test_frontend import run_frontend
 
 from fusion_emotion import contract as C
+from fusion_emotion import testmedia
 from fusion_emotion.core import dali_video as dv
 from fusion_emotion.core.model_inputs import crop_box
 from fusion_emotion.core.nal import h264_is_reference, nal_length_size
@@ -27,7 +28,6 @@ from fusion_emotion.core.video import FrameScan, VideoDecoder, decode_video
 from fusion_emotion.core.windows import select_frames, serves
 from fusion_emotion.errors import ErrorKind
 from fusion_emotion.frontend.settings import Settings
-from fusion_emotion.ops import synth
 
 # Parity tolerances, in Kinetics-normalised units (one uint8 step is 1/255/0.22 ~ 0.018 units). Same frames
 # (MP4, MKV): DALI's YUV->RGB conversion and cubic resize vs swscale's area filter differ by under one step
@@ -51,15 +51,15 @@ def backend() -> dv.DaliBackend:
 @pytest.fixture(scope="module")
 def small() -> dict[str, bytes]:
     """320x240, 1 s: H.264 in MP4, AVI and MKV (served by DALI); FLV, MPEG-4 Part 2 AVI, VP8 WebM (PyAV)."""
-    tone = synth.tone(300, 1.0, 48_000)
-    base = synth.mp4(width=320, height=240, seconds=1.0, audio=tone, audio_rate=48_000, video_bitrate=500_000)
+    tone = testmedia.tone(300, 1.0, 48_000)
+    base = testmedia.mp4(width=320, height=240, seconds=1.0, audio=tone, audio_rate=48_000, video_bitrate=500_000)
     return {
         "mp4": base,
-        "avi": synth.remux(base, "avi"),
-        "mkv": synth.remux(base, "matroska"),
-        "flv": synth.flv(width=320, height=240, seconds=1.0),
-        "avi_mpeg4": synth.avi(width=320, height=240, seconds=1.0),
-        "webm": synth.webm(width=320, height=240, seconds=1.0),
+        "avi": testmedia.remux(base, "avi"),
+        "mkv": testmedia.remux(base, "matroska"),
+        "flv": testmedia.flv(width=320, height=240, seconds=1.0),
+        "avi_mpeg4": testmedia.avi(width=320, height=240, seconds=1.0),
+        "webm": testmedia.webm(width=320, height=240, seconds=1.0),
     }
 
 
@@ -258,8 +258,8 @@ def test_runs_refuse_a_stream_shown_out_of_group_order():
 @pytest.fixture(scope="module")
 def long_clip() -> bytes:
     """12 s at 10 fps, 320x240, an IDR every 25 frames, a 48 kHz tone: several groups of pictures."""
-    return synth.mp4(
-        width=320, height=240, fps=10, seconds=12.0, audio=synth.tone(330, 12.0, 48_000), audio_rate=48_000,
+    return testmedia.mp4(
+        width=320, height=240, fps=10, seconds=12.0, audio=testmedia.tone(330, 12.0, 48_000), audio_rate=48_000,
         video_bitrate=300_000, gop=25,
     )  # fmt: skip
 
@@ -310,8 +310,8 @@ def test_a_run_that_fails_midway_goes_on_with_pyav(long_clip, backend, monkeypat
 @pytest.fixture(scope="module")
 def parity_clips() -> dict[str, bytes]:
     """The generated RAVDESS-like 1280x720 H.264 clip (1 s, ~8 Mbit/s) and its AVI/MKV remuxes."""
-    base = synth.mp4(seconds=1.0, audio=synth.speech(rate=48_000)[:48_000], audio_rate=48_000)
-    return {"mp4": base, "avi": synth.remux(base, "avi"), "mkv": synth.remux(base, "matroska")}
+    base = testmedia.mp4(seconds=1.0, audio=testmedia.speech(rate=48_000)[:48_000], audio_rate=48_000)
+    return {"mp4": base, "avi": testmedia.remux(base, "avi"), "mkv": testmedia.remux(base, "matroska")}
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +335,7 @@ def test_parity_720p_encoder_input_and_probabilities(parity_clips, references):
 @pytest.fixture(scope="module")
 def timeline_clip() -> bytes:
     """3 s of the 720p clip with an IDR every second: a timeline of several windows and groups."""
-    return synth.mp4(seconds=3.0, audio=synth.speech(rate=48_000)[: 3 * 48_000], audio_rate=48_000, gop=30)
+    return testmedia.mp4(seconds=3.0, audio=testmedia.speech(rate=48_000)[: 3 * 48_000], audio_rate=48_000, gop=30)
 
 
 def test_parity_720p_timeline(timeline_clip, references, monkeypatch):

@@ -1,4 +1,4 @@
-"""Packaging (both SageMaker targets), argument validation, and deploy/undeploy against a real local AWS API (moto server)."""
+"""Packaging (both SageMaker targets) and argument validation; deploy/undeploy against moto: test_deploy_sagemaker.py."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ import os
 import sys
 import tarfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from fusion_emotion import contract as C
 from fusion_emotion.contract import ENSEMBLE, MODEL_NAMES
+from fusion_emotion.deploy import config as dc
 from fusion_emotion.deploy import execution_env as E
 from fusion_emotion.deploy import sagemaker as sm
 from fusion_emotion.deploy.package import PackageError, build_model_tarball, build_stock_triton_tarball
+from fusion_emotion.s3uri import S3Uri
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "model_repository"
 
@@ -275,7 +276,7 @@ def test_execution_env_refuses_a_python_mismatch(repository: Path, tmp_path: Pat
 # --- argument validation ---------------------------------------------------------
 
 
-def _config(tmp_path: Path, **overrides: object) -> sm.DeployConfig:
+def _config(tmp_path: Path, **overrides: object) -> dc.DeployConfig:
     tarball = tmp_path / "model.tar.gz"
     tarball.write_bytes(b"x")
     values: dict[str, object] = {
@@ -286,22 +287,22 @@ def _config(tmp_path: Path, **overrides: object) -> sm.DeployConfig:
         "endpoint_name": "fusion-test",
     }
     values.update(overrides)
-    return sm.DeployConfig(**values)  # type: ignore[arg-type]
+    return dc.DeployConfig(**values)  # type: ignore[arg-type]
 
 
 def test_parse_s3_uri() -> None:
-    assert sm.parse_s3_uri("s3://bucket/a/b/") == sm.S3Uri("bucket", "a/b")
-    assert str(sm.parse_s3_uri("s3://bucket").join("ep", "model.tar.gz")) == "s3://bucket/ep/model.tar.gz"
+    assert dc.s3_argument("s3://bucket/a/b/") == S3Uri("bucket", "a/b")
+    assert str(dc.s3_argument("s3://bucket").join("ep", "model.tar.gz")) == "s3://bucket/ep/model.tar.gz"
     for bad in ("bucket/key", "https://bucket/key", "s3://", "s3://B_ad/key", ""):
-        with pytest.raises(sm.ArgumentError, match="s3://bucket/prefix"):
-            sm.parse_s3_uri(bad)
+        with pytest.raises(dc.ArgumentError, match="s3://bucket/prefix"):
+            dc.s3_argument(bad)
 
 
 def test_parse_autoscaling() -> None:
-    assert sm.parse_autoscaling("1:4:100") == sm.Autoscaling(1, 4, 100.0)
-    assert sm.parse_autoscaling("0:2:5", allow_zero_min=True) == sm.Autoscaling(0, 2, 5.0)
-    with pytest.raises(sm.ArgumentError, match="only async"):
-        sm.parse_autoscaling("0:2:5")
+    assert dc.parse_autoscaling("1:4:100") == dc.Autoscaling(1, 4, 100.0)
+    assert dc.parse_autoscaling("0:2:5", allow_zero_min=True) == dc.Autoscaling(0, 2, 5.0)
+    with pytest.raises(dc.ArgumentError, match="only async"):
+        dc.parse_autoscaling("0:2:5")
     for bad, msg in (
         ("1:4", "MIN:MAX:TARGET"),
         ("a:4:1", "integer"),
@@ -309,13 +310,13 @@ def test_parse_autoscaling() -> None:
         ("1:2:0", "TARGET must be > 0"),
         ("1:2:-3", "TARGET must be > 0"),
     ):
-        with pytest.raises(sm.ArgumentError, match=msg):
-            sm.parse_autoscaling(bad)
+        with pytest.raises(dc.ArgumentError, match=msg):
+            dc.parse_autoscaling(bad)
 
 
 def test_validate_config(tmp_path: Path) -> None:
-    sm.validate_config(_config(tmp_path))
-    sm.validate_config(_config(tmp_path, model_data="s3://b-1/x/model.tar.gz", s3_prefix=None))
+    dc.validate_config(_config(tmp_path))
+    dc.validate_config(_config(tmp_path, model_data="s3://b-1/x/model.tar.gz", s3_prefix=None))
     cases = [
         ({"role_arn": "SageMakerRole"}, "--role-arn"),
         ({"role_arn": "arn:aws:iam::12345:role/x"}, "--role-arn"),
@@ -332,12 +333,12 @@ def test_validate_config(tmp_path: Path) -> None:
         ({"s3_prefix": None}, "--s3-prefix is required"),
         ({"s3_prefix": "bucket/prefix"}, "--s3-prefix"),
         ({"async_output": "/tmp/out"}, "--async-output"),
-        ({"autoscaling": sm.Autoscaling(0, 2, 5)}, "needs an async endpoint"),
-        ({"autoscaling": sm.Autoscaling(1, 2, 5), "wait": False}, "drop --no-wait"),
+        ({"autoscaling": dc.Autoscaling(0, 2, 5)}, "needs an async endpoint"),
+        ({"autoscaling": dc.Autoscaling(1, 2, 5), "wait": False}, "drop --no-wait"),
     ]
     for overrides, msg in cases:
-        with pytest.raises(sm.ArgumentError, match=msg):
-            sm.validate_config(_config(tmp_path, **overrides))
+        with pytest.raises(dc.ArgumentError, match=msg):
+            dc.validate_config(_config(tmp_path, **overrides))
 
 
 def test_deploy_cli_rejects_bad_arguments_before_aws(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -368,33 +369,33 @@ def test_resource_names_fit_sagemaker_limits() -> None:
 
 def test_instance_types_and_profiles() -> None:
     for gpu in ("ml.g4dn.xlarge", "ml.g5.2xlarge", "ml.g6.xlarge", "ml.g6e.xlarge", "ml.p3.2xlarge", "ml.p4d.24xlarge"):
-        assert sm.instance_has_gpu(gpu), gpu
+        assert dc.instance_has_gpu(gpu), gpu
     for cpu in ("ml.m5.xlarge", "ml.c5.2xlarge", "ml.c7i.large", "ml.r5.large", "ml.t2.medium", "ml.inf2.xlarge",
                 "ml.trn1.2xlarge", "ml.g4ad.xlarge"):  # fmt: skip
-        assert not sm.instance_has_gpu(cpu), cpu
-    assert [p for p in ("cpu", "cpu_int8", "cpu_dali", "gpu", "gpu_fp16") if sm.profile_needs_gpu(p)] == [
+        assert not dc.instance_has_gpu(cpu), cpu
+    assert [p for p in ("cpu", "cpu_int8", "cpu_dali", "gpu", "gpu_fp16") if dc.profile_needs_gpu(p)] == [
         "gpu",
         "gpu_fp16",
     ]
     # No --profile: the one that matches the instance.
-    assert sm.effective_profile(sm.DeployConfig("s3://b/m", IMAGE, ROLE, "ep", instance_type="ml.m5.xlarge")) == "cpu"
-    assert sm.effective_profile(sm.DeployConfig("s3://b/m", IMAGE, ROLE, "ep", instance_type="ml.g5.xlarge")) == "gpu"
+    assert dc.effective_profile(dc.DeployConfig("s3://b/m", IMAGE, ROLE, "ep", instance_type="ml.m5.xlarge")) == "cpu"
+    assert dc.effective_profile(dc.DeployConfig("s3://b/m", IMAGE, ROLE, "ep", instance_type="ml.g5.xlarge")) == "gpu"
 
 
 def test_async_endpoints_get_async_sized_frontend_limits(tmp_path: Path) -> None:
     from fusion_emotion.frontend.settings import SAGEMAKER_MAX_PAYLOAD_BYTES, Settings
 
-    realtime = sm.container_environment(_config(tmp_path))
-    assert sm.ENV_MAX_BODY_BYTES not in realtime and sm.ENV_REQUEST_TIMEOUT_S not in realtime
-    env = sm.container_environment(_config(tmp_path, async_output="s3://b-1/out", async_invocation_timeout_s=1800))
+    realtime = dc.container_environment(_config(tmp_path))
+    assert dc.ENV_MAX_BODY_BYTES not in realtime and dc.ENV_REQUEST_TIMEOUT_S not in realtime
+    env = dc.container_environment(_config(tmp_path, async_output="s3://b-1/out", async_invocation_timeout_s=1800))
     settings = Settings.from_env(env)  # what the front end in the container will run with
-    assert settings.max_body_bytes == sm.ASYNC_MAX_BODY_BYTES > 2 * C.MAX_INPUT_BYTES > SAGEMAKER_MAX_PAYLOAD_BYTES
+    assert settings.max_body_bytes == dc.ASYNC_MAX_BODY_BYTES > 2 * C.MAX_INPUT_BYTES > SAGEMAKER_MAX_PAYLOAD_BYTES
     assert settings.request_timeout_s == 1795
     # --env wins over the computed values
-    env = sm.container_environment(
-        _config(tmp_path, async_output="s3://b-1/out", environment={sm.ENV_MAX_BODY_BYTES: "1000"})
+    env = dc.container_environment(
+        _config(tmp_path, async_output="s3://b-1/out", environment={dc.ENV_MAX_BODY_BYTES: "1000"})
     )
-    assert env[sm.ENV_MAX_BODY_BYTES] == "1000" and env[sm.ENV_REQUEST_TIMEOUT_S] == "895"
+    assert env[dc.ENV_MAX_BODY_BYTES] == "1000" and env[dc.ENV_REQUEST_TIMEOUT_S] == "895"
 
 
 def test_deploy_cli_refuses_a_gpu_profile_on_a_cpu_instance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -406,332 +407,3 @@ def test_deploy_cli_refuses_a_gpu_profile_on_a_cpu_instance(tmp_path: Path, caps
             "--role-arn", ROLE, "--endpoint-name", "ep", "--instance-type", "ml.m5.xlarge", "--profile", "gpu"]  # fmt: skip
     assert main(argv) == 2
     assert "use --profile cpu" in capsys.readouterr().err
-
-
-# --- against a local AWS API (moto server) ------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> str:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture()
-def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch):
-    """A boto3 Session that talks to moto via the standard AWS_ENDPOINT_URL variable."""
-    import boto3
-
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_CONFIG_FILE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-    session = boto3.session.Session()
-    s3 = session.client("s3")
-    if BUCKET not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
-        s3.create_bucket(Bucket=BUCKET)
-    return session
-
-
-def _models_named(sagemaker: Any, part: str) -> list[str]:
-    """Model names containing ``part``: moto ignores ListModels' NameContains and other tests share its server."""
-    return [m["ModelName"] for m in sagemaker.list_models()["Models"] if part in m["ModelName"]]
-
-
-def _configs_named(sagemaker: Any, part: str) -> list[str]:
-    """Endpoint config names containing ``part`` (filtered here for the same reason)."""
-    configs = sagemaker.list_endpoint_configs()["EndpointConfigs"]
-    return [c["EndpointConfigName"] for c in configs if part in c["EndpointConfigName"]]
-
-
-def _describe_scaling(session, endpoint: str) -> tuple[list[dict], list[dict]]:
-    aas = session.client("application-autoscaling")
-    rid = sm.scaling_resource_id(endpoint)
-    targets = aas.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[rid])["ScalableTargets"]
-    policies = aas.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=rid)["ScalingPolicies"]
-    return targets, [p for p in policies if p["ResourceId"] == rid]
-
-
-def test_deploy_realtime_with_autoscaling_and_undeploy(aws, repository: Path, tmp_path: Path, capsys) -> None:
-    from fusion_emotion.cli import main
-
-    tarball = tmp_path / "model.tar.gz"
-    build_model_tarball(repository, tarball)
-    endpoint = "fusion-rt"
-    argv = [
-        "deploy", "--model-data", str(tarball), "--s3-prefix", f"s3://{BUCKET}/deploys",
-        "--s3-allow-bucket", BUCKET, "--s3-allow-bucket", "media-2",
-        "--image-uri", IMAGE, "--role-arn", ROLE, "--endpoint-name", endpoint,
-        "--instance-type", "ml.g4dn.2xlarge", "--instance-count", "2", "--autoscaling", "1:4:120",
-        "--env", "EXTRA=1",
-    ]  # fmt: skip
-    assert main(argv) == 0, capsys.readouterr().err
-    assert "InService" in capsys.readouterr().out
-
-    sagemaker, s3 = aws.client("sagemaker"), aws.client("s3")
-    head = s3.head_object(Bucket=BUCKET, Key=f"deploys/{endpoint}/model.tar.gz")
-    assert head["ContentLength"] == tarball.stat().st_size
-
-    ep = sagemaker.describe_endpoint(EndpointName=endpoint)
-    assert ep["EndpointStatus"] == "InService"
-    config = sagemaker.describe_endpoint_config(EndpointConfigName=ep["EndpointConfigName"])
-    (variant,) = config["ProductionVariants"]
-    assert variant["VariantName"] == "AllTraffic"
-    assert variant["InstanceType"] == "ml.g4dn.2xlarge" and variant["InitialInstanceCount"] == 2
-    assert not config.get("AsyncInferenceConfig")
-    model = sagemaker.describe_model(ModelName=variant["ModelName"])
-    container = model["PrimaryContainer"]
-    assert container["Image"] == IMAGE
-    assert container["ModelDataUrl"] == f"s3://{BUCKET}/deploys/{endpoint}/model.tar.gz"
-    assert container["Environment"] == {
-        "SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": "fusion_emotion",
-        "FUSION_EMOTION_PROFILE": "gpu",
-        "FUSION_EMOTION_S3_ALLOWED_BUCKETS": f"{BUCKET},media-2",
-        "EXTRA": "1",
-    }
-    assert model["ExecutionRoleArn"] == ROLE
-
-    targets, policies = _describe_scaling(aws, endpoint)
-    (target,) = targets
-    assert target["ScalableDimension"] == "sagemaker:variant:DesiredInstanceCount"
-    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 4)
-    (policy,) = policies
-    assert policy["PolicyType"] == "TargetTrackingScaling"
-    tt = policy["TargetTrackingScalingPolicyConfiguration"]
-    assert tt["TargetValue"] == 120
-    assert tt["PredefinedMetricSpecification"]["PredefinedMetricType"] == "SageMakerVariantInvocationsPerInstance"
-    assert tt["ScaleInCooldown"] >= tt["ScaleOutCooldown"] > 0
-
-    assert main(["undeploy", "--endpoint-name", endpoint]) == 0
-    out = capsys.readouterr().out
-    assert f"deleted endpoint {endpoint}" in out and "deleted model" in out and "deleted scaling policy" in out
-    assert _describe_scaling(aws, endpoint) == ([], [])
-    assert not [e for e in sagemaker.list_endpoints()["Endpoints"] if e["EndpointName"] == endpoint]
-    assert not _configs_named(sagemaker, endpoint)
-    assert not _models_named(sagemaker, endpoint)
-
-    # Second run: everything is already gone, still a clean exit.
-    assert main(["undeploy", "--endpoint-name", endpoint]) == 0
-    assert f"already gone: endpoint {endpoint}" in capsys.readouterr().out
-
-
-def test_deploy_async_scale_to_zero(aws) -> None:
-    endpoint = "fusion-async"
-    data = f"s3://{BUCKET}/prebuilt/model.tar.gz"
-    aws.client("s3").put_object(Bucket=BUCKET, Key="prebuilt/model.tar.gz", Body=b"tar")
-    cfg = sm.DeployConfig(
-        model_data=data,
-        image_uri=IMAGE,
-        role_arn=ROLE,
-        endpoint_name=endpoint,
-        instance_type="ml.m5.xlarge",
-        profile="cpu",
-        async_output=f"s3://{BUCKET}/async-out",
-        autoscaling=sm.Autoscaling(0, 3, 5),
-    )
-    result = sm.deploy(cfg, session=aws)
-    assert result.status == "InService" and result.model_data_url == data
-
-    sagemaker = aws.client("sagemaker")
-    config = sagemaker.describe_endpoint_config(EndpointConfigName=result.endpoint_config_name)
-    assert config["AsyncInferenceConfig"] == {
-        "OutputConfig": {"S3OutputPath": f"s3://{BUCKET}/async-out"},
-        "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 4},
-    }
-    env = sagemaker.describe_model(ModelName=result.model_name)["PrimaryContainer"]["Environment"]
-    assert env["FUSION_EMOTION_PROFILE"] == "cpu"
-    assert env["FUSION_EMOTION_MAX_BODY_BYTES"] == str(sm.ASYNC_MAX_BODY_BYTES)
-    assert env["FUSION_EMOTION_REQUEST_TIMEOUT_S"] == str(sm.ASYNC_INVOCATION_TIMEOUT_S - sm.ASYNC_DEADLINE_MARGIN_S)
-
-    targets, policies = _describe_scaling(aws, endpoint)
-    assert (targets[0]["MinCapacity"], targets[0]["MaxCapacity"]) == (0, 3)
-    by_type = {p["PolicyType"]: p for p in policies}
-    assert set(by_type) == {"TargetTrackingScaling", "StepScaling"}
-    metric = by_type["TargetTrackingScaling"]["TargetTrackingScalingPolicyConfiguration"][
-        "CustomizedMetricSpecification"
-    ]
-    assert metric["MetricName"] == "ApproximateBacklogSizePerInstance"
-    assert metric["Namespace"] == "AWS/SageMaker"
-    assert metric["Dimensions"] == [{"Name": "EndpointName", "Value": endpoint}]
-    step = by_type["StepScaling"]["StepScalingPolicyConfiguration"]
-    assert step["StepAdjustments"] == [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}]
-    cloudwatch = aws.client("cloudwatch")
-    (alarm,) = cloudwatch.describe_alarms(AlarmNames=[sm.backlog_alarm_name(endpoint)])["MetricAlarms"]
-    assert alarm["MetricName"] == "HasBacklogWithoutCapacity"
-    assert alarm["AlarmActions"] == [by_type["StepScaling"]["PolicyARN"]]
-
-    report = sm.undeploy(endpoint, session=aws)
-    assert f"alarm {sm.backlog_alarm_name(endpoint)}" in report.deleted
-    assert not cloudwatch.describe_alarms(AlarmNames=[sm.backlog_alarm_name(endpoint)])["MetricAlarms"]
-    assert _describe_scaling(aws, endpoint) == ([], [])
-    # The model data is the user's: undeploy leaves S3 alone.
-    aws.client("s3").head_object(Bucket=BUCKET, Key="prebuilt/model.tar.gz")
-
-
-def test_undeploy_tolerates_partial_state(aws) -> None:
-    """Endpoint config already deleted by hand: endpoint and model lookups degrade gracefully."""
-    sagemaker = aws.client("sagemaker")
-    endpoint = "fusion-partial"
-    cfg = sm.DeployConfig(
-        model_data=f"s3://{BUCKET}/prebuilt/model.tar.gz", image_uri=IMAGE, role_arn=ROLE, endpoint_name=endpoint
-    )
-    result = sm.deploy(cfg, session=aws)
-    sagemaker.delete_endpoint_config(EndpointConfigName=result.endpoint_config_name)
-    report = sm.undeploy(endpoint, session=aws)
-    assert f"endpoint {endpoint}" in report.deleted
-    assert f"endpoint config {result.endpoint_config_name}" in report.missing
-    sagemaker.delete_model(ModelName=result.model_name)
-
-
-def test_deploy_wait_failure_reports_reason(aws, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A waiter failure surfaces DescribeEndpoint's status and FailureReason."""
-    from botocore.exceptions import WaiterError
-
-    class FakeWaiter:
-        def wait(self, **kwargs: object) -> None:
-            raise WaiterError("EndpointInService", "Waiter encountered a terminal failure state", {})
-
-    sagemaker = aws.client("sagemaker")
-    endpoint = "fusion-fail"
-    cfg = sm.DeployConfig(
-        model_data=f"s3://{BUCKET}/prebuilt/model.tar.gz", image_uri=IMAGE, role_arn=ROLE, endpoint_name=endpoint
-    )
-    sm.deploy(sm.DeployConfig(**{**cfg.__dict__, "wait": False}), session=aws)
-    monkeypatch.setattr(sagemaker, "get_waiter", lambda name: FakeWaiter())
-    with pytest.raises(sm.DeployError, match=r"endpoint fusion-fail failed \(status InService\)"):
-        sm.wait_in_service(sagemaker, endpoint, 60)
-    sm.undeploy(endpoint, session=aws)
-
-
-def test_deploy_rolls_back_when_the_api_rejects_a_step(aws) -> None:
-    """CreateEndpointConfig fails (instance type not in the API enum): the model created before is removed."""
-    sagemaker = aws.client("sagemaker")
-    cfg = sm.DeployConfig(
-        model_data=f"s3://{BUCKET}/prebuilt/model.tar.gz",
-        image_uri=IMAGE,
-        role_arn=ROLE,
-        endpoint_name="fusion-rollback",
-        instance_type="ml.notatype.xlarge",
-    )
-    with pytest.raises(sm.DeployError, match="CreateEndpointConfig failed"):
-        sm.deploy(cfg, session=aws)
-    assert not _models_named(sagemaker, "fusion-rollback")
-    assert not [e for e in sagemaker.list_endpoints()["Endpoints"] if e["EndpointName"] == "fusion-rollback"]
-
-
-@pytest.fixture()
-def sagemaker_semantics(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make moto's SageMaker behave like SageMaker where deploy depends on it.
-
-    moto 5 accepts CreateEndpoint for a name already in use (SageMaker refuses:
-    "Cannot create already existing endpoint") and has no UpdateEndpoint at all.
-    The server runs in this process, so its response class is patched: CreateEndpoint
-    refuses a name in use, UpdateEndpoint switches an existing endpoint to an existing
-    config (unknown endpoint or config: ValidationException, as SageMaker answers).
-    """
-    from moto.core.responses import ActionResult
-    from moto.sagemaker.exceptions import ValidationError
-    from moto.sagemaker.responses import SageMakerResponse
-
-    original_create = SageMakerResponse.create_endpoint
-
-    def create_endpoint(self):  # type: ignore[no-untyped-def]
-        name = self._get_param("EndpointName")
-        if name in self.sagemaker_backend.endpoints:
-            raise ValidationError(message=f'Cannot create already existing endpoint "{name}".')
-        return original_create(self)
-
-    def update_endpoint(self):  # type: ignore[no-untyped-def]
-        backend = self.sagemaker_backend
-        name = self._get_param("EndpointName")
-        backend.describe_endpoint(name)
-        config = backend.describe_endpoint_config(self._get_param("EndpointConfigName"))
-        endpoint = backend.endpoints[name]
-        endpoint.endpoint_config_name = config["EndpointConfigName"]
-        endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
-        return ActionResult({"EndpointArn": endpoint.arn})
-
-    monkeypatch.setattr(SageMakerResponse, "create_endpoint", create_endpoint)
-    monkeypatch.setattr(SageMakerResponse, "update_endpoint", update_endpoint, raising=False)
-
-
-def _record_calls(session) -> list[str]:
-    """Names of the SageMaker API operations this session's clients call, in order."""
-    calls: list[str] = []
-    session.events.register("before-call.sagemaker", lambda model, **_: calls.append(model.name))
-    return calls
-
-
-def test_moto_is_patched_to_refuse_a_second_create_endpoint(aws, sagemaker_semantics) -> None:
-    """The guard the update test relies on: CreateEndpoint on a live name fails, as on SageMaker."""
-    from botocore.exceptions import ClientError
-
-    cfg = sm.DeployConfig(
-        model_data=f"s3://{BUCKET}/prebuilt/model.tar.gz", image_uri=IMAGE, role_arn=ROLE, endpoint_name="fusion-dup"
-    )
-    result = sm.deploy(cfg, session=aws)
-    sagemaker = aws.client("sagemaker")
-    with pytest.raises(ClientError, match="Cannot create already existing endpoint"):
-        sagemaker.create_endpoint(EndpointName="fusion-dup", EndpointConfigName=result.endpoint_config_name)
-    sm.undeploy("fusion-dup", session=aws)
-
-
-def test_deploy_to_an_existing_endpoint_updates_it(aws, sagemaker_semantics) -> None:
-    """Second deploy: UpdateEndpoint (never CreateEndpoint), autoscaling re-applied, old config and model retired."""
-    endpoint = "fusion-update"
-    data = f"s3://{BUCKET}/prebuilt/model.tar.gz"
-    aws.client("s3").put_object(Bucket=BUCKET, Key="prebuilt/model.tar.gz", Body=b"tar")
-    calls = _record_calls(aws)
-    first = sm.deploy(
-        sm.DeployConfig(
-            data, IMAGE, ROLE, endpoint, instance_type="ml.g4dn.xlarge", autoscaling=sm.Autoscaling(1, 2, 100)
-        ),
-        session=aws,
-    )
-    assert not first.updated and "CreateEndpoint" in calls and "UpdateEndpoint" not in calls
-    calls.clear()
-
-    second = sm.deploy(
-        sm.DeployConfig(
-            data, IMAGE, ROLE, endpoint, instance_type="ml.g4dn.2xlarge", autoscaling=sm.Autoscaling(1, 3, 50)
-        ),
-        session=aws,
-    )
-    assert second.updated and second.status == "InService"
-    assert "UpdateEndpoint" in calls and "CreateEndpoint" not in calls, calls
-    sagemaker = aws.client("sagemaker")
-    ep = sagemaker.describe_endpoint(EndpointName=endpoint)
-    assert ep["EndpointConfigName"] == second.endpoint_config_name != first.endpoint_config_name
-    (variant,) = sagemaker.describe_endpoint_config(EndpointConfigName=ep["EndpointConfigName"])["ProductionVariants"]
-    assert variant["InstanceType"] == "ml.g4dn.2xlarge" and variant["ModelName"] == second.model_name
-    # The previous deployment's pieces are gone; only the live ones remain.
-    assert sorted(second.retired) == sorted(
-        [f"endpoint config {first.endpoint_config_name}", f"model {first.model_name}"]
-    )
-    assert _configs_named(sagemaker, endpoint) == [second.endpoint_config_name]
-    assert _models_named(sagemaker, endpoint) == [second.model_name]
-    targets, policies = _describe_scaling(aws, endpoint)
-    assert (targets[0]["MinCapacity"], targets[0]["MaxCapacity"]) == (1, 3)
-    assert [p["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] for p in policies] == [50]
-
-    report = sm.undeploy(endpoint, session=aws)
-    assert f"model {second.model_name}" in report.deleted
-    assert not _models_named(sagemaker, endpoint)
-
-
-def test_gpu_fp16_endpoint_gets_time_to_build_engines() -> None:
-    fp16 = sm.DeployConfig("s3://b/m", IMAGE, ROLE, "ep", instance_type="ml.g4dn.xlarge", profile="gpu_fp16")
-    (variant,) = sm.endpoint_config_request(fp16, "model", "config")["ProductionVariants"]
-    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == sm.TRT_STARTUP_TIMEOUT_S
-    assert 60 <= sm.TRT_STARTUP_TIMEOUT_S <= 3600  # SageMaker's allowed range
-    gpu = sm.DeployConfig("s3://b/m", IMAGE, ROLE, "ep", instance_type="ml.g4dn.xlarge")
-    (variant,) = sm.endpoint_config_request(gpu, "model", "config")["ProductionVariants"]
-    assert "ContainerStartupHealthCheckTimeoutInSeconds" not in variant

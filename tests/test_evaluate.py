@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fusion_emotion import contract as C
-from fusion_emotion.ops import synth
+from fusion_emotion import testmedia
 from fusion_emotion.ops.evaluate import (
     LabelledFile,
     Progress,
@@ -96,21 +96,23 @@ def test_per_actor_accuracy_and_progress() -> None:
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny mixed folder: 4 evaluable files, 2 skipped emotions, 1 unknown name, 1 undecodable file."""
     root = tmp_path_factory.mktemp("dataset")
-    tone = synth.tone(220, 1.0, 16_000)
+    tone = testmedia.tone(220, 1.0, 16_000)
     (root / "Actor_01").mkdir()
     (root / "crema" / "AudioWAV").mkdir(parents=True)
-    (root / "Actor_01" / "03-01-05-01-01-01-01.wav").write_bytes(synth.wav(tone, 16_000))
-    (root / "Actor_01" / "03-01-02-01-01-01-01.wav").write_bytes(synth.wav(tone, 16_000))  # calm
+    (root / "Actor_01" / "03-01-05-01-01-01-01.wav").write_bytes(testmedia.wav(tone, 16_000))
+    (root / "Actor_01" / "03-01-02-01-01-01-01.wav").write_bytes(testmedia.wav(tone, 16_000))  # calm
     (root / "Actor_01" / "01-01-08-01-01-01-01.mp4").write_bytes(b"never decoded")  # surprised
     (root / "Actor_01" / "01-01-04-01-01-01-01.mp4").write_bytes(
-        synth.mp4(width=160, height=120, fps=10, seconds=1.0, audio=synth.tone(300, 1.0, 48_000))
+        testmedia.mp4(width=160, height=120, fps=10, seconds=1.0, audio=testmedia.tone(300, 1.0, 48_000))
     )
     (root / "crema" / "1001_DFA_HAP_XX.flv").write_bytes(
-        synth.flv(width=160, height=120, fps=10, seconds=1.0, audio=synth.tone(250, 1.0, 44_100), audio_rate=44_100)
+        testmedia.flv(
+            width=160, height=120, fps=10, seconds=1.0, audio=testmedia.tone(250, 1.0, 44_100), audio_rate=44_100
+        )
     )
-    (root / "crema" / "AudioWAV" / "1002_IEO_NEU_LO.wav").write_bytes(synth.wav(tone * 0.3, 16_000))
+    (root / "crema" / "AudioWAV" / "1002_IEO_NEU_LO.wav").write_bytes(testmedia.wav(tone * 0.3, 16_000))
     (root / "crema" / "AudioWAV" / "1002_IEO_SAD_HI.wav").write_bytes(b"RIFF garbage")  # fails to decode
-    (root / "notes.wav").write_bytes(synth.wav(tone, 16_000))  # unknown name
+    (root / "notes.wav").write_bytes(testmedia.wav(tone, 16_000))  # unknown name
     return root
 
 

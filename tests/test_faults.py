@@ -269,8 +269,9 @@ def test_preprocess_stub_crash_affects_only_its_requests_then_recovers(
     import re
 
     import tritonclient.grpc as grpcclient
-    from fusion_emotion.client.triton import build_inputs, parse_result, requested_outputs
     from tritonclient.utils import InferenceServerException
+
+    from fusion_emotion.tensors import build_inputs, parse_result, requested_outputs
 
     want = reference.predict(media["mp4"], media["wav"])[0]
     stubs = stub_pids(private_triton.proc.pid, C.PREPROCESS)

@@ -32,10 +32,10 @@ import numpy as np
 import pytest
 
 from fusion_emotion import contract as C
+from fusion_emotion import testmedia
 from fusion_emotion.core.audio import decode_audio
 from fusion_emotion.core.model_inputs import frames_for_model, resample, to_mono, waveform_for_model
 from fusion_emotion.core.video import resize_frame
-from fusion_emotion.ops import synth
 
 MEAN_TOL = 0.08
 P99_TOL = 0.5
@@ -72,9 +72,9 @@ def _torchvision(tf, frames: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     "maker",
     [
-        lambda: synth.mp4(seconds=0.6),  # RAVDESS-like 1280x720 H.264
-        lambda: synth.flv(seconds=0.6),  # CREMA-D-like 480x360
-        lambda: synth.avi(seconds=0.7),  # 640x480 MPEG-4 Part 2
+        lambda: testmedia.mp4(seconds=0.6),  # RAVDESS-like 1280x720 H.264
+        lambda: testmedia.flv(seconds=0.6),  # CREMA-D-like 480x360
+        lambda: testmedia.avi(seconds=0.7),  # 640x480 MPEG-4 Part 2
     ],
     ids=["mp4-1280x720", "flv-480x360", "avi-640x480"],
 )
@@ -91,7 +91,7 @@ def test_frames_match_torchvision_r3d18_transform(torchvision_transform, maker) 
 
 def test_crop_and_normalisation_equal_torchvision(torchvision_transform) -> None:
     """On the same 128x171 frames the rest of the transform is exact."""
-    ours, _ = _decoded_frames(synth.mp4(width=320, height=240, seconds=0.6))
+    ours, _ = _decoded_frames(testmedia.mp4(width=320, height=240, seconds=0.6))
     np.testing.assert_allclose(frames_for_model(ours), _torchvision(torchvision_transform, ours), rtol=0, atol=1e-5)
 
 
@@ -120,8 +120,8 @@ def _hf(fe, wave16k: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("rate", [16_000, 44_100, 48_000])
 def test_waveform_matches_the_hubert_feature_extractor(hubert_feature_extractor, rate: int) -> None:
     """Up to the 4 s window: ours equals the extractor's output on the same 16 kHz mono audio (zero-padded at the end)."""
-    speech = synth.speech(rate=rate)[: int(3.5 * rate)]
-    dec = decode_audio(synth.wav(np.stack([speech, 0.5 * speech], axis=1), rate, "s16"))
+    speech = testmedia.speech(rate=rate)[: int(3.5 * rate)]
+    dec = decode_audio(testmedia.wav(np.stack([speech, 0.5 * speech], axis=1), rate, "s16"))
     ours = waveform_for_model(dec.samples, dec.sample_rate)
     mono16 = resample(to_mono(dec.samples), dec.sample_rate)  # the extractor takes 16 kHz mono only
     np.testing.assert_array_equal(ours, _hf(hubert_feature_extractor, mono16))
@@ -129,7 +129,7 @@ def test_waveform_matches_the_hubert_feature_extractor(hubert_feature_extractor,
 
 def test_long_audio_keeps_the_centred_window(hubert_feature_extractor) -> None:
     """Past 4 s the extractor truncates to the first 4 s; we keep the centred 4 s (documented choice)."""
-    speech = synth.speech(rate=16_000)
+    speech = testmedia.speech(rate=16_000)
     wave = np.concatenate([speech, speech, speech])[: 10 * 16_000]
     assert wave.size > C.AUDIO_SAMPLES
     start = (wave.size - C.AUDIO_SAMPLES) // 2

@@ -47,16 +47,16 @@ def examples_per_seed() -> int:
 # --------------------------------------------------------------------------- seeds and mutations
 def make_seeds() -> dict[str, bytes]:
     """Small but real files of every accepted container (with audio tracks) and two WAV codings."""
-    from fusion_emotion.ops import synth
+    from fusion_emotion import testmedia
 
-    tone22 = synth.tone(330, 1.0, 22_050)
-    tone16 = synth.tone(440, 0.5, 16_000)
+    tone22 = testmedia.tone(330, 1.0, 22_050)
+    tone16 = testmedia.tone(440, 0.5, 16_000)
     return {
-        "mp4": synth.mp4(width=160, height=120, fps=10, seconds=1.0, audio=synth.tone(330, 1.0, 16_000), audio_rate=16_000, video_bitrate=200_000),
-        "flv": synth.flv(width=160, height=120, fps=10, seconds=1.0, audio=tone22, audio_rate=22_050, video_bitrate=200_000),
-        "avi": synth.avi(width=160, height=120, fps=10, seconds=1.0, audio=tone22, audio_rate=22_050, video_bitrate=200_000),
-        "wav": synth.wav(np.stack([tone16, 0.5 * tone16], axis=1), 16_000, "s16"),
-        "wav_f32": synth.wav(tone16, 16_000, "f32"),
+        "mp4": testmedia.mp4(width=160, height=120, fps=10, seconds=1.0, audio=testmedia.tone(330, 1.0, 16_000), audio_rate=16_000, video_bitrate=200_000),
+        "flv": testmedia.flv(width=160, height=120, fps=10, seconds=1.0, audio=tone22, audio_rate=22_050, video_bitrate=200_000),
+        "avi": testmedia.avi(width=160, height=120, fps=10, seconds=1.0, audio=tone22, audio_rate=22_050, video_bitrate=200_000),
+        "wav": testmedia.wav(np.stack([tone16, 0.5 * tone16], axis=1), 16_000, "s16"),
+        "wav_f32": testmedia.wav(tone16, 16_000, "f32"),
     }  # fmt: skip
 
 
@@ -270,10 +270,10 @@ def test_fuzz_corpus_through_live_ensemble(
     fuzz_run: tuple[Path, dict[str, Any]], triton: Any, reference: Any, media: dict[str, bytes]
 ) -> None:
     import tritonclient.grpc as grpcclient
-    from fusion_emotion.client.triton import build_inputs, parse_result, requested_outputs
     from tritonclient.utils import InferenceServerException
 
     from fusion_emotion import contract as C
+    from fusion_emotion.tensors import build_inputs, parse_result, requested_outputs
 
     out, _ = fuzz_run
     files = sorted((out / "corpus").iterdir())

@@ -1,6 +1,6 @@
 """Hostile input and overload through the real front end and the real tritonserver.
 
-- corpus: every generator of fusion_emotion/ops/hostile.py as an upload: a 4xx naming the input and the
+- corpus: every generator of fusion_emotion/testmedia/hostile.py as an upload: a 4xx naming the input and the
   reason within a few seconds, the server healthy afterwards, the stubs' memory growth over a second pass
   bounded;
 - flood: many concurrent large uploads at a `fusion-emotion serve` process with a small in-flight limit:
@@ -30,10 +30,11 @@ from helpers import clients_with_peak, free_port, http_ready
 from test_frontend import RESULT_KEYS, multipart, run_frontend
 
 from fusion_emotion import contract as C
+from fusion_emotion import testmedia
 from fusion_emotion.frontend.settings import Settings
-from fusion_emotion.ops import hostile, synth
 from fusion_emotion.server import procs
 from fusion_emotion.server.launcher import die_with_parent
+from fusion_emotion.testmedia import hostile
 
 pytestmark = pytest.mark.integration
 
@@ -159,8 +160,8 @@ def served(triton: Any, tmp_path: Path):
 def test_flood_of_large_uploads_gets_answers_or_fast_refusals(served: Any, reference: Any) -> None:
     base, proc = served
     # ~5 MiB of real speech (a 57 s 16-bit 44.1 kHz WAV): under the 6 MiB body limit with multipart framing.
-    speech = synth.speech(text="The quick brown fox jumps over the lazy dog. " * 3, rate=44_100)
-    audio = synth.wav(np.tile(speech, int(np.ceil(57 * 44_100 / len(speech))))[: 57 * 44_100], 44_100, "s16")
+    speech = testmedia.speech(text="The quick brown fox jumps over the lazy dog. " * 3, rate=44_100)
+    audio = testmedia.wav(np.tile(speech, int(np.ceil(57 * 44_100 / len(speech))))[: 57 * 44_100], 44_100, "s16")
     assert 4.5 * 2**20 < len(audio) < 6 * 2**20 - 4096
     expected = reference.predict(None, audio)[0]
     server = psutil.Process(proc.pid)
@@ -200,7 +201,7 @@ def test_flood_of_large_uploads_gets_answers_or_fast_refusals(served: Any, refer
 # --------------------------------------------------------------------------- cancellation
 def _long_timeline_request() -> tuple[dict[str, Any], dict[str, str]]:
     """140 one-second windows of a 140 s WAV: many seconds of encoder work in the timeline model."""
-    audio = synth.wav(synth.tone(220.0, 140.0, 16_000), 16_000, "s16")
+    audio = testmedia.wav(testmedia.tone(220.0, 140.0, 16_000), 16_000, "s16")
     return multipart(audio_file=("a.wav", audio)), {"timeline": "true", "window_s": "1", "hop_s": "1"}
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fusion_emotion import contract as C
+from fusion_emotion import testmedia
 from fusion_emotion.core.audio import decode_audio
 from fusion_emotion.core.model_inputs import (
     crop_box,
@@ -20,20 +21,19 @@ from fusion_emotion.core.model_inputs import (
 from fusion_emotion.core.probe import MediaError, MediaLimits
 from fusion_emotion.core.rows import decode_row
 from fusion_emotion.core.video import decode_video
-from fusion_emotion.ops import synth
 from fusion_emotion.ops.baseline import uniform_indices
 
 
 @pytest.fixture(scope="module")
 def speech48() -> np.ndarray:
     assert shutil.which("espeak-ng"), "espeak-ng is required: run `make setup`"
-    return synth.speech(rate=48_000)
+    return testmedia.speech(rate=48_000)
 
 
 @pytest.fixture(scope="module")
 def ravdess_like(speech48: np.ndarray) -> bytes:
     """1280x720 30 fps H.264 + 48 kHz AAC, as RAVDESS ships (shortened to keep tests fast)."""
-    return synth.mp4(seconds=1.5, audio=speech48[: 48_000 * 3 // 2], audio_rate=48_000)
+    return testmedia.mp4(seconds=1.5, audio=speech48[: 48_000 * 3 // 2], audio_rate=48_000)
 
 
 # --------------------------------------------------------------------------- containers
@@ -56,14 +56,14 @@ def test_mp4_ravdess_like(ravdess_like: bytes, speech48: np.ndarray) -> None:
 @pytest.mark.parametrize(
     ("maker", "rate", "seconds", "fps"),
     [
-        (synth.flv, 44_100, 1.0, 30),
-        (synth.flv, 22_050, 1.0, 30),
-        (synth.avi, 44_100, 1.0, 25),
-        (synth.avi, 16_000, 1.0, 25),
+        (testmedia.flv, 44_100, 1.0, 30),
+        (testmedia.flv, 22_050, 1.0, 30),
+        (testmedia.avi, 44_100, 1.0, 25),
+        (testmedia.avi, 16_000, 1.0, 25),
     ],
 )
 def test_flv_avi_decode(maker, rate: int, seconds: float, fps: int) -> None:
-    tone = synth.tone(440.0, seconds, rate, amplitude=0.3)
+    tone = testmedia.tone(440.0, seconds, rate, amplitude=0.3)
     dec = decode_video(maker(width=320, height=240, fps=fps, seconds=seconds, audio=tone, audio_rate=rate))
     assert dec.frames.shape == (16, 128, 171, 3)
     assert dec.frames.dtype == np.uint8
@@ -75,13 +75,13 @@ def test_flv_avi_decode(maker, rate: int, seconds: float, fps: int) -> None:
 
 
 def test_avi_pcm_audio_is_exact() -> None:
-    tone = synth.tone(1000.0, 1.0, 16_000, amplitude=0.25)
-    dec = decode_video(synth.avi(width=160, height=120, seconds=1.0, audio=tone, audio_rate=16_000))
+    tone = testmedia.tone(1000.0, 1.0, 16_000, amplitude=0.25)
+    dec = decode_video(testmedia.avi(width=160, height=120, seconds=1.0, audio=tone, audio_rate=16_000))
     assert dec.audio is not None
     np.testing.assert_allclose(dec.audio[0], tone, atol=1.0 / 32768 + 1e-6)
 
 
-@pytest.mark.parametrize("maker", [synth.mp4, synth.flv, synth.avi])
+@pytest.mark.parametrize("maker", [testmedia.mp4, testmedia.flv, testmedia.avi])
 def test_video_without_audio_track(maker) -> None:
     dec = decode_video(maker(width=320, height=240, seconds=1.0))
     assert dec.frames.shape == (16, 128, 171, 3)
@@ -89,14 +89,14 @@ def test_video_without_audio_track(maker) -> None:
 
 
 def test_want_audio_false_skips_track() -> None:
-    data = synth.avi(width=160, height=120, seconds=1.0, audio=synth.tone(440, 1.0, 16_000), audio_rate=16_000)
+    data = testmedia.avi(width=160, height=120, seconds=1.0, audio=testmedia.tone(440, 1.0, 16_000), audio_rate=16_000)
     dec = decode_video(data, want_audio=False)
     assert dec.audio is None and dec.sample_rate is None
 
 
 @pytest.mark.parametrize(
     ("maker", "fps", "seconds", "tol"),
-    [(synth.mp4, 30, 3.5, 2), (synth.flv, 30, 2.5, 1), (synth.avi, 25, 2.0, 1)],
+    [(testmedia.mp4, 30, 3.5, 2), (testmedia.flv, 30, 2.5, 1), (testmedia.avi, 25, 2.0, 1)],
 )
 def test_uniform_sampling_over_time(maker, fps: int, seconds: float, tol: int) -> None:
     """Frame i is flat grey 16 + 2i, so each sampled frame's brightness tells its index."""
@@ -130,7 +130,7 @@ def test_wav_formats(rate: int, fmt: str, channels: int) -> None:
     t = np.arange(n) / rate
     left = (0.6 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
     x = left if channels == 1 else np.stack([left, -0.5 * left], axis=1)
-    dec = decode_audio(synth.wav(x, rate, fmt))
+    dec = decode_audio(testmedia.wav(x, rate, fmt))
     assert dec.sample_rate == rate
     assert dec.samples.dtype == np.float32
     assert dec.samples.shape == (channels, n)
@@ -141,7 +141,7 @@ def test_wav_formats(rate: int, fmt: str, channels: int) -> None:
 
 def test_wav_full_scale_maps_to_one() -> None:
     x = np.array([1.0, -1.0, 0.0, 0.5], dtype=np.float32)
-    dec = decode_audio(synth.wav(x, 16_000, "s16"))
+    dec = decode_audio(testmedia.wav(x, 16_000, "s16"))
     np.testing.assert_allclose(dec.samples[0], [32767 / 32768, -1.0, 0.0, 0.5])
 
 
@@ -155,7 +155,7 @@ def _dominant_hz(x: np.ndarray, rate: int) -> float:
 
 @pytest.mark.parametrize("rate", [8_000, 22_050, 44_100, 48_000])
 def test_resample_keeps_frequency_and_amplitude(rate: int) -> None:
-    x = synth.tone(440.0, 1.0, rate, amplitude=0.5)
+    x = testmedia.tone(440.0, 1.0, rate, amplitude=0.5)
     y = resample(x, rate)
     assert y.dtype == np.float32
     assert y.size == pytest.approx(16_000, abs=1)
@@ -166,7 +166,7 @@ def test_resample_keeps_frequency_and_amplitude(rate: int) -> None:
 
 
 def test_resample_identity() -> None:
-    x = synth.tone(440.0, 0.1, 16_000)
+    x = testmedia.tone(440.0, 0.1, 16_000)
     assert resample(x, 16_000) is x
 
 
@@ -192,7 +192,7 @@ def test_fit_window_pads_at_end() -> None:
 
 
 def test_waveform_for_model_shape() -> None:
-    stereo = np.stack([synth.tone(440, 2.0, 44_100)] * 2)
+    stereo = np.stack([testmedia.tone(440, 2.0, 44_100)] * 2)
     w = waveform_for_model(stereo, 44_100)
     assert w.shape == (C.AUDIO_SAMPLES,) and w.dtype == np.float32
     assert np.all(w[32_000:] == 0) and np.abs(w[:31_000]).max() > 0.4
@@ -237,7 +237,7 @@ def test_frames_for_model_matches_torchvision() -> None:
 
 @pytest.fixture(scope="module")
 def small_mp4() -> bytes:
-    return synth.mp4(width=320, height=240, seconds=1.0)
+    return testmedia.mp4(width=320, height=240, seconds=1.0)
 
 
 def _bad_cases(small_mp4: bytes) -> dict[str, tuple[str, bytes]]:
@@ -248,8 +248,8 @@ def _bad_cases(small_mp4: bytes) -> dict[str, tuple[str, bytes]]:
         "random video": ("video", rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()),
         "random audio": ("audio", rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()),
         "truncated mp4": ("video", small_mp4[: len(small_mp4) // 2]),
-        "header-only wav": ("audio", synth.header_only_wav()),
-        "wav as video": ("video", synth.wav(synth.tone(440, 0.5, 16_000), 16_000)),
+        "header-only wav": ("audio", testmedia.header_only_wav()),
+        "wav as video": ("video", testmedia.wav(testmedia.tone(440, 0.5, 16_000), 16_000)),
         "mp4 as audio": ("audio", small_mp4),
     }
 
@@ -282,15 +282,15 @@ def test_bad_inputs_raise_media_error(case: str, small_mp4: bytes) -> None:
 
 def test_unsupported_container_messages(small_mp4: bytes) -> None:
     with pytest.raises(MediaError, match=r"^video: unsupported container 'wav'"):
-        decode_video(synth.wav(synth.tone(440, 0.5, 16_000), 16_000))
+        decode_video(testmedia.wav(testmedia.tone(440, 0.5, 16_000), 16_000))
     with pytest.raises(MediaError, match=r"^audio: unsupported container"):
         decode_audio(small_mp4)
     with pytest.raises(MediaError, match="header only"):
-        decode_audio(synth.header_only_wav())
+        decode_audio(testmedia.header_only_wav())
 
 
 def test_header_only_wav_is_44_bytes() -> None:
-    assert len(synth.header_only_wav()) == 44
+    assert len(testmedia.header_only_wav()) == 44
 
 
 def test_limits_flag_too_large(small_mp4: bytes) -> None:
@@ -301,7 +301,7 @@ def test_limits_flag_too_large(small_mp4: bytes) -> None:
         decode_video(small_mp4, limits=MediaLimits(max_width=160))
     assert err.value.too_large
     with pytest.raises(MediaError) as err:
-        decode_audio(synth.wav(synth.tone(440, 1.0, 16_000), 16_000), limits=MediaLimits(max_duration_s=0.5))
+        decode_audio(testmedia.wav(testmedia.tone(440, 1.0, 16_000), 16_000), limits=MediaLimits(max_duration_s=0.5))
     assert err.value.too_large
 
 
@@ -314,7 +314,7 @@ def test_decode_row_needs_one_input() -> None:
 
 
 def test_decode_row_uses_video_audio_track() -> None:
-    data = synth.avi(width=160, height=120, seconds=1.0, audio=synth.tone(440, 1.0, 44_100), audio_rate=44_100)
+    data = testmedia.avi(width=160, height=120, seconds=1.0, audio=testmedia.tone(440, 1.0, 44_100), audio_rate=44_100)
     inp = decode_row(data, None)
     assert inp.frames is not None and inp.frames.shape == (3, 16, 112, 112)
     assert inp.waveform is not None and inp.waveform.shape == (C.AUDIO_SAMPLES,)
@@ -322,8 +322,8 @@ def test_decode_row_uses_video_audio_track() -> None:
 
 
 def test_decode_row_wav_overrides_track() -> None:
-    video = synth.avi(width=160, height=120, seconds=1.0, audio=synth.tone(440, 1.0, 44_100), audio_rate=44_100)
-    wav = synth.wav(synth.tone(1000, 0.5, 22_050, amplitude=0.2), 22_050)
+    video = testmedia.avi(width=160, height=120, seconds=1.0, audio=testmedia.tone(440, 1.0, 44_100), audio_rate=44_100)
+    wav = testmedia.wav(testmedia.tone(1000, 0.5, 22_050, amplitude=0.2), 22_050)
     inp = decode_row(video, wav)
     assert inp.waveform is not None
     assert _dominant_hz(inp.waveform[:8000], 16_000) == pytest.approx(1000, abs=5)
@@ -331,5 +331,5 @@ def test_decode_row_wav_overrides_track() -> None:
 
 
 def test_decode_row_audio_only() -> None:
-    inp = decode_row(None, synth.wav(synth.tone(440, 0.5, 16_000), 16_000))
+    inp = decode_row(None, testmedia.wav(testmedia.tone(440, 0.5, 16_000), 16_000))
     assert inp.frames is None and inp.waveform is not None

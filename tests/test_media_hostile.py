@@ -1,4 +1,4 @@
-"""The decoder's bounds against crafted media (fusion_emotion.ops.hostile), without Triton.
+"""The decoder's bounds against crafted media (fusion_emotion.testmedia.hostile), without Triton.
 
 Each hostile class is refused with the right kind and a reason that names it, in bounded CPU and memory;
 the two that are legitimate audio (huge float samples, a coprime rate) are served with finite model inputs.
@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 from fusion_emotion import contract as C
+from fusion_emotion import testmedia
 from fusion_emotion.core.audio import decode_audio
 from fusion_emotion.core.model_inputs import fit_window, resample, resample_range, resampled_length, waveform_for_model
 from fusion_emotion.core.probe import MediaError, MediaLimits
 from fusion_emotion.core.rows import decode_row
 from fusion_emotion.core.video import decode_video
 from fusion_emotion.errors import ErrorKind
-from fusion_emotion.ops import hostile, synth
+from fusion_emotion.testmedia import hostile
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_many_streams_are_refused_before_probing_them() -> None:
 
 def test_ffconcat_never_opens_the_path(tmp_path) -> None:
     secret = tmp_path / "secret.mp4"
-    secret.write_bytes(synth.mp4(width=64, height=48, seconds=0.5))
+    secret.write_bytes(testmedia.mp4(width=64, height=48, seconds=0.5))
     with pytest.raises(MediaError, match="not a decodable media file"):
         decode_video(hostile.ffconcat(str(secret)))
 
@@ -111,7 +112,7 @@ def test_resample_range_equals_the_full_resample(rate: int) -> None:
 
 def test_rates_below_telephony_are_refused() -> None:
     with pytest.raises(MediaError, match="under the 8000 Hz minimum"):
-        decode_audio(synth.wav(synth.tone(100, 1.0, 4_000), 4_000))
+        decode_audio(testmedia.wav(testmedia.tone(100, 1.0, 4_000), 4_000))
 
 
 def test_wav_declaring_more_than_it_has_is_served() -> None:
@@ -120,7 +121,7 @@ def test_wav_declaring_more_than_it_has_is_served() -> None:
 
 
 def test_cancellation_stops_decoding() -> None:
-    data = synth.mp4(width=160, height=120, seconds=3.0)
+    data = testmedia.mp4(width=160, height=120, seconds=3.0)
     calls = []
 
     def cancel() -> bool:
@@ -134,7 +135,7 @@ def test_cancellation_stops_decoding() -> None:
 
 def test_webm_without_duration_is_measured() -> None:
     """Browser MediaRecorder WebM declares no duration: the decoder measures it from the packets."""
-    data = synth.webm(width=320, height=240, seconds=1.5, kind="index", live=True)
+    data = testmedia.webm(width=320, height=240, seconds=1.5, kind="index", live=True)
     dec = decode_video(data)
     assert dec.duration_s == pytest.approx(1.5, abs=0.05)
     levels = dec.frames.reshape(C.NUM_FRAMES, -1).mean(axis=1)

@@ -17,12 +17,13 @@ import httpx
 import pytest
 from test_frontend import assert_error, dead_triton_url, hung_triton_url, multipart, run_frontend  # noqa: F401
 
-from fusion_emotion.frontend.app import parse_json_request
-from fusion_emotion.frontend.errors import ApiError
-from fusion_emotion.frontend.s3 import S3Fetcher, S3Uri, _Stopped, parse_s3_uri
+from fusion_emotion.aws import DownloadStopped, S3Fetcher
+from fusion_emotion.errors import ApiError
+from fusion_emotion.frontend.request import parse_json_request, request_s3_uri
 from fusion_emotion.frontend.settings import Settings
 from fusion_emotion.frontend.triton import TritonGateway
-from fusion_emotion.ops import hostile
+from fusion_emotion.s3uri import S3Uri
+from fusion_emotion.testmedia import hostile
 
 
 # --------------------------------------------------------------------------- admission
@@ -70,13 +71,13 @@ def test_one_deadline_covers_a_slow_body(hung_triton_url: str) -> None:  # noqa:
 @pytest.mark.parametrize("key", ["a/../b.mp4", "../b.mp4", "a/./b.mp4", ".", "a/..", "x/./"])
 def test_s3_keys_with_dot_segments_are_refused(key: str) -> None:
     with pytest.raises(ApiError) as info:
-        parse_s3_uri(f"s3://my-bucket/{key}", "s3_video_uri")
+        request_s3_uri(f"s3://my-bucket/{key}", "s3_video_uri")
     assert info.value.status == 400 and "s3_video_uri" in info.value.message and "'..'" in info.value.message
 
 
 @pytest.mark.parametrize("key", ["a..b/c.mp4", "a/.hidden.mp4", "a/b.../c", "..a/b"])
 def test_s3_keys_with_dots_inside_names_pass(key: str) -> None:
-    assert parse_s3_uri(f"s3://my-bucket/{key}", "s3_video_uri").key == key
+    assert request_s3_uri(f"s3://my-bucket/{key}", "s3_video_uri").key == key
 
 
 class _SlowFetcher(S3Fetcher):
@@ -89,11 +90,11 @@ class _SlowFetcher(S3Fetcher):
     def fetch_sync(self, uri: S3Uri, stop: Any = None, deadline: float | None = None) -> bytes:
         if uri.key == "bad":
             time.sleep(0.2)
-            raise ApiError(404, f"{uri.raw} does not exist")
+            raise ApiError(404, f"{uri} does not exist")
         for _ in range(600):  # 60 s of "chunks" unless stopped
             if stop.is_set() or (deadline is not None and time.monotonic() > deadline):
                 self.stopped_at[uri.key] = time.monotonic()
-                raise _Stopped
+                raise DownloadStopped
             time.sleep(0.1)
         return b"data"
 
@@ -101,7 +102,7 @@ class _SlowFetcher(S3Fetcher):
 def _fetch_fails(second_key: str, deadline_s: float) -> tuple[_SlowFetcher, ApiError, float]:
     """fetch_all of ``slow`` and ``second_key`` under one deadline, which must fail: (fetcher, error, start)."""
     fetcher = _SlowFetcher()
-    uris = [parse_s3_uri("s3://my-bucket/slow", "v"), parse_s3_uri(f"s3://my-bucket/{second_key}", "a")]
+    uris = [request_s3_uri("s3://my-bucket/slow", "v"), request_s3_uri(f"s3://my-bucket/{second_key}", "a")]
     start = time.monotonic()
     with pytest.raises(ApiError) as info:
         asyncio.run(fetcher.fetch_all(uris, start + deadline_s))

@@ -12,9 +12,9 @@ import pytest
 from fusion_emotion import contract as C
 from fusion_emotion.cli import build_parser
 from fusion_emotion.ops import perf_analyzer as pa_mod
-from fusion_emotion.ops.bench import TritonStats, stats_delta
 from fusion_emotion.ops.perf_analyzer import PerfAnalyzer, compare_rows, concurrency_args, parse_report, read_csv
 from fusion_emotion.ops.perf_inputs import make_input_data
+from fusion_emotion.ops.server_stats import TritonStats, stats_delta
 
 ROOT = Path(__file__).resolve().parents[1]
 

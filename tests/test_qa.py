@@ -1,6 +1,6 @@
 """Unit tests of the quality flags (fusion_emotion.core.qa), through the real decoders.
 
-Media go synth -> encoded bytes -> fusion_emotion.core.video.decode_video / core.audio.decode_audio -> qa, exactly
+Media go testmedia -> encoded bytes -> fusion_emotion.core.video.decode_video / core.audio.decode_audio -> qa, exactly
 the path a served request takes.
 """
 
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from fusion_emotion import contract as C
+from fusion_emotion import testmedia
 from fusion_emotion.core import qa
 from fusion_emotion.core.audio import decode_audio
 from fusion_emotion.core.model_inputs import resample, to_mono
 from fusion_emotion.core.video import decode_video
-from fusion_emotion.ops import synth
 
 NAN = float("nan")
 
@@ -26,26 +26,26 @@ NAN = float("nan")
 @pytest.fixture(scope="module")
 def speech16() -> np.ndarray:
     assert shutil.which("espeak-ng"), "espeak-ng is required: run `make setup`"
-    return synth.speech(rate=16_000)
+    return testmedia.speech(rate=16_000)
 
 
 @pytest.fixture(scope="module")
 def face_frames() -> np.ndarray:
-    return decode_video(synth.mp4(width=640, height=360, seconds=1.0, kind="face")).frames
+    return decode_video(testmedia.mp4(width=640, height=360, seconds=1.0, kind="face")).frames
 
 
 @pytest.fixture(scope="module")
 def blurred_face_frames() -> np.ndarray:
-    return decode_video(synth.mp4(width=640, height=360, seconds=1.0, kind="face", blur_sigma=6.0)).frames
+    return decode_video(testmedia.mp4(width=640, height=360, seconds=1.0, kind="face", blur_sigma=6.0)).frames
 
 
 @pytest.fixture(scope="module")
 def noise_frames() -> np.ndarray:
-    return decode_video(synth.mp4(width=640, height=360, seconds=1.0, kind="noise")).frames
+    return decode_video(testmedia.mp4(width=640, height=360, seconds=1.0, kind="noise")).frames
 
 
 def _decode_wav(x: np.ndarray, rate: int, fmt: str = "s16") -> np.ndarray:
-    dec = decode_audio(synth.wav(x, rate, fmt))
+    dec = decode_audio(testmedia.wav(x, rate, fmt))
     assert dec.sample_rate == rate
     return dec.samples
 
@@ -69,7 +69,7 @@ def test_clipping_ratio_threshold() -> None:
 
 def test_silence_ratio_speech_then_silence(speech16: np.ndarray) -> None:
     rate = 16_000
-    x = np.concatenate([speech16, synth.silence(speech16.size / rate, rate)])
+    x = np.concatenate([speech16, testmedia.silence(speech16.size / rate, rate)])
     wave = to_mono(_decode_wav(x, rate))
     ratio = qa.silence_ratio(wave, rate)
     # espeak's own pauses (between words, sentence end) are silent too, so the
@@ -90,10 +90,10 @@ def test_silence_ratio_rate_independent(speech16: np.ndarray) -> None:
 def test_silence_ratio_levels() -> None:
     rate = 16_000
     assert qa.silence_ratio(np.zeros(rate, np.float32), rate) == 1.0
-    assert qa.silence_ratio(synth.tone(440, 1.0, rate, amplitude=0.5), rate) == 0.0
+    assert qa.silence_ratio(testmedia.tone(440, 1.0, rate, amplitude=0.5), rate) == 0.0
     # -40 dBFS threshold: a sine at RMS 0.02 (-34 dBFS) is sound, at RMS 0.005 (-46 dBFS) silence.
-    assert qa.silence_ratio(synth.tone(440, 1.0, rate, amplitude=0.02 * math.sqrt(2)), rate) == 0.0
-    assert qa.silence_ratio(synth.tone(440, 1.0, rate, amplitude=0.005 * math.sqrt(2)), rate) == 1.0
+    assert qa.silence_ratio(testmedia.tone(440, 1.0, rate, amplitude=0.02 * math.sqrt(2)), rate) == 0.0
+    assert qa.silence_ratio(testmedia.tone(440, 1.0, rate, amplitude=0.005 * math.sqrt(2)), rate) == 1.0
     assert qa.silence_ratio(np.zeros(0, np.float32), rate) == 1.0
     assert qa.silence_ratio(np.full(10, 0.5, np.float32), rate) == 0.0  # shorter than one frame
 
@@ -106,8 +106,8 @@ def test_audio_flags_from_video_track(speech16: np.ndarray) -> None:
     """
     speech48 = resample(speech16, 16_000, 48_000)[: 48_000 * 2]
     loud = np.clip(speech48 * 8.0, -1.0, 1.0)
-    clean_dec = decode_video(synth.mp4(width=160, height=120, seconds=2.0, audio=speech48, audio_rate=48_000))
-    loud_dec = decode_video(synth.mp4(width=160, height=120, seconds=2.0, audio=loud, audio_rate=48_000))
+    clean_dec = decode_video(testmedia.mp4(width=160, height=120, seconds=2.0, audio=speech48, audio_rate=48_000))
+    loud_dec = decode_video(testmedia.mp4(width=160, height=120, seconds=2.0, audio=loud, audio_rate=48_000))
     assert clean_dec.audio is not None and loud_dec.audio is not None
     clean = qa.media_qa(None, clean_dec.audio, clean_dec.sample_rate)
     loud_qa = qa.media_qa(None, loud_dec.audio, loud_dec.sample_rate)
@@ -149,7 +149,7 @@ def test_face_confidence_face_vs_noise(face_frames: np.ndarray, noise_frames: np
     assert qa.face_confidence(noise_frames) < 0.1
 
 
-@pytest.mark.parametrize("maker", [synth.mp4, synth.flv, synth.avi])
+@pytest.mark.parametrize("maker", [testmedia.mp4, testmedia.flv, testmedia.avi])
 def test_face_confidence_default_sizes(maker) -> None:
     """RAVDESS-like 1280x720 MP4, CREMA-D-like 480x360 FLV, 640x480 AVI."""
     frames = decode_video(maker(seconds=0.7, kind="face")).frames
@@ -157,7 +157,7 @@ def test_face_confidence_default_sizes(maker) -> None:
 
 
 def test_face_confidence_gradient_no_face() -> None:
-    frames = decode_video(synth.mp4(width=320, height=240, seconds=0.5, kind="gradient")).frames
+    frames = decode_video(testmedia.mp4(width=320, height=240, seconds=0.5, kind="gradient")).frames
     assert qa.face_confidence(frames) < 0.1
 
 
@@ -179,10 +179,12 @@ def _jpeg(frame: np.ndarray, quality: int = 50) -> np.ndarray:
 def _scene_qa_frames(width: int, height: int, **kwargs) -> np.ndarray:
     """4 frames (the detector examines FACE_FRAMES of them): the face moves between them, as in a clip."""
     if kwargs.get("kind", "face") == "face" and "centers" not in kwargs:
-        frames = [synth.face_scene(width, height, centers=[c], seed=i, **kwargs) for i, c in enumerate(FACE_CENTERS)]
+        frames = [
+            testmedia.face_scene(width, height, centers=[c], seed=i, **kwargs) for i, c in enumerate(FACE_CENTERS)
+        ]
     else:
-        frames = [synth.face_scene(width, height, seed=i, **kwargs) for i in range(4)]
-    out = synth.qa_frames(np.stack([_jpeg(f) for f in frames]))
+        frames = [testmedia.face_scene(width, height, seed=i, **kwargs) for i in range(4)]
+    out = testmedia.qa_frames(np.stack([_jpeg(f) for f in frames]))
     assert out.shape[1] == min(height, 360) and out.shape[0] == 4
     return out
 
@@ -224,10 +226,10 @@ def test_media_qa_uses_qa_frames_for_the_face_flag() -> None:
     """A 15 % face is ~19 px in the 128x171 model frames (too small); the qa_frames find it."""
     import cv2
 
-    full = np.stack([synth.face_scene(1280, 720, 0.15, centers=[c], seed=i) for i, c in enumerate(FACE_CENTERS)])
+    full = np.stack([testmedia.face_scene(1280, 720, 0.15, centers=[c], seed=i) for i, c in enumerate(FACE_CENTERS)])
     model_frames = np.stack([cv2.resize(f, (171, 128), interpolation=cv2.INTER_AREA) for f in full])
     without = qa.media_qa(model_frames, None, None)
-    with_qa = qa.media_qa(model_frames, None, None, qa_frames=synth.qa_frames(full))
+    with_qa = qa.media_qa(model_frames, None, None, qa_frames=testmedia.qa_frames(full))
     assert without[2] < 0.1 <= 0.8 <= with_qa[2]
     assert with_qa[3] == without[3]  # blur stays measured on the model frames
     assert np.isnan(with_qa[:2]).all()

@@ -20,9 +20,8 @@ import httpx
 import pytest
 from test_frontend import PLANTED_KEY, PLANTED_NAME, assert_error, multipart, run_frontend
 
-from fusion_emotion.errors import ErrorKind, ServingError
-from fusion_emotion.frontend.errors import ApiError
-from fusion_emotion.frontend.s3 import parse_s3_uri
+from fusion_emotion.errors import ApiError, ErrorKind, ServingError
+from fusion_emotion.frontend.request import request_s3_uri
 from fusion_emotion.frontend.settings import Settings
 from fusion_emotion.frontend.triton import MediaRejected, map_triton_error
 
@@ -46,12 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 )
 def test_only_s3_bucket_key_uris(uri: str) -> None:
     with pytest.raises(ApiError) as info:
-        parse_s3_uri(uri, "s3_video_uri")
+        request_s3_uri(uri, "s3_video_uri")
     assert info.value.status == 400
 
 
 def test_valid_s3_uri_parses() -> None:
-    u = parse_s3_uri("s3://my-bucket.data/dir/clip.mp4", "s3_video_uri")
+    u = request_s3_uri("s3://my-bucket.data/dir/clip.mp4", "s3_video_uri")
     assert (u.bucket, u.key) == ("my-bucket.data", "dir/clip.mp4")
 
 
@@ -86,9 +85,9 @@ def test_dockerfile_runtime_user_is_not_root() -> None:
 
 @pytest.mark.integration
 def test_bomb_refused_with_413_and_triton_log_has_no_names(triton: Any, media: dict[str, bytes]) -> None:
-    from fusion_emotion.ops import synth
+    from fusion_emotion import testmedia
 
-    bomb = synth.mp4(width=7680, height=4320, fps=5, seconds=0.2, audio=None, video_bitrate=500_000)
+    bomb = testmedia.mp4(width=7680, height=4320, fps=5, seconds=0.2, audio=None, video_bitrate=500_000)
     with run_frontend(Settings(triton_url=triton.grpc_url, request_timeout_s=120)) as base:
         inv = base + "/invocations"
         body = assert_error(httpx.post(inv, **multipart(video_file=(PLANTED_NAME, bomb)), timeout=120), 413)

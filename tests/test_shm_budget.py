@@ -22,11 +22,13 @@ import pytest
 from helpers import clients_with_peak, free_port, http_ready, start_triton
 
 from fusion_emotion import contract as C
+from fusion_emotion import testmedia
 from fusion_emotion.errors import is_shm_exhausted
 from fusion_emotion.frontend.settings import SAGEMAKER_MAX_PAYLOAD_BYTES
 from fusion_emotion.frontend.triton import map_triton_error
-from fusion_emotion.ops import synth
-from fusion_emotion.server.launcher import die_with_parent, plan_shm
+from fusion_emotion.server import shm
+from fusion_emotion.server.launcher import die_with_parent
+from fusion_emotion.server.shm import plan_shm
 
 MIB = 1024 * 1024
 # python_backend r24.10's texts, as seen in tritonserver's log on a full 64 MiB /dev/shm
@@ -44,16 +46,16 @@ CONCURRENT = 5  # one more than the 4 preprocess instances
 
 
 def test_plan_counts_the_profiles_stubs(demo_repository: Path) -> None:
-    cpu = plan_shm(demo_repository, "cpu", C.SHM_DEFAULT_DEV_SHM_BYTES)
-    gpu = plan_shm(demo_repository, "gpu", C.SHM_DEFAULT_DEV_SHM_BYTES)
+    cpu = plan_shm(demo_repository, "cpu", shm.SHM_DEFAULT_DEV_SHM_BYTES)
+    gpu = plan_shm(demo_repository, "gpu", shm.SHM_DEFAULT_DEV_SHM_BYTES)
     # cpu: 4 preprocess, both encoders, fusion head, timeline, stream; gpu: the encoders run in onnxruntime
     assert (cpu.stubs, cpu.decoders, gpu.stubs, gpu.decoders) == (9, 4, 7, 4)
     assert cpu.fits and gpu.fits and cpu.input_limit_bytes >= SAGEMAKER_MAX_PAYLOAD_BYTES
-    old = plan_shm(demo_repository, "cpu", C.SHM_DEFAULT_DEV_SHM_BYTES, 16 * MIB)
+    old = plan_shm(demo_repository, "cpu", shm.SHM_DEFAULT_DEV_SHM_BYTES, 16 * MIB)
     assert not old.fits and old.input_limit_bytes <= 0
     # 100 MiB S3 inputs need a much larger /dev/shm: the plan says how much
-    big = C.shm_needed_bytes(cpu.stubs, cpu.decoders, C.MAX_INPUT_BYTES)
-    assert big > 4 * C.MAX_INPUT_BYTES and C.shm_input_limit(big, cpu.stubs, cpu.decoders) == C.MAX_INPUT_BYTES
+    big = shm.shm_needed_bytes(cpu.stubs, cpu.decoders, C.MAX_INPUT_BYTES)
+    assert big > 4 * C.MAX_INPUT_BYTES and shm.shm_input_limit(big, cpu.stubs, cpu.decoders) == C.MAX_INPUT_BYTES
 
 
 def test_shm_full_is_an_overload_not_a_500() -> None:
@@ -125,9 +127,9 @@ def test_real_time_limit_fits_64_mib_dev_shm(
 
         # the body at the real-time limit: the 1280x720 MP4 and speech WAV padded to fill 6 MiB with the framing
         video = media["mp4"]
-        speech = synth.speech(text="The quick brown fox jumps over the lazy dog. " * 3, rate=44_100)
+        speech = testmedia.speech(text="The quick brown fox jumps over the lazy dog. " * 3, rate=44_100)
         seconds = (SAGEMAKER_MAX_PAYLOAD_BYTES - len(video) - 8192) // (2 * 44_100)
-        audio = synth.wav(np.tile(speech, int(np.ceil(seconds * 44_100 / len(speech))))[: seconds * 44_100], 44_100)
+        audio = testmedia.wav(np.tile(speech, int(np.ceil(seconds * 44_100 / len(speech))))[: seconds * 44_100], 44_100)
         body = len(video) + len(audio)
         assert SAGEMAKER_MAX_PAYLOAD_BYTES - 128 * 1024 < body < SAGEMAKER_MAX_PAYLOAD_BYTES
         expected = reference.predict(video, audio)[0]
@@ -145,7 +147,7 @@ def test_real_time_limit_fits_64_mib_dev_shm(
 
         results, peak_used, wall = clients_with_peak(client, CONCURRENT, lambda: _shm_used(pid), every_s=0.005)
         regions = sorted(p.stat().st_size for p in Path(f"/proc/{pid}/root/dev/shm").iterdir())
-        plan = plan_shm(demo_repository, "cpu", C.SHM_DEFAULT_DEV_SHM_BYTES)
+        plan = plan_shm(demo_repository, "cpu", shm.SHM_DEFAULT_DEV_SHM_BYTES)
         print(
             f"\nshm: {CONCURRENT} x {body / MIB:.2f} MiB bodies in {wall:.1f} s; /dev/shm used idle "
             f"{idle / MIB:.0f} MiB, peak {peak_used / MIB:.0f} MiB of 64 (budget {plan.needed_bytes / MIB:.0f}); "
@@ -154,8 +156,8 @@ def test_real_time_limit_fits_64_mib_dev_shm(
         assert results == [(200, "")] * CONCURRENT
         # The regions must fit the 64 MiB; the plan is an estimate within a growth step or two of the peak
         # (58 MiB and 62 MiB measured against its 61 MiB: docs/reliability.md, "Shared memory").
-        assert peak_used <= C.SHM_DEFAULT_DEV_SHM_BYTES
-        assert peak_used <= plan.needed_bytes + 2 * C.SHM_GROWTH_BYTES
+        assert peak_used <= shm.SHM_DEFAULT_DEV_SHM_BYTES
+        assert peak_used <= plan.needed_bytes + 2 * shm.SHM_GROWTH_BYTES
         assert http_ready(f"http://{handle.http_url}/v2/health/ready")
         assert handle.proc.poll() is None
     finally:

@@ -7,12 +7,12 @@ import pytest
 from test_timeline import _FakeEncoder, _head
 
 from fusion_emotion import contract as C
+from fusion_emotion import testmedia
 from fusion_emotion.core import stream as S
 from fusion_emotion.core import windows as W
 from fusion_emotion.core.rows import Row
 from fusion_emotion.core.stream_frames import StreamFrame, jpeg_frame, rgb_frame
 from fusion_emotion.errors import ErrorKind, ServingError
-from fusion_emotion.ops import synth
 
 
 def _jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
@@ -26,7 +26,7 @@ def _jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
 @pytest.fixture(scope="module")
 def face_jpegs() -> list[bytes]:
     """A few distinct 320x240 face frames (the astronaut, shifted), as JPEG."""
-    return [_jpeg(f) for f in synth.video_frames(320, 240, 6, 1.0)]
+    return [_jpeg(f) for f in testmedia.video_frames(320, 240, 6, 1.0)]
 
 
 def _feed(
@@ -110,7 +110,7 @@ def test_pick_frames_follows_the_file_rule() -> None:
 )
 def test_live_windows_equal_the_offline_reference(rate, channels, hop, window, seconds, face_jpegs) -> None:
     rng = np.random.default_rng(rate)
-    speech = synth.speech(rate=rate)
+    speech = testmedia.speech(rate=rate)
     n = int(seconds * rate)
     mono = np.resize(speech, n).astype(np.float32)
     native = np.stack([mono, 0.5 * mono] if channels == 2 else [mono])
@@ -143,14 +143,14 @@ def test_window_of_16k_audio_is_the_file_paths_waveform() -> None:
     """A full window of 16 kHz audio gives exactly what a 4 s WAV of the same samples gives."""
     from fusion_emotion.core.rows import decode_row
 
-    speech = np.resize(synth.speech(rate=16_000), 6 * 16_000).astype(np.float32)
+    speech = np.resize(testmedia.speech(rate=16_000), 6 * 16_000).astype(np.float32)
     state = S.StreamState(S.stream_config())
     state.add_audio(speech)
     windows = state.due()
     assert len(windows) == 6
     w5 = windows[4]  # [1, 5]
     feats = state.row(w5)
-    wav = synth.wav(speech[16_000 : 5 * 16_000], 16_000, "f32")
+    wav = testmedia.wav(speech[16_000 : 5 * 16_000], 16_000, "f32")
     file_feats = decode_row(None, wav)
     np.testing.assert_array_equal(feats.waveform, file_feats.waveform)
     np.testing.assert_allclose(feats.media_qa, file_feats.media_qa, equal_nan=True)
@@ -239,7 +239,7 @@ def test_frames_errors_and_size_limits(face_jpegs) -> None:
     with pytest.raises(ServingError, match="uint8"):
         rgb_frame(0, np.zeros((30, 10), np.uint8))
     # raw RGB and JPEG frames go through the same resize as decoded video frames
-    rgb = next(synth.video_frames(320, 240, 1, 1.0))
+    rgb = next(testmedia.video_frames(320, 240, 1, 1.0))
     a, b = rgb_frame(0, rgb), jpeg_frame(0, _jpeg(rgb, 100))
     assert a.rgb.shape == b.rgb.shape == (*C.RESIZE_HW, 3)
     assert np.abs(a.rgb.astype(int) - b.rgb).mean() < 3  # JPEG loss only

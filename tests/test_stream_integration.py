@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fusion_emotion.client.stream import MediaSource, chunk_inputs, parse_update, play, stream_outputs
+from fusion_emotion.client.stream import MediaSource, play
 from test_frontend import run_frontend
 
 from fusion_emotion import contract as C
+from fusion_emotion import testmedia
 from fusion_emotion.core import stream as S
 from fusion_emotion.core.stream_frames import jpeg_frame
 from fusion_emotion.frontend.settings import Settings
-from fusion_emotion.ops import synth
+from fusion_emotion.tensors import chunk_inputs, parse_update, stream_outputs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -38,7 +39,7 @@ def _jpeg(rgb: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def speech16() -> np.ndarray:
-    return synth.speech(rate=16_000).astype(np.float32)
+    return testmedia.speech(rate=16_000).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def _source(speech: np.ndarray, seconds: float, rate: int = 16_000, fps: float =
     pcm = (np.resize(speech, int(seconds * rate)) * 32767).astype("<i2")[:, None]
     frames = []
     if fps:
-        pictures = [_jpeg(f) for f in synth.video_frames(320, 240, 1.0, 4.0)]
+        pictures = [_jpeg(f) for f in testmedia.video_frames(320, 240, 1.0, 4.0)]
         frames = [(round(i / fps, 6), pictures[i % len(pictures)]) for i in range(int(seconds * fps))]
     return MediaSource(pcm, rate, frames)
 
@@ -102,7 +103,7 @@ def test_triton_stream_48k_stereo_equals_reference(triton, reference, speech16) 
     import tritonclient.grpc as grpcclient
 
     rate, seconds = 48_000, 3.0
-    mono = np.resize(synth.speech(rate=rate), int(seconds * rate)).astype(np.float32)
+    mono = np.resize(testmedia.speech(rate=rate), int(seconds * rate)).astype(np.float32)
     native = np.stack([mono, 0.5 * mono])
     responses: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(triton.grpc_url)
@@ -296,7 +297,7 @@ def test_stream_cli_prints_csv(frontend, tmp_path: Path, speech16, capsys) -> No
     from fusion_emotion.cli import main
 
     wav = tmp_path / "speech.wav"
-    wav.write_bytes(synth.wav(np.resize(speech16, 40_000), 16_000))
+    wav.write_bytes(testmedia.wav(np.resize(speech16, 40_000), 16_000))
     assert main(["stream", str(wav), "--url", frontend, "--csv", "--hop", "1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("t_start,t_end,angry") and len(lines) == 1 + 3  # 1 s, 2 s, then the partial 2.5 s

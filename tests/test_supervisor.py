@@ -13,8 +13,9 @@ import pytest
 
 from fusion_emotion import contract as C
 from fusion_emotion.deploy import supervisor as sv
-from fusion_emotion.server.launcher import dev_shm_size, plan_shm
+from fusion_emotion.server import shm
 from fusion_emotion.server.procs import alive, free_port
+from fusion_emotion.server.shm import dev_shm_size, plan_shm
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE = ROOT / "docker" / "serve"
@@ -213,11 +214,9 @@ def test_s3_limit_follows_dev_shm(demo_repository: Path) -> None:
 
 def test_body_limit_capped_by_a_small_dev_shm(demo_repository: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An async-sized body limit on a 64 MiB /dev/shm is cut to what one decoder's region carries (413 there)."""
-    import fusion_emotion.server.launcher as launcher
-
-    monkeypatch.setattr(launcher, "dev_shm_size", lambda *a, **k: C.SHM_DEFAULT_DEV_SHM_BYTES)
+    monkeypatch.setattr(shm, "dev_shm_size", lambda *a, **k: shm.SHM_DEFAULT_DEV_SHM_BYTES)
     env = {"FUSION_EMOTION_MODEL_DIR": str(demo_repository), "FUSION_EMOTION_PROFILE": "cpu"}
-    plan = plan_shm(demo_repository, "cpu", C.SHM_DEFAULT_DEV_SHM_BYTES)
+    plan = plan_shm(demo_repository, "cpu", shm.SHM_DEFAULT_DEV_SHM_BYTES)
     assert 0 < plan.input_limit_bytes < C.MAX_INPUT_BYTES
     front = sv.frontend_command({**env, "FUSION_EMOTION_MAX_BODY_BYTES": str(201 * 2**20)})
     assert int(front[front.index("--max-body-bytes") + 1]) == plan.input_limit_bytes

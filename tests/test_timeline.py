@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fusion_emotion import contract as C
+from fusion_emotion import testmedia
 from fusion_emotion.core.fusion import FusionHead, score
 from fusion_emotion.core.probe import MediaError
 from fusion_emotion.core.result import timeline_result
@@ -27,7 +28,6 @@ from fusion_emotion.core.windows import (
     window_frame_times,
 )
 from fusion_emotion.errors import ErrorKind, ServingError
-from fusion_emotion.ops import synth
 
 
 # --------------------------------------------------------------------------- pure
@@ -96,7 +96,7 @@ def _reference_pick(data: bytes, targets: np.ndarray) -> list[int]:
 @pytest.fixture(scope="module")
 def index_clip() -> bytes:
     """5 s at 10 fps, grey level encodes the frame index; 48 kHz tone track."""
-    return synth.mp4(width=96, height=64, fps=10, seconds=5.0, kind="index", audio=synth.tone(330, 5.0, 48_000))
+    return testmedia.mp4(width=96, height=64, fps=10, seconds=5.0, kind="index", audio=testmedia.tone(330, 5.0, 48_000))
 
 
 def test_single_pass_decoder_samples_each_window(index_clip: bytes) -> None:
@@ -178,7 +178,7 @@ def test_one_window_is_the_clip_and_audio_only(index_clip: bytes) -> None:
     tl, ve, ae = _run(index_clip, None, WindowParams(10.0, 1.0), chunk=8)
     assert len(tl.windows) == 1 and sum(ve.batches) == 1 and sum(ae.batches) == 1  # encoded once
     np.testing.assert_allclose(tl.probabilities[0], tl.clip_probabilities)
-    wav = synth.wav(synth.tone(440, 4.0, 16_000), 16_000)
+    wav = testmedia.wav(testmedia.tone(440, 4.0, 16_000), 16_000)
     tl, ve, ae = _run(None, wav, WindowParams(2.0, 2.0), chunk=8)
     np.testing.assert_allclose(tl.windows, [[0, 2], [2, 4]])
     assert ve.batches == [] and np.isnan(tl.clip_qa_flags[2])  # no video work, video flags absent

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from fusion_emotion.client.triton import build_inputs, infer_grpc, requested_outputs
+from fusion_emotion.client.triton import infer_grpc
 from helpers import start_triton
 from tritonclient.utils import InferenceServerException
 
 from fusion_emotion import contract as C
-from fusion_emotion.ops.bench import TritonStats
+from fusion_emotion.ops.server_stats import TritonStats
 from fusion_emotion.server import procs
+from fusion_emotion.tensors import build_inputs, requested_outputs
 
 pytestmark = pytest.mark.integration
 

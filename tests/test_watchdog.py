@@ -1,10 +1,10 @@
-"""The stub watchdog of `fusion-emotion triton` (server.launcher.watch) against a scripted server."""
+"""The stub watchdog of `fusion-emotion triton` (server.watchdog.watch) against a scripted server."""
 
 from __future__ import annotations
 
 import subprocess
 
-from fusion_emotion.server import launcher
+from fusion_emotion.server import watchdog
 
 
 class _Proc:
@@ -55,7 +55,7 @@ def _run(script: list[dict[int, str]]) -> _Server:
         return original(timeout)
 
     server.proc.wait = wait  # type: ignore[method-assign]
-    launcher.watch(server, lambda: False, max_reloads=3, period_s=0.0)  # type: ignore[arg-type]
+    watchdog.watch(server, lambda: False, max_reloads=3, period_s=0.0)  # type: ignore[arg-type]
     return server
 
 

@@ -1,7 +1,7 @@
 """``package``, ``deploy`` and ``undeploy`` subcommands (SageMaker).
 
-boto3 is imported inside the handlers (through fusion_emotion.deploy.sagemaker)
-so ``fusion-emotion --help`` and the serving image stay light.
+``deploy`` and ``undeploy`` import boto3 (through ``fusion_emotion.deploy.sagemaker``) inside their handlers:
+``package`` runs on the base install.
 """
 
 # ruff: noqa: T201 - command output goes to the terminal by design
@@ -15,21 +15,28 @@ import sys
 from pathlib import Path
 
 from fusion_emotion import contract as C
+from fusion_emotion.arguments import env_pair, field_args
 from fusion_emotion.contract import PROFILES
-from fusion_emotion.deploy.execution_env import DEFAULT_IMAGE
-from fusion_emotion.deploy.package import TARGETS
+from fusion_emotion.deploy import config as dc
+from fusion_emotion.deploy import execution_env as E
+from fusion_emotion.deploy.package import (
+    TARGETS,
+    PackageError,
+    build_model_tarball,
+    build_stock_triton_tarball,
+    validate_repository,
+)
 
 log = logging.getLogger(__name__)
 
 
-def _env_pair(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _add_package(subparsers)
+    _add_deploy(subparsers)
+    _add_undeploy(subparsers)
+
+
+def _add_package(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "package",
         help="pack a Triton model repository as a SageMaker model.tar.gz",
@@ -50,9 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--image",
-        default=DEFAULT_IMAGE,
+        default=E.DEFAULT_IMAGE,
         help=f"sagemaker-triton: the stock image's release or URI, e.g. 24.10 or "
-        f"<account>.dkr.ecr.<region>.amazonaws.com/sagemaker-tritonserver:24.10-py3 (default {DEFAULT_IMAGE}); "
+        f"<account>.dkr.ecr.<region>.amazonaws.com/sagemaker-tritonserver:24.10-py3 (default {E.DEFAULT_IMAGE}); "
         "it decides the Python version to pack for",
     )
     p.add_argument("--image-python", metavar="X.Y", help="sagemaker-triton: the image's Python when not known here")
@@ -69,6 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rebuild-env", action="store_true", help="sagemaker-triton: do not reuse a cached environment")
     p.set_defaults(func=_package)
 
+
+def _add_deploy(subparsers: argparse._SubParsersAction) -> None:
     d = subparsers.add_parser(
         "deploy",
         help="create (or update) a SageMaker model, endpoint config and endpoint",
@@ -111,7 +120,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "max 3600); the front end's Triton deadline is set 5 s under it and its body limit to 201 MiB",
     )
     d.add_argument(
-        "--env", action="append", type=_env_pair, default=[], metavar="KEY=VALUE", help="extra container environment"
+        "--env", action="append", type=env_pair, default=[], metavar="KEY=VALUE", help="extra container environment"
     )
     d.add_argument(
         "--s3-allow-bucket",
@@ -131,6 +140,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--wait-timeout", type=int, default=1800, help="seconds to wait for InService (default 1800)")
     d.set_defaults(func=_deploy)
 
+
+def _add_undeploy(subparsers: argparse._SubParsersAction) -> None:
     u = subparsers.add_parser(
         "undeploy",
         help="delete a SageMaker endpoint with its config, model and autoscaling",
@@ -143,14 +154,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _package(args: argparse.Namespace) -> int:
-    from fusion_emotion.deploy import execution_env as E
-    from fusion_emotion.deploy.package import (
-        PackageError,
-        build_model_tarball,
-        build_stock_triton_tarball,
-        validate_repository,
-    )
-
     try:
         if args.target == "sagemaker":
             names = build_model_tarball(args.repository, args.output, profile=args.profile)
@@ -175,8 +178,8 @@ def _package(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from fusion_emotion.cli import field_args
-    from fusion_emotion.deploy import sagemaker as sm
+    from fusion_emotion import aws  # optional: [client] (boto3; `package` runs without it)
+    from fusion_emotion.deploy import sagemaker as sm  # optional: [client]
 
     if bool(args.s3_allow_bucket) == bool(args.s3_any_bucket):
         print(
@@ -187,9 +190,9 @@ def _deploy(args: argparse.Namespace) -> int:
         return 2
     try:
         # Flags named after DeployConfig's fields fill them; these are mapped here (autoscaling: parsed below).
-        cfg = sm.DeployConfig(
+        cfg = dc.DeployConfig(
             **field_args(
-                sm.DeployConfig,
+                dc.DeployConfig,
                 args,
                 autoscaling=None,
                 async_invocation_timeout_s=args.async_invocation_timeout,
@@ -200,14 +203,14 @@ def _deploy(args: argparse.Namespace) -> int:
             )
         )
         if args.autoscaling:
-            cfg.autoscaling = sm.parse_autoscaling(args.autoscaling, allow_zero_min=args.async_output is not None)
-        sm.validate_config(cfg)
-    except sm.ArgumentError as exc:
+            cfg.autoscaling = dc.parse_autoscaling(args.autoscaling, allow_zero_min=args.async_output is not None)
+        dc.validate_config(cfg)
+    except dc.ArgumentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        result = sm.deploy(cfg, session=sm.aws_session(args.region))
-    except sm.DeployError as exc:
+        result = sm.deploy(cfg, session=aws.session(args.region))
+    except dc.DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     verb = "updated" if result.updated else "created"
@@ -224,14 +227,15 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _undeploy(args: argparse.Namespace) -> int:
-    from fusion_emotion.deploy import sagemaker as sm
+    from fusion_emotion import aws  # optional: [client] (boto3)
+    from fusion_emotion.deploy import sagemaker as sm  # optional: [client]
 
     try:
-        result = sm.undeploy(args.endpoint_name, session=sm.aws_session(args.region))
-    except sm.ArgumentError as exc:
+        result = sm.undeploy(args.endpoint_name, session=aws.session(args.region))
+    except dc.ArgumentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except sm.DeployError as exc:
+    except dc.DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for item in result.deleted:

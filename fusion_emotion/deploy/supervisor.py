@@ -45,10 +45,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from fusion_emotion import contract as C
 from fusion_emotion.frontend.settings import SAGEMAKER_MAX_PAYLOAD_BYTES
+from fusion_emotion.server import shm
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,8 @@ DEFAULT_HTTP_PORT = 8000
 DEFAULT_METRICS_PORT = 8002
 # Each Python-backend model instance fallocates a region of shm-default-byte-size that only grows:
 # small regions, sized in contract.py (docs/reliability.md "Shared memory").
-DEFAULT_SHM_BYTES = C.SHM_REGION_BYTES
-DEFAULT_SHM_GROWTH_BYTES = C.SHM_GROWTH_BYTES
+DEFAULT_SHM_BYTES = shm.SHM_REGION_BYTES
+DEFAULT_SHM_GROWTH_BYTES = shm.SHM_GROWTH_BYTES
 DEFAULT_STARTUP_TIMEOUT_S = 900.0
 # SageMaker (and docker stop) send SIGKILL 30 s after SIGTERM; stay well inside.
 DEFAULT_STOP_TIMEOUT_S = 20.0
@@ -153,15 +155,11 @@ def shm_s3_limit(env: Mapping[str, str], dev_shm: str = "/dev/shm") -> int | Non
     Triton and the front end share the container's /dev/shm; an object over this limit would fail in the
     Python backend, so the front end refuses it first with a 413 naming the limit.
     """
-    from pathlib import Path
-
-    from fusion_emotion.server.launcher import dev_shm_size, plan_shm
-
     model_dir = Path(env.get("FUSION_EMOTION_MODEL_DIR") or DEFAULT_MODEL_DIR)
     profile = env.get("FUSION_EMOTION_PROFILE") or "gpu"
     region = _number_env(env, "SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE", DEFAULT_SHM_BYTES)
     try:
-        plan = plan_shm(model_dir, profile, dev_shm_size(Path(dev_shm)), region)
+        plan = shm.plan_shm(model_dir, profile, shm.dev_shm_size(Path(dev_shm)), region)
     except OSError:
         return None
     if plan.decoders == 0:

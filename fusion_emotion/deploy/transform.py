@@ -18,14 +18,11 @@ stored as ``<output>/<relative key>.out``. This module:
    the container refused, and marks the job Failed).
 
 Everything goes through one boto3 session, so ``AWS_ENDPOINT_URL`` points it at
-moto in the tests.
+moto in the tests. The ``batch --transform-job`` / ``--attach`` command line is ``transform_cli``.
 """
-
-# ruff: noqa: T201 - the CLI part prints its summary to the terminal by design
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -36,9 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
+from fusion_emotion import aws
 from fusion_emotion import contract as C
+from fusion_emotion.client.batch_inputs import describe_error
+from fusion_emotion.client.batch_runner import Summary, run_batch
+from fusion_emotion.client.progress import format_seconds
+from fusion_emotion.client.results import ResultsFile
+from fusion_emotion.deploy import config as dc
 from fusion_emotion.deploy import sagemaker as sm
-from fusion_emotion.errors import ServingError
+from fusion_emotion.s3uri import S3Uri
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +65,7 @@ class TransformError(RuntimeError):
 class TransformConfig:
     input: str  # s3://bucket/prefix/
     output: str  # s3://bucket/prefix/ for the .out objects
-    model: sm.DeployConfig  # image, tarball, role, instances; endpoint_name = the job's base name
+    model: dc.DeployConfig  # image, tarball, role, instances; endpoint_name = the job's base name
     content_type: str | None = None
     options: str = ""  # the container's default request options, e.g. "timeline=true,window_s=4"
     timeline: bool = False
@@ -111,14 +116,14 @@ def default_concurrency(instance_type: str, timeline: bool) -> int:
 
 
 # --------------------------------------------------------------------------- inputs
-def _meta_prefix(output: sm.S3Uri, job_name: str) -> sm.S3Uri:
+def _meta_prefix(output: S3Uri, job_name: str) -> S3Uri:
     return output.join(META_FOLDER, job_name)
 
 
 def plan_inputs(s3: Any, cfg: TransformConfig, job_name: str) -> InputPlan:
     """List INPUT once (streamed), write the manifest and the skipped lines, upload both."""
-    src = sm.parse_s3_uri(cfg.input, "INPUT")
-    out = sm.parse_s3_uri(cfg.output, "--output")
+    src = dc.s3_argument(cfg.input, "INPUT")
+    out = dc.s3_argument(cfg.output, "--output")
     list_prefix = src.key + "/" if src.key else ""
     prefix_uri = f"s3://{src.bucket}/{list_prefix}"
     meta = _meta_prefix(out, job_name)
@@ -172,7 +177,7 @@ def plan_inputs(s3: Any, cfg: TransformConfig, job_name: str) -> InputPlan:
 def read_manifest(s3: Any, uri: str) -> tuple[str, Iterator[str]]:
     """``(prefix, relative keys)`` of a manifest, streamed line by line (our one-entry-per-line layout,
     falling back to parsing the whole JSON for manifests written by others)."""
-    loc = sm.parse_s3_uri(uri, "manifest")
+    loc = dc.s3_argument(uri, "manifest")
     body = s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
     lines = body.iter_lines()
     first = next(lines, b"").strip()
@@ -196,12 +201,12 @@ def read_manifest(s3: Any, uri: str) -> tuple[str, Iterator[str]]:
 def transform_job_request(cfg: TransformConfig, job_name: str, model_name: str, plan: InputPlan) -> dict[str, Any]:
     """The CreateTransformJob request: one object per record, raw bodies, our container's settings."""
     env = {
-        sm.ENV_MAX_BODY_BYTES: str(cfg.max_payload_mb * 1024 * 1024),
+        dc.ENV_MAX_BODY_BYTES: str(cfg.max_payload_mb * 1024 * 1024),
         # The front end answers (504) before SageMaker's own per-invocation timeout.
-        sm.ENV_REQUEST_TIMEOUT_S: str(max(1, cfg.invocation_timeout_s - 10)),
+        dc.ENV_REQUEST_TIMEOUT_S: str(max(1, cfg.invocation_timeout_s - 10)),
     }
     if cfg.options:
-        env[sm.ENV_DEFAULT_OPTIONS] = cfg.options
+        env[dc.ENV_DEFAULT_OPTIONS] = cfg.options
     return {
         "TransformJobName": job_name,
         "ModelName": model_name,
@@ -220,7 +225,7 @@ def transform_job_request(cfg: TransformConfig, job_name: str, model_name: str, 
             "SplitType": "None",
         },
         "TransformOutput": {
-            "S3OutputPath": str(sm.parse_s3_uri(cfg.output, "--output")),
+            "S3OutputPath": str(dc.s3_argument(cfg.output, "--output")),
             "Accept": "application/json",
             "AssembleWith": "None",
         },
@@ -230,31 +235,29 @@ def transform_job_request(cfg: TransformConfig, job_name: str, model_name: str, 
 
 def validate(cfg: TransformConfig) -> None:
     """Offline checks, before any AWS call."""
-    sm.validate_endpoint_name(cfg.model.endpoint_name)
-    sm.validate_model_args(cfg.model)
-    src = sm.parse_s3_uri(cfg.input, "INPUT (with --transform-job, an s3:// prefix)")
-    out = sm.parse_s3_uri(cfg.output, "--output (with --transform-job, an s3:// prefix)")
+    dc.validate_endpoint_name(cfg.model.endpoint_name)
+    dc.validate_model_args(cfg.model)
+    src = dc.s3_argument(cfg.input, "INPUT (with --transform-job, an s3:// prefix)")
+    out = dc.s3_argument(cfg.output, "--output (with --transform-job, an s3:// prefix)")
     inside = not src.key or out.key == src.key or out.key.startswith(src.key + "/")
     if src.bucket == out.bucket and inside:
-        raise sm.ArgumentError("--output must not lie inside INPUT (the outputs would become inputs of later jobs)")
+        raise dc.ArgumentError("--output must not lie inside INPUT (the outputs would become inputs of later jobs)")
     if not 1 <= cfg.max_payload_mb <= MAX_PAYLOAD_MB:
-        raise sm.ArgumentError(f"--max-payload-mb must be 1..{MAX_PAYLOAD_MB} (SageMaker's per-record maximum)")
+        raise dc.ArgumentError(f"--max-payload-mb must be 1..{MAX_PAYLOAD_MB} (SageMaker's per-record maximum)")
     if cfg.max_concurrent is not None and cfg.max_concurrent < 1:
-        raise sm.ArgumentError("--max-concurrent-transforms must be >= 1")
+        raise dc.ArgumentError("--max-concurrent-transforms must be >= 1")
     if not 1 <= cfg.invocation_timeout_s <= 3600:
-        raise sm.ArgumentError("--invocation-timeout must be 1..3600 s")
+        raise dc.ArgumentError("--invocation-timeout must be 1..3600 s")
     if cfg.content_type is not None and cfg.content_type not in (
         C.RAW_VIDEO_TYPES | C.RAW_AUDIO_TYPES | {C.RAW_SNIFF_TYPE}
     ):
-        raise sm.ArgumentError(f"--content-type {cfg.content_type!r} is not one the container accepts")
+        raise dc.ArgumentError(f"--content-type {cfg.content_type!r} is not one the container accepts")
 
 
 def submit(cfg: TransformConfig, session: Any | None = None) -> SubmitResult:
     """Plan the inputs, create the model and the transform job (the model is removed if the job is refused)."""
-    from botocore.exceptions import ClientError
-
     validate(cfg)
-    session = session or sm.aws_session()
+    session = session or aws.session()
     sagemaker, s3 = session.client("sagemaker"), session.client("s3")
     job_name, _ = sm.resource_names(cfg.model.endpoint_name)
     plan = plan_inputs(s3, cfg, job_name)
@@ -284,11 +287,11 @@ def submit(cfg: TransformConfig, session: Any | None = None) -> SubmitResult:
 
 
 # --------------------------------------------------------------------------- follow and gather
-def _output_location(desc: dict[str, Any]) -> sm.S3Uri:
-    return sm.parse_s3_uri(desc["TransformOutput"]["S3OutputPath"], "S3OutputPath")
+def _output_location(desc: dict[str, Any]) -> S3Uri:
+    return dc.s3_argument(desc["TransformOutput"]["S3OutputPath"], "S3OutputPath")
 
 
-def list_outputs(s3: Any, output: sm.S3Uri) -> Iterator[str]:
+def list_outputs(s3: Any, output: S3Uri) -> Iterator[str]:
     """Keys of the ``.out`` objects under the output prefix (our own meta folder left out)."""
     prefix = output.key + "/" if output.key else ""
     meta = output.join(META_FOLDER).key + "/"
@@ -315,8 +318,6 @@ def follow(session: Any, job_name: str, total: int | None, poll_s: float = DEFAU
         rate = (done - first_count) / elapsed * 60 if elapsed > 0 else 0.0
         eta = ""
         if total and rate > 0:
-            from fusion_emotion.client.progress import format_seconds
-
             eta = f", ETA {format_seconds((total - done) / rate * 60)}"
         log.info(
             "transform job %s: %s, %d/%s outputs, %.1f/min%s",
@@ -330,7 +331,7 @@ def follow(session: Any, job_name: str, total: int | None, poll_s: float = DEFAU
         time.sleep(poll_s)
 
 
-def _output_index(s3: Any, output: sm.S3Uri) -> tuple[dict[str, str], dict[str, str | None]]:
+def _output_index(s3: Any, output: S3Uri) -> tuple[dict[str, str], dict[str, str | None]]:
     """``.out`` keys by path relative to the output prefix, and by file name (None when ambiguous)."""
     base = output.key + "/" if output.key else ""
     by_rel: dict[str, str] = {}
@@ -370,10 +371,8 @@ def gather(
     concurrency: int = 16,
     progress: Any = None,
     stop: Any = None,
-) -> Any:
+) -> Summary:
     """Every input of the job -> one line of ``results_path`` (resumable like ``batch``); returns its Summary."""
-    from fusion_emotion.client.batch import ResultsFile, describe_error, run_batch
-
     s3 = session.client("s3")
     output = _output_location(desc)
     manifest_uri = desc["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
@@ -422,112 +421,3 @@ def gather(
 
     with results:
         return run_batch(sources(), handle_any, results, concurrency=concurrency, progress=progress, stop=stop)
-
-
-# --------------------------------------------------------------------------- CLI
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``--transform-job`` options of ``fusion-emotion batch``."""
-    from fusion_emotion.deploy.cli import _env_pair
-
-    g = p.add_argument_group("SageMaker Batch Transform (--transform-job, --attach)")
-    g.add_argument("--image-uri", help="serving image in ECR (docker/build-and-push.sh)")
-    g.add_argument("--model-data", help="model.tar.gz file or s3:// URI")
-    g.add_argument("--s3-prefix", help="s3://bucket/prefix to upload a local --model-data to")
-    g.add_argument("--role-arn", help="SageMaker execution role ARN")
-    g.add_argument("--instance-type", default="ml.g4dn.xlarge", help="default ml.g4dn.xlarge")
-    g.add_argument("--instance-count", type=int, default=1, help="default 1")
-    g.add_argument("--profile", default="gpu", help="model config profile: gpu (default), cpu or gpu_fp16")
-    g.add_argument("--content-type", help="override the content type taken from the objects' extensions")
-    g.add_argument("--max-concurrent-transforms", type=int, help="requests in flight per instance (default: sized)")
-    g.add_argument("--max-payload-mb", type=int, default=MAX_PAYLOAD_MB, help="per-object limit (default 100)")
-    g.add_argument(
-        "--invocation-timeout", type=int, default=DEFAULT_INVOCATION_TIMEOUT_S, help="seconds per object (600)"
-    )
-    g.add_argument("--job-name", help="base name of the job and its model (a UTC timestamp is appended)")
-    g.add_argument("--env", action="append", type=_env_pair, default=[], metavar="KEY=VALUE")
-    g.add_argument("--wait", action="store_true", help="follow the job, then gather its outputs into --results")
-    g.add_argument("--results", type=Path, default=Path("results.jsonl"), help="gathered JSONL (default results.jsonl)")
-    g.add_argument("--poll", type=float, default=DEFAULT_POLL_S, help="seconds between status checks (default 60)")
-
-
-def config_from_args(args: argparse.Namespace) -> TransformConfig:
-    from fusion_emotion.client.batch import RequestOptions
-
-    options = RequestOptions(args.timeline, args.window, args.hop).attributes()
-    model = sm.DeployConfig(
-        model_data=args.model_data or "",
-        image_uri=args.image_uri or "",
-        role_arn=args.role_arn or "",
-        endpoint_name=args.job_name or "fusion-emotion-batch",
-        s3_prefix=args.s3_prefix,
-        instance_type=args.instance_type,
-        instance_count=args.instance_count,
-        profile=args.profile,
-        environment=dict(args.env),
-    )
-    return TransformConfig(
-        input=args.input or "",
-        output=args.output or "",
-        model=model,
-        content_type=args.content_type,
-        options=options,
-        timeline=args.timeline,
-        max_payload_mb=args.max_payload_mb,
-        max_concurrent=args.max_concurrent_transforms,
-        invocation_timeout_s=args.invocation_timeout,
-    )
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """``batch --transform-job`` / ``batch --attach JOB``: exit 0 only when every input has a result."""
-    import threading
-
-    from fusion_emotion.client.batch import _print_summary, _stop_on_signals, update_search_index
-
-    session = sm.aws_session(args.region)
-    if args.attach:
-        job_name, total = args.attach, None
-    else:
-        try:
-            cfg = config_from_args(args)
-            validate(cfg)
-            if args.timeline:
-                from fusion_emotion.core.windows import TIMELINE_DEFAULTS, window_params
-
-                window_params(args.window, args.hop, TIMELINE_DEFAULTS)
-        except (sm.ArgumentError, ValueError, ServingError) as exc:
-            log.error("%s", exc)
-            return 2
-        try:
-            submitted = submit(cfg, session)
-        except (TransformError, sm.DeployError) as exc:
-            log.error("%s", exc)
-            return 1
-        job_name, total = submitted.job_name, submitted.plan.count
-        print(f"transform job {job_name}: {submitted.plan.count} objects ({submitted.plan.content_type})")
-        print(f"  model {submitted.model_name}; outputs under {cfg.output}")
-        if submitted.plan.skipped:
-            print(f"  {submitted.plan.skipped} objects not sent (not media, or over the payload limit)")
-        if not args.wait:
-            print(f"follow and gather later: fusion-emotion batch --attach {job_name} --results {args.results}")
-            return 0
-    try:
-        desc = follow(session, job_name, total, args.poll)
-    except KeyboardInterrupt:
-        print(f"\nthe job keeps running; follow it again: fusion-emotion batch --attach {job_name}")
-        return 130
-    except Exception as exc:  # DescribeTransformJob refused: a wrong name, no permission
-        log.error("following %s failed: %s", job_name, exc)
-        return 1
-    stop = threading.Event()
-    restore = _stop_on_signals(stop)
-    try:
-        summary = gather(session, desc, args.results, stop=stop)
-    finally:
-        restore()
-    if not args.no_index:
-        update_search_index(args.results)
-    _print_summary(summary, str(args.results), retry_hint=False)
-    if summary.interrupted:
-        return 130
-    return 0 if summary.all_ok and desc["TransformJobStatus"] == "Completed" else 1

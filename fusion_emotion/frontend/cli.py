@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from fusion_emotion.arguments import field_args
+from fusion_emotion.frontend.settings import Settings
+
 log = logging.getLogger(__name__)
 
 
@@ -62,11 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # optional: [serving] (FastAPI, uvicorn: `serve --help` needs neither)
     import uvicorn
 
-    from fusion_emotion.cli import field_args
     from fusion_emotion.frontend.app import create_app
-    from fusion_emotion.frontend.settings import Settings
     from fusion_emotion.frontend.stream import StreamSettings
 
     settings = Settings.from_env(**field_args(Settings, args))  # one flag per Settings field

@@ -36,13 +36,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tritonclient.grpc.aio as grpcclient
 from fastapi import FastAPI, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from fusion_emotion import contract as C
-from fusion_emotion.client.stream import ENCODINGS, chunk_inputs, parse_update, stream_outputs
 from fusion_emotion.core.stream import StreamConfig, needed_native, stream_config
 from fusion_emotion.errors import ErrorKind, ServingError, parse_wire
+from fusion_emotion.tensors import chunk_inputs, parse_update, stream_outputs
 
 log = logging.getLogger("fusion_emotion.frontend.stream")
 
@@ -60,6 +61,8 @@ CLOSE_CODES: dict[ErrorKind, int] = {
 CLOSE_MAX_DURATION = 4413  # the stream reached its maximum duration
 CLOSE_UNSUPPORTED = 1003  # unknown encoding (data the server cannot accept)
 
+ENCODINGS: dict[str, tuple[str, float]] = {"pcm_s16le": ("<i2", 32768.0), "pcm_f32le": ("<f4", 1.0)}
+"""WebSocket audio encodings: numpy dtype of one sample and its full scale."""
 CONFIG_KEYS = {"sample_rate", "encoding", "channels", "hop_s", "window_s"}
 ENV_PREFIX = "FUSION_EMOTION_"
 
@@ -214,8 +217,6 @@ class StreamSession:
     # ---------------------------------------------------------------- Triton side
 
     def _send(self, inputs: list[Any], *, start: bool = False, end: bool = False) -> None:
-        import tritonclient.grpc.aio as grpcclient
-
         request = {
             "model_name": self.settings.model_name,
             "inputs": inputs,
@@ -236,8 +237,6 @@ class StreamSession:
     # ---------------------------------------------------------------- client -> Triton
 
     def _audio(self, data: bytes) -> None:
-        import tritonclient.grpc.aio as grpcclient
-
         assert self.config is not None
         if len(data) > self.settings.max_message_bytes:
             raise _bad("audio", f"message of {len(data)} bytes is over the {self.settings.max_message_bytes}-byte limit",
@@ -258,7 +257,6 @@ class StreamSession:
 
     def _text(self, text: str) -> bool:
         """One text message; True at ``{"end": true}``."""
-        import tritonclient.grpc.aio as grpcclient
 
         msg = _json_object(text, "message", "text messages must be JSON objects")
         keys = set(msg)
@@ -297,7 +295,6 @@ class StreamSession:
 
     async def _reader(self) -> str:
         """Client messages to Triton until ``{"end": true}`` ("end") or the client leaves ("gone")."""
-        import tritonclient.grpc.aio as grpcclient
 
         assert self.config is not None
         limit_s = self.settings.max_lag_hops * self.config.hop_s
@@ -379,8 +376,6 @@ class StreamSession:
         self.config, self.encoding = parse_config(message["text"])
 
     async def run(self) -> None:
-        import tritonclient.grpc.aio as grpcclient
-
         code, error = CLOSE_NORMAL, None
         responses = None
         tasks: list[asyncio.Task] = []
@@ -435,7 +430,6 @@ class StreamSession:
 
     async def _close_triton(self, responses: Any) -> None:
         """End the Triton sequence: abort it unless its final response came, then end the gRPC stream."""
-        import tritonclient.grpc.aio as grpcclient
 
         if self.started and not self.finished:
             self._send(chunk_inputs(grpcclient, abort=True), end=True)

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tritonclient.grpc.aio as grpcclient
 
 from fusion_emotion import contract as C
 from fusion_emotion.core.result import timeline_result
-from fusion_emotion.core.windows import TIMELINE_DEFAULTS, window_params
-from fusion_emotion.errors import ServingError
-from fusion_emotion.frontend.errors import ApiError
+from fusion_emotion.core.windows import window_params
+from fusion_emotion.errors import ApiError, ServingError
 from fusion_emotion.frontend.triton import TritonGateway
+from fusion_emotion.tensors import parse_timeline, timeline_inputs, timeline_outputs
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -66,7 +67,7 @@ def parse_options(values: dict[str, Any]) -> TimelineOptions:
         raise ApiError(400, "window_s and hop_s need timeline=true")
     if enabled:
         try:
-            window_params(window, hop, TIMELINE_DEFAULTS)
+            window_params(window, hop)
         except ServingError as exc:
             raise ApiError(400, str(exc)) from None
     return TimelineOptions(enabled, window, hop)
@@ -111,26 +112,9 @@ async def timeline_request(
     request_id: str,
 ) -> dict[str, Any]:
     """One timeline call -> the usual top-level keys plus ``"segments"`` in time order."""
-    import tritonclient.grpc.aio as grpcclient
-
-    inputs = []
-    for spec, data in ((C.IN_VIDEO, video), (C.IN_AUDIO, audio)):
-        if data is None:
-            continue
-        tensor = grpcclient.InferInput(spec.name, [1, *spec.dims], spec.wire_dtype)
-        tensor.set_data_from_numpy(np.array([[data]], dtype=object))
-        inputs.append(tensor)
-    for spec, value in ((C.IN_WINDOW_S, options.window_s), (C.IN_HOP_S, options.hop_s)):
-        if value is None:
-            continue
-        tensor = grpcclient.InferInput(spec.name, [1, 1], spec.wire_dtype)
-        tensor.set_data_from_numpy(np.array([[value]], dtype=np.float32))
-        inputs.append(tensor)
-    outputs = [grpcclient.InferRequestedOutput(s.name) for s in (C.OUT_SEGMENTS, C.OUT_PROBABILITIES, C.OUT_QA_FLAGS)]
-    result = await gateway.call(C.TIMELINE_MODEL, inputs, outputs, timeout_s, request_id)
-    segments = result.as_numpy(C.OUT_SEGMENTS.name)
-    probs = result.as_numpy(C.OUT_PROBABILITIES.name)
+    inputs = timeline_inputs(video, audio, options.window_s, options.hop_s, grpcclient)
+    result = await gateway.call(C.TIMELINE_MODEL, inputs, timeline_outputs(grpcclient), timeout_s, request_id)
+    segments, probs, qa = parse_timeline(result)
     if segments is None or probs is None:
         raise ApiError(500, "inference returned no timeline")
-    qa = result.as_numpy(C.OUT_QA_FLAGS.name)
-    return timeline_result(segments[0], probs[0], None if qa is None else qa[0])
+    return timeline_result(segments, probs, qa)

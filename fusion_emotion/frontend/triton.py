@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from fusion_emotion import contract as C
-from fusion_emotion.client.triton import build_inputs, requested_outputs
-from fusion_emotion.errors import ErrorKind, is_shm_exhausted, parse_wire
-from fusion_emotion.frontend.errors import ApiError
+from fusion_emotion.errors import ApiError, ErrorKind, is_shm_exhausted, parse_wire
+from fusion_emotion.tensors import build_inputs, parse_result, requested_outputs
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,6 @@ class TritonGateway:
         self._provenance: str | None = None
 
     async def start(self) -> None:
-        import tritonclient.grpc.aio as grpcclient
-
         # Must be created inside the serving event loop: grpc.aio channels bind to it.
         self._client = grpcclient.InferenceServerClient(url=self.url)
         log.info("triton client created")
@@ -167,7 +166,6 @@ class TritonGateway:
 
     async def call(self, model: str, inputs: list, outputs: list, timeout_s: float, request_id: str) -> Any:
         """One Triton call with the request's deadline carried inside Triton; its errors mapped to ApiError."""
-        from tritonclient.utils import InferenceServerException
 
         try:
             return await self.client.infer(
@@ -187,7 +185,6 @@ class TritonGateway:
 
     async def infer(self, video: bytes | None, audio: bytes | None, timeout_s: float, request_id: str) -> Prediction:
         """One ensemble call with only the inputs present (both are optional in the model)."""
-        import tritonclient.grpc.aio as grpcclient
 
         result = await self.call(
             self.model_name,
@@ -196,8 +193,7 @@ class TritonGateway:
             timeout_s,
             request_id,
         )
-        probs = result.as_numpy(C.OUT_PROBABILITIES.name)
-        qa = result.as_numpy(C.OUT_QA_FLAGS.name)
+        probs, qa = parse_result(result)
         if probs is None:
             raise ApiError(500, "inference returned no probabilities")
         probs = np.asarray(probs, dtype=np.float32).reshape(-1)[: C.NUM_CLASSES]

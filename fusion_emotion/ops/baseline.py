@@ -1,6 +1,6 @@
 """The previous design (eager PyTorch, full decode per request), kept only to be measured against.
 
-``fusion-emotion bench --baseline`` runs it beside the service; torch is imported
+``fusion-emotion bench --baseline`` runs it beside the service (it needs the export extra: torch); torch is imported
 here and nowhere else in the serving path.
 """
 
@@ -9,10 +9,16 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import av
 import numpy as np
+import torch
 
 from fusion_emotion import contract as C
-from fusion_emotion.ops.bench import Target
+from fusion_emotion.core.audio import audio_frame_to_float, decode_audio
+from fusion_emotion.core.model_inputs import crop_box, waveform_for_model
+from fusion_emotion.export.checkpoint import load_checkpoint, random_model
+from fusion_emotion.export.models import AudioEmbedding
+from fusion_emotion.ops.targets import Target
 
 
 def uniform_indices(total: int, num: int = C.NUM_FRAMES) -> np.ndarray:
@@ -33,12 +39,6 @@ class BaselineTarget(Target):
     """
 
     def __init__(self, video: bytes | None, audio: bytes | None, seed: int = 0, checkpoint: str | None = None) -> None:
-        import torch
-
-        from fusion_emotion.export.checkpoint import load_checkpoint, random_model
-        from fusion_emotion.export.models import AudioEmbedding
-
-        self.torch = torch
         loaded = load_checkpoint(checkpoint) if checkpoint else random_model(seed)
         self.model = loaded.model.eval()
         self.audio_model = AudioEmbedding(self.model.audio_encoder).eval()
@@ -50,9 +50,6 @@ class BaselineTarget(Target):
     @staticmethod
     def decode_all(data: bytes, want_audio: bool) -> tuple[list[np.ndarray], np.ndarray | None, int | None]:
         """Every video frame as a full-resolution RGB array, and the whole audio track."""
-        import av
-
-        from fusion_emotion.core.audio import audio_frame_to_float
 
         frames: list[np.ndarray] = []
         chunks: list[np.ndarray] = []
@@ -72,8 +69,6 @@ class BaselineTarget(Target):
         return frames, audio, rate
 
     def preprocess_video(self, frames: list[np.ndarray]) -> Any:
-        torch = self.torch
-        from fusion_emotion.core.model_inputs import crop_box
 
         idx = uniform_indices(len(frames), C.NUM_FRAMES)
         clip = torch.from_numpy(np.stack([frames[i] for i in idx])).permute(0, 3, 1, 2).float() / 255.0
@@ -85,9 +80,6 @@ class BaselineTarget(Target):
         return ((clip - self.mean) / self.std).unsqueeze(0).contiguous()
 
     def predict(self, video: bytes | None, audio: bytes | None) -> np.ndarray:
-        torch = self.torch
-        from fusion_emotion.core.audio import decode_audio
-        from fusion_emotion.core.model_inputs import waveform_for_model
 
         v = torch.zeros(1, C.VIDEO_EMBED_DIM)
         a = torch.zeros(1, C.AUDIO_EMBED_DIM)

@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 
 from fusion_emotion import contract as C
+from fusion_emotion.client.http import predict_url
+from fusion_emotion.client.triton import infer_grpc
 
 log = logging.getLogger(__name__)
 
@@ -260,10 +263,10 @@ def build_report(run: EvaluationRun, dataset: Path) -> dict[str, Any]:
 
 def plot_confusion(cm: np.ndarray, path: Path, labels: tuple[str, ...] = C.LABELS) -> None:
     """Counts with row-normalised shading (recall per true class)."""
-    import matplotlib
+    import matplotlib  # optional: [plots]
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: [plots]
 
     cm = np.asarray(cm)
     rows = cm.sum(axis=1, keepdims=True)
@@ -308,15 +311,11 @@ def summary_table(report: dict[str, Any]) -> str:
 def make_predictor(args: argparse.Namespace) -> PredictFn:
     """A thread-safe ``predict(video, audio) -> probabilities`` for the chosen route."""
     if args.local:
-        from fusion_emotion.core.pipeline import ReferencePipeline
+        from fusion_emotion.core.pipeline import ReferencePipeline  # optional: [models]
 
         pipeline = ReferencePipeline(args.local)
         return lambda video, audio: pipeline.predict(video, audio)[0]
     if args.triton:
-        import tritonclient.grpc as grpcclient
-
-        from fusion_emotion.client.triton import infer_grpc
-
         local = threading.local()
 
         def predict_triton(video: bytes | None, audio: bytes | None) -> np.ndarray:
@@ -325,7 +324,6 @@ def make_predictor(args: argparse.Namespace) -> PredictFn:
             return infer_grpc(args.triton, video, audio, timeout_s=args.timeout, client=local.client)[0]
 
         return predict_triton
-    from fusion_emotion.client.http import predict_url
 
     def predict_http(video: bytes | None, audio: bytes | None) -> np.ndarray:
         result = predict_url(args.url, video, audio, timeout=args.timeout)

@@ -33,6 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from fusion_emotion import contract as C
+from fusion_emotion.ops import bench
+from fusion_emotion.ops.perf_analyzer import PerfAnalyzer, ensure_demo_repository
+from fusion_emotion.ops.perf_inputs import make_input_data
+from fusion_emotion.server.launcher import Bundle, ServerOptions, TritonProcess, build_command, server_env
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +82,6 @@ def server_wrapper_text(repository_hint: Path) -> str:
     definition of how our server is started), minus the flags the analyzer owns.
     Each launch gets its own Python-backend shared-memory prefix.
     """
-    from fusion_emotion.server.launcher import Bundle, ServerOptions, build_command, server_env
 
     bundle = Bundle.locate()
     cmd = build_command(ServerOptions(repository_hint, profile="cpu"), bundle.binary, bundle.backend_dir())
@@ -175,7 +178,6 @@ def analyzer_config(
 
 def analyzer_env(venv_bin: Path) -> dict[str, str]:
     """The analyzer's environment: its venv first on PATH, and perf_analyzer's CUDA runtime on LD_LIBRARY_PATH."""
-    from fusion_emotion.ops.perf_analyzer import PerfAnalyzer
 
     pa = PerfAnalyzer.locate()
     env = pa.env()
@@ -272,8 +274,6 @@ def compare(
     ours: Path, theirs: Path, video: bytes, out: Path, *, concurrency: int, requests: int, rounds: int
 ) -> dict[str, Any]:
     """Our cpu profile vs the analyzer's pick, two servers at once, bench runs alternated A B A B."""
-    from fusion_emotion.ops import bench
-    from fusion_emotion.server.launcher import ServerOptions, TritonProcess
 
     servers = {
         "ours": TritonProcess(ServerOptions(ours, "cpu", 18621, 18622, 18623), out / "ours.log"),
@@ -316,9 +316,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from fusion_emotion.ops.perf_analyzer import PerfAnalyzer, ensure_demo_repository
-    from fusion_emotion.ops.perf_inputs import make_input_data
-
     out = args.output_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
     analyzer = args.venv.resolve() / "bin" / "model-analyzer"
@@ -329,9 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.video:
         video = args.video.read_bytes()
     else:
-        from fusion_emotion.ops import synth
+        from fusion_emotion import testmedia  # optional: [dev] (a generated clip when --video is not given)
 
-        video = synth.mp4(audio=synth.speech(rate=48_000), audio_rate=48_000)
+        video = testmedia.mp4(audio=testmedia.speech(rate=48_000), audio_rate=48_000)
     env = analyzer_env(analyzer.parent)
     summary: dict[str, Any] = {"loadavg_before": os.getloadavg()}
     if not args.skip_profile:

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fusion_emotion import contract as C
+from fusion_emotion.ops.server_stats import CpuMeter, TritonStats, stats_delta
+
 log = logging.getLogger(__name__)
 
 BINARY_ENV = "FUSION_EMOTION_PERF_ANALYZER"  # explicit binary (e.g. NVIDIA's SDK image), used as is
@@ -113,14 +116,12 @@ class PerfAnalyzer:
 
 def ensure_demo_repository(path: Path) -> Path:
     """``path`` as a model repository: exported with random-init weights (seed 0) when it holds none yet."""
-    from fusion_emotion import contract as C
 
     if not (path / C.ENSEMBLE / "config.pbtxt").is_file():
-        from fusion_emotion.cli import main as cli
+        from fusion_emotion.export.repository import export_random  # optional: [export]
 
         log.info("exporting random-init weights (seed 0) to %s", path)
-        if cli(["export", "--init", "random", "--seed", "0", "--output", str(path)]) != 0:
-            raise RuntimeError(f"export to {path} failed")
+        export_random(path, seed=0)
     return path
 
 
@@ -210,7 +211,6 @@ def measure(
     run, the same way ``bench`` does, so the two tools can be compared on what
     the server saw, not only on what each client timed.
     """
-    from fusion_emotion.ops.bench import CpuMeter, TritonStats, stats_delta
 
     stats = TritonStats(url)
     meter = CpuMeter(server_pids) if server_pids else None

@@ -3,7 +3,7 @@
 Why: on CPU the two encoders are about 70 % of a request's compute; int8 kernels
 (VNNI/AVX2) cut that by 2-3x. onnxruntime's static quantization (QDQ format) needs
 activation ranges from representative inputs, so the tool generates its own
-calibration set with ``fusion_emotion.ops.synth`` (speech + face clips, several seeds,
+calibration set with ``fusion_emotion.testmedia`` (speech + face clips, several seeds,
 texts and resolutions) run through the real preprocessing, and then measures
 how far the probabilities move from fp32 on held-out clips.
 
@@ -58,17 +58,17 @@ _TEXTS = (
 
 def synth_clips(count: int, offset: int = 0) -> Iterator[bytes]:
     """RAVDESS/CREMA-D-like clips (speech + moving face), different per index."""
-    from fusion_emotion.ops import synth
+    from fusion_emotion import testmedia  # optional: [dev] (espeak-ng speech, the astronaut photo)
 
     for i in range(offset, offset + count):
         text = _TEXTS[i % len(_TEXTS)]
         if i % 3 == 2:
-            yield synth.flv(audio=synth.speech(text=text, rate=44_100), audio_rate=44_100, seed=i)
+            yield testmedia.flv(audio=testmedia.speech(text=text, rate=44_100), audio_rate=44_100, seed=i)
         else:
             sec = 2.5 + (i % 4) * 0.5
-            yield synth.mp4(
+            yield testmedia.mp4(
                 seconds=sec,
-                audio=synth.speech(text=text, rate=48_000),
+                audio=testmedia.speech(text=text, rate=48_000),
                 audio_rate=48_000,
                 seed=i,
                 video_bitrate=2_000_000,
@@ -77,7 +77,7 @@ def synth_clips(count: int, offset: int = 0) -> Iterator[bytes]:
 
 def _weight_matmuls(model_path: Path) -> list[str]:
     """Names of MatMul/Gemm nodes with an initializer input: the ones worth int8 in a transformer."""
-    import onnx
+    import onnx  # optional: [export]
 
     model = onnx.load(str(model_path), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
@@ -86,6 +86,7 @@ def _weight_matmuls(model_path: Path) -> list[str]:
 
 def quantize_encoder(src: Path, dst: Path, model: str, samples: list[np.ndarray]) -> None:
     """Static QDQ quantization: per-channel symmetric int8 weights, asymmetric uint8 activations."""
+    # optional: [models] (onnxruntime; kept out of the CLI's start-up)
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -162,7 +163,7 @@ def serving_copy(repo: Path, out: Path) -> None:
 
 def drift_report(repo: Path, int8_repo: Path, clips: list[bytes]) -> dict[str, Any]:
     """fp32 vs int8 probabilities on held-out clips: max/mean |diff|, top-1 agreement."""
-    from fusion_emotion.core.pipeline import ReferencePipeline
+    from fusion_emotion.core.pipeline import ReferencePipeline  # optional: [models]
 
     # each as its profile serves it: fp32 on the cpu profile's runtime, int8 on onnxruntime (INT8_RUNTIME)
     fp32, int8 = ReferencePipeline(repo), ReferencePipeline(int8_repo, runtime=INT8_RUNTIME)
@@ -207,7 +208,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion_emotion.core.rows import decode_row
+    from fusion_emotion.core.rows import decode_row  # optional: [models]
 
     repo: Path = args.repository
     t0 = time.perf_counter()

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from fusion_emotion import contract as C
+from fusion_emotion.client.search import SegmentIndex, index_path_for
 
 
 def fake_record(i: int, segments: int, rng: np.random.Generator, window_s: float = 4.0) -> dict[str, Any]:
@@ -69,8 +70,6 @@ def _ms(seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fusion_emotion.client.search import SegmentIndex, index_path_for
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--files", type=int, default=100_000)
     p.add_argument("--segments", type=int, default=8, help="timeline segments per clip (default 8: 32 s clips)")

@@ -18,21 +18,21 @@ import asyncio
 import json
 import logging
 import os
-import random
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fusion_emotion import contract as C
+from fusion_emotion import testmedia
+from fusion_emotion.core.pipeline import ReferencePipeline
+from fusion_emotion.ops.soak_load import Case, mixed_load
 from fusion_emotion.server import procs
 from fusion_emotion.server.launcher import die_with_parent
 from fusion_emotion.server.procs import free_port
@@ -41,36 +41,27 @@ log = logging.getLogger("fusion_emotion.ops.soak")
 
 
 # --------------------------------------------------------------------------- inputs
-@dataclass
-class Case:
-    name: str
-    video: bytes | None
-    audio: bytes | None
-    good: bool
-    expected: np.ndarray | None = None  # reference probabilities for good cases
-
-
 def make_cases(max_body_bytes: int) -> list[Case]:
-    from fusion_emotion.ops import synth
-
-    speech48 = synth.speech(rate=48_000)
-    speech44 = synth.speech(text="It is eleven o'clock. Please sit down.", rate=44_100)
-    mp4 = synth.mp4(width=640, height=360, seconds=2.0, audio=speech48, audio_rate=48_000, video_bitrate=1_500_000)
-    wav = synth.wav(np.stack([speech44, 0.5 * speech44], axis=1), 44_100, "s16")
+    speech48 = testmedia.speech(rate=48_000)
+    speech44 = testmedia.speech(text="It is eleven o'clock. Please sit down.", rate=44_100)
+    mp4 = testmedia.mp4(width=640, height=360, seconds=2.0, audio=speech48, audio_rate=48_000, video_bitrate=1_500_000)
+    wav = testmedia.wav(np.stack([speech44, 0.5 * speech44], axis=1), 44_100, "s16")
     rng = np.random.default_rng(0)
     good = [
         Case("mp4+wav", mp4, wav, True),
         Case("mp4", mp4, None, True),
         Case("wav", None, wav, True),
-        Case("flv", synth.flv(seconds=1.5, audio=speech44, audio_rate=44_100), None, True),
-        Case("avi+wav", synth.avi(width=320, height=240, seconds=1.5, audio=speech44, audio_rate=44_100), wav, True),
-        Case("mp4_noaudio", synth.mp4(width=320, height=240, seconds=1.0, audio=None), None, True),
+        Case("flv", testmedia.flv(seconds=1.5, audio=speech44, audio_rate=44_100), None, True),
+        Case(
+            "avi+wav", testmedia.avi(width=320, height=240, seconds=1.5, audio=speech44, audio_rate=44_100), wav, True
+        ),
+        Case("mp4_noaudio", testmedia.mp4(width=320, height=240, seconds=1.0, audio=None), None, True),
     ]
     bad = [
         Case("garbage_video", rng.bytes(20_000), None, False),
         Case("truncated_mp4", mp4[: len(mp4) // 3], None, False),
         Case("mp4_as_audio", None, mp4, False),
-        Case("wav_header_only", None, synth.header_only_wav(), False),
+        Case("wav_header_only", None, testmedia.header_only_wav(), False),
         Case("wav_as_video", wav, None, False),
         Case("empty_audio", None, b"", False),
         Case("over_body_limit", rng.bytes(max_body_bytes + 1), None, False),
@@ -79,8 +70,6 @@ def make_cases(max_body_bytes: int) -> list[Case]:
 
 
 def attach_reference(cases: list[Case], repository: Path) -> None:
-    from fusion_emotion.core.pipeline import ReferencePipeline
-
     ref = ReferencePipeline(repository)
     for case in cases:
         if case.good:
@@ -165,124 +154,6 @@ def start_stack(
     return Stack(triton, frontend, base, [tlog, flog])
 
 
-# --------------------------------------------------------------------------- load
-def _multipart(case: Case) -> dict[str, Any]:
-    files = {}
-    if case.video is not None:
-        files["video_file"] = ("input.bin", case.video, "application/octet-stream")
-    if case.audio is not None:
-        files["audio_file"] = ("input.bin", case.audio, "application/octet-stream")
-    return {"files": files}
-
-
-async def _load(
-    base: str,
-    cases: list[Case],
-    duration_s: float,
-    concurrency: int,
-    tolerance: float,
-    seed: int,
-    http_timeout: float,
-    max_requests: int | None = None,
-    completed: list[int] | None = None,
-    quiet_every_s: float | None = None,
-    on_quiet: Callable[[], None] | None = None,
-) -> dict[str, Any]:
-    """Closed-loop mixed load; ``completed[0]`` counts answered requests live (for the memory sampler).
-
-    With ``quiet_every_s``, the load runs in rounds: after each, the clients wait until every request in
-    flight has been answered and ``on_quiet`` is called (a memory sample with nothing in flight), then the
-    next round starts.
-    """
-    import httpx
-
-    stats: dict[str, Any] = {
-        "requests": 0,
-        "good": 0,
-        "bad": 0,
-        "wrong_answers": 0,
-        "good_5xx": 0,
-        "good_other_errors": 0,
-        "bad_not_4xx": 0,
-        "transport_errors": 0,
-        "status_counts": {},
-        "per_case": {},
-        "examples_of_failures": [],
-    }
-    good_weighted = [c for c in cases if c.good] * 3  # 3 good : 1 bad per draw on average when 6 good / 7 bad
-    pool = good_weighted + [c for c in cases if not c.good]
-    end = time.monotonic() + duration_s
-    budget = [max_requests or 0]
-    latencies: list[float] = []
-
-    def note_failure(text: str) -> None:
-        if len(stats["examples_of_failures"]) < 20:
-            stats["examples_of_failures"].append(text)
-
-    rngs = [random.Random(seed * 1000 + wid) for wid in range(concurrency)]
-
-    async def worker(wid: int, client: httpx.AsyncClient, until: float) -> None:
-        rng = rngs[wid]
-        while time.monotonic() < until:
-            if max_requests is not None:
-                if budget[0] <= 0:
-                    return
-                budget[0] -= 1
-            case = rng.choice(pool)
-            t0 = time.monotonic()
-            try:
-                resp = await client.post(base + "/invocations", **_multipart(case), timeout=http_timeout)
-            except httpx.HTTPError as exc:
-                stats["transport_errors"] += 1
-                note_failure(f"{case.name}: transport {type(exc).__name__}")
-                continue
-            latencies.append(time.monotonic() - t0)
-            stats["requests"] += 1
-            if completed is not None:
-                completed[0] += 1
-            code = resp.status_code
-            stats["status_counts"][str(code)] = stats["status_counts"].get(str(code), 0) + 1
-            per = stats["per_case"].setdefault(case.name, {})
-            per[str(code)] = per.get(str(code), 0) + 1
-            if case.good:
-                stats["good"] += 1
-                if code >= 500:
-                    stats["good_5xx"] += 1
-                    note_failure(f"{case.name}: {code} {resp.text[:200]}")
-                elif code != 200:
-                    stats["good_other_errors"] += 1
-                    note_failure(f"{case.name}: {code} {resp.text[:200]}")
-                else:
-                    body = resp.json()
-                    got = np.array([body[k] for k in C.LABELS], dtype=np.float64)
-                    if case.expected is None or not np.allclose(got, case.expected, atol=tolerance, rtol=0):
-                        stats["wrong_answers"] += 1
-                        note_failure(f"{case.name}: got {got.tolist()} want {case.expected}")
-            else:
-                stats["bad"] += 1
-                if not 400 <= code < 500:
-                    stats["bad_not_4xx"] += 1
-                    note_failure(f"{case.name}: {code} {resp.text[:200]}")
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits) as client:
-        while True:
-            until = end if quiet_every_s is None else min(end, time.monotonic() + quiet_every_s)
-            await asyncio.gather(*(worker(i, client, until) for i in range(concurrency)))
-            if on_quiet is not None:
-                on_quiet()
-            if time.monotonic() >= end or (max_requests is not None and budget[0] <= 0):
-                break
-    if latencies:
-        lat = np.array(latencies)
-        stats["latency_s"] = {
-            "p50": round(float(np.percentile(lat, 50)), 3),
-            "p95": round(float(np.percentile(lat, 95)), 3),
-            "max": round(float(lat.max()), 3),
-        }
-    return stats
-
-
 MIN_REQUESTS_PER_INTERVAL = 8
 """Samples are joined into intervals of at least this many answered requests before slopes are taken."""
 
@@ -363,6 +234,76 @@ def summarize_memory(samples: list[dict[str, Any]], warmup_s: float) -> dict[str
     }
 
 
+class _Sampler:
+    """Memory samples of the stack over time, with the count of requests answered by then."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.t_start = time.monotonic()
+        self.samples: list[dict[str, Any]] = []
+        self.completed = [0]
+
+    def sample(self) -> dict[str, Any]:
+        return {
+            "t": round(time.monotonic() - self.t_start, 1),
+            "requests": self.completed[0],
+            "rss_kb": memory_sample(self.stack.triton.pid, self.stack.frontend.pid),
+        }
+
+    async def every(self, interval_s: float, stop: asyncio.Event) -> None:
+        while True:
+            self.samples.append(self.sample())
+            try:
+                await asyncio.wait_for(stop.wait(), interval_s)
+                return
+            except asyncio.TimeoutError:
+                continue
+
+
+async def _warm_then_load(
+    sampler: _Sampler,
+    cases: list[Case],
+    *,
+    duration_s: float,
+    concurrency: int,
+    tolerance: float,
+    sample_every_s: float,
+    warmup_requests: int | None,
+    request_timeout_s: float,
+    seed: int,
+    quiet_every_s: float,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(warm-up stats, measured stats), memory sampled all along and at every quiet point."""
+    stop_sampling = asyncio.Event()
+    task = asyncio.create_task(sampler.every(sample_every_s, stop_sampling))
+    base, http_timeout = sampler.stack.base_url, request_timeout_s + 30
+    try:
+        # Warm-up (not counted): every batch size and input kind once, so ONNX Runtime's
+        # arenas and the decoders reach their working size before growth is measured.
+        n_warm = 2 * concurrency if warmup_requests is None else warmup_requests
+        warm = await mixed_load(
+            base, cases, 3600, concurrency, tolerance, seed + 1, http_timeout, n_warm, sampler.completed
+        )
+        warm["ended_at_s"] = round(time.monotonic() - sampler.t_start, 1)
+        sampler.samples.append(sampler.sample() | {"t": warm["ended_at_s"], "quiet": True})
+        stats = await mixed_load(
+            base,
+            cases,
+            duration_s,
+            concurrency,
+            tolerance,
+            seed,
+            http_timeout,
+            completed=sampler.completed,
+            quiet_every_s=quiet_every_s,
+            on_quiet=lambda: sampler.samples.append(sampler.sample() | {"quiet": True}),
+        )
+        return warm, stats
+    finally:
+        stop_sampling.set()
+        await task
+
+
 def run_soak(
     repository: Path | None = None,
     *,
@@ -384,77 +325,30 @@ def run_soak(
     with tempfile.TemporaryDirectory(prefix="fusion-soak-") as tmp:
         work = Path(tmp)
         if repository is None:
-            from fusion_emotion.cli import main as cli_main
+            from fusion_emotion.export.repository import export_random  # optional: [export]
 
             repository = work / "model_repository"
-            if cli_main(["export", "--init", "random", "--seed", "0", "--output", str(repository)]) != 0:
-                raise RuntimeError("export of a random-init repository failed")
+            export_random(repository, seed=0)
         cases = make_cases(max_body_bytes)
         attach_reference(cases, repository)
         stack = start_stack(repository, work, max_body_bytes, request_timeout_s)
-        samples: list[dict[str, Any]] = []
-        t_start = time.monotonic()
-        stop_sampling = asyncio.Event()
-
-        async def sampler() -> None:
-            while True:
-                samples.append(sample())
-                try:
-                    await asyncio.wait_for(stop_sampling.wait(), sample_every_s)
-                    return
-                except asyncio.TimeoutError:
-                    continue
-
-        warm: dict[str, Any] = {}
-        completed = [0]
-
-        def sample() -> dict[str, Any]:
-            return {
-                "t": round(time.monotonic() - t_start, 1),
-                "requests": completed[0],
-                "rss_kb": memory_sample(stack.triton.pid, stack.frontend.pid),
-            }
-
-        async def main() -> dict[str, Any]:
-            task = asyncio.create_task(sampler())
-            try:
-                # Warm-up (not counted): every batch size and input kind once, so ONNX Runtime's
-                # arenas and the decoders reach their working size before growth is measured.
-                n_warm = 2 * concurrency if warmup_requests is None else warmup_requests
-                warm.update(
-                    await _load(
-                        stack.base_url,
-                        cases,
-                        3600,
-                        concurrency,
-                        tolerance,
-                        seed + 1,
-                        request_timeout_s + 30,
-                        n_warm,
-                        completed,
-                    )
-                )
-                warm["ended_at_s"] = round(time.monotonic() - t_start, 1)
-                samples.append(sample() | {"t": warm["ended_at_s"], "quiet": True})
-                return await _load(
-                    stack.base_url,
-                    cases,
-                    duration_s,
-                    concurrency,
-                    tolerance,
-                    seed,
-                    request_timeout_s + 30,
-                    completed=completed,
-                    quiet_every_s=quiet_every_s,
-                    on_quiet=lambda: samples.append(sample() | {"quiet": True}),
-                )
-            finally:
-                stop_sampling.set()
-                await task
-
+        sampler = _Sampler(stack)
         try:
-            stats = asyncio.run(main())
-            samples.append(sample())
+            warm, stats = asyncio.run(
+                _warm_then_load(
+                    sampler,
+                    cases,
+                    duration_s=duration_s,
+                    concurrency=concurrency,
+                    tolerance=tolerance,
+                    sample_every_s=sample_every_s,
+                    warmup_requests=warmup_requests,
+                    request_timeout_s=request_timeout_s,
+                    seed=seed,
+                    quiet_every_s=quiet_every_s,
+                )
+            )
+            sampler.samples.append(sampler.sample())
             alive = stack.triton.poll() is None and stack.frontend.poll() is None
         finally:
             stack.stop()
@@ -470,8 +364,8 @@ def run_soak(
             **stats,
             "requests_per_s": round(stats["requests"] / duration_s, 2),
             "warmup": {k: warm.get(k) for k in ("requests", "wrong_answers", "good_5xx", "bad_not_4xx", "ended_at_s")},
-            "memory": summarize_memory(samples, warm.get("ended_at_s", 0.0)),
-            "memory_samples": samples,
+            "memory": summarize_memory(sampler.samples, warm.get("ended_at_s", 0.0)),
+            "memory_samples": sampler.samples,
         }
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -35,8 +35,10 @@ def measure_stages(
     ``cpu_ms`` is process CPU time, so a stage that uses both cores shows
     cpu_ms > wall_ms; the sum of cpu_ms is what one request costs the machine.
     """
+    # optional: [models] (bench imports this module; its other targets need no decoder)
     from fusion_emotion.core import qa
     from fusion_emotion.core.audio import decode_audio
+    from fusion_emotion.core.fusion import score
     from fusion_emotion.core.model_inputs import frames_for_model, waveform_for_model
     from fusion_emotion.core.pipeline import ReferencePipeline
     from fusion_emotion.core.video import decode_video
@@ -56,16 +58,14 @@ def measure_stages(
     stages["waveform_for_model"], wave = _timed(lambda: waveform_for_model(native, rate), repeats)
     stages["video_encoder"], v = _timed(lambda: pipe.video_encoder(frames[None]), repeats)
     stages["audio_encoder"], a = _timed(lambda: pipe.audio_encoder(wave[None]), repeats)
-    from fusion_emotion.core.fusion import score
-
     mask = np.ones((1, 2), np.float32)
     stages["fusion_head"], _ = _timed(lambda: score(pipe.head, v, a, mask, media_qa[None].astype(np.float32)), repeats)
     stages["lean_total"] = {k: sum(s[k] for s in stages.values()) for k in ("wall_ms", "cpu_ms")}
     stages["lean_end_to_end"], _ = _timed(lambda: pipe.predict(video, audio), repeats)
     if baseline:
-        import torch
+        import torch  # optional: [export]
 
-        from fusion_emotion.ops.baseline import BaselineTarget
+        from fusion_emotion.ops.baseline import BaselineTarget  # optional: [export]
 
         base = BaselineTarget(video, audio)
         stages["baseline_decode_all"], (all_frames, _, _) = _timed(

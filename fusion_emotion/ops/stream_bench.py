@@ -34,7 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from fusion_emotion.client.stream import MediaSource, jpeg, play
+from fusion_emotion.ops.loadgen import latency_summary
+from fusion_emotion.ops.report import fmt, host_info, load_average
+from fusion_emotion.ops.server_stats import TritonStats, stats_delta
 from fusion_emotion.server import procs
+from fusion_emotion.server.launcher import ServerOptions, TritonProcess
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +56,6 @@ class Servers:
 
     @classmethod
     def start(cls, repository: Path, profile: str, log_dir: Path, timeout_s: float = 600.0) -> Servers:
-        from fusion_emotion.server.launcher import ServerOptions, TritonProcess
-
         grpc, http, metrics, fe = procs.free_port(), procs.free_port(), procs.free_port(), procs.free_port()
         log_dir.mkdir(parents=True, exist_ok=True)
         triton = TritonProcess(
@@ -112,8 +115,7 @@ def process_cpu(servers: Servers | None) -> dict[str, float]:
 
 def speech_source(seconds: float, video: bool, fps: float) -> Any:
     """Real speech (espeak-ng sentences, 16 kHz), and face frames as JPEG when ``video``."""
-    from fusion_emotion.client.stream import MediaSource, _jpeg
-    from fusion_emotion.ops import synth
+    from fusion_emotion import testmedia  # optional: [dev] (espeak-ng speech, face frames)
 
     texts = (
         "Kids are talking by the door.",
@@ -123,26 +125,24 @@ def speech_source(seconds: float, video: bool, fps: float) -> Any:
     )
     parts = []
     for text in texts:
-        parts += [synth.speech(text=text, rate=16_000), np.zeros(4_000, np.float32)]
+        parts += [testmedia.speech(text=text, rate=16_000), np.zeros(4_000, np.float32)]
     speech = np.resize(np.concatenate(parts), int(seconds * 16_000))
     pcm = (np.clip(speech, -1, 32767 / 32768) * 32768).astype("<i2")[:, None]
     frames: list[tuple[float, bytes]] = []
     if video:
-        pool = [_jpeg(f) for f in synth.video_frames(640, 480, 4.0, fps)]
+        pool = [jpeg(f) for f in testmedia.video_frames(640, 480, 4.0, fps)]
         frames = [(round(i / fps, 6), pool[i % len(pool)]) for i in range(int(seconds * fps))]
     return MediaSource(pcm, 16_000, frames)
 
 
 def expected_updates(seconds: float, hop_s: float) -> int:
-    from fusion_emotion.core.stream import stream_config
+    from fusion_emotion.core.stream import stream_config  # optional: [models]
     from fusion_emotion.core.windows import plan_stream_windows
 
     return len(plan_stream_windows(int(round(seconds * 16_000)), stream_config(16_000, 1, hop_s).windows))
 
 
 async def _phase(url: str, n: int, source: Any, hop_s: float, chunk_s: float, aligned: bool) -> list[Any]:
-    from fusion_emotion.client.stream import play
-
     offsets = [0.0] * n if aligned else [hop_s * i / n for i in range(n)]
     return await asyncio.gather(
         *(play(url, source, realtime=True, chunk_s=chunk_s, hop_s=hop_s, start_delay_s=o) for o in offsets),
@@ -154,10 +154,9 @@ def run_phase(
     url: str, n: int, source: Any, *, hop_s: float, chunk_s: float, aligned: bool, server_pids: list[int],
     stats: Any = None, servers: Servers | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    from fusion_emotion.ops.bench import _load, latency_summary, stats_delta
 
     before_stats = stats.snapshot() if stats is not None else None
-    load_before = _load()
+    load_before = load_average()
     cpu0 = procs.tree_cpu_seconds(server_pids) if server_pids else None
     parts0 = process_cpu(servers)
     own0, t0 = time.process_time(), time.perf_counter()
@@ -204,7 +203,7 @@ def run_phase(
         # per part: CPU seconds per stream-second (share of one core each stream costs there)
         "cpu_per_stream_by_part": {k: v / stream_s for k, v in sorted(parts.items())},
         "loadavg_before": load_before,
-        "loadavg_after": _load(),
+        "loadavg_after": load_average(),
     }
     p95 = doc["server_latency_ms"]["p95"]
     doc["realtime"] = bool(lost == 0 and late == 0 and not errors and p95 is not None and p95 < hop_s * 1000)
@@ -217,15 +216,13 @@ def run_phase(
 
 
 def report_line(doc: dict[str, Any]) -> str:
-    from fusion_emotion.ops.bench import _fmt
-
     s, c = doc["server_latency_ms"], doc["client_latency_ms"]
     parts = " ".join(f"{k} {v:.3f}" for k, v in doc.get("cpu_per_stream_by_part", {}).items() if v >= 0.001)
     return (
-        f"N={doc['streams']:>2} {'A+V' if doc['video_fps'] else 'A  '}: latency p50 {_fmt(s['p50'])} ms p95 {_fmt(s['p95'])} "
-        f"max {_fmt(s['max'])} (client p95 {_fmt(c['p95'])})  lost {doc['updates_lost']}/{doc['updates_expected']} "
-        f"late {doc['updates_late']}  server CPU {_fmt(doc['server_cpu_per_stream'], '.2f')} core/stream "
-        f"({_fmt(doc['server_cores_busy'], '.2f')} cores)  {'REAL-TIME' if doc['realtime'] else 'not real-time'}  "
+        f"N={doc['streams']:>2} {'A+V' if doc['video_fps'] else 'A  '}: latency p50 {fmt(s['p50'])} ms p95 {fmt(s['p95'])} "
+        f"max {fmt(s['max'])} (client p95 {fmt(c['p95'])})  lost {doc['updates_lost']}/{doc['updates_expected']} "
+        f"late {doc['updates_late']}  server CPU {fmt(doc['server_cpu_per_stream'], '.2f')} core/stream "
+        f"({fmt(doc['server_cores_busy'], '.2f')} cores)  {'REAL-TIME' if doc['realtime'] else 'not real-time'}  "
         f"load {doc['loadavg_before']} -> {doc['loadavg_after']}"
         + (f"\n      core/stream by part: {parts}" if parts else "")
     )
@@ -254,8 +251,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion_emotion.ops.bench import TritonStats, _host_info
-
     counts = [int(c) for c in args.sweep.split(",")] if args.sweep else [args.streams]
     source = speech_source(args.seconds, args.video, args.fps)
     servers = None
@@ -284,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
     best = max((d["streams"] for d in phases if d["realtime"]), default=0)
     out = {
         "command": " ".join(sys.argv),
-        "host": _host_info(),
+        "host": host_info(),
         "video": args.video,
         "profile": args.profile if args.repository else None,
         "aligned": args.aligned,

@@ -15,9 +15,7 @@ import argparse
 import ctypes
 import json
 import logging
-import math
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -30,9 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusion_emotion import contract as C
-from fusion_emotion.repository import backend, check_servable, config_path, parameters
-from fusion_emotion.server import procs
+from fusion_emotion.arguments import field_args
+from fusion_emotion.repository import check_servable
+from fusion_emotion.server import procs, shm
+from fusion_emotion.server.watchdog import watch
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ class Bundle:
         (``fusion-emotion package --target sagemaker-triton``), as in the stock image.
         """
         try:
-            import pytriton
+            import pytriton  # optional: [triton] (the bundled tritonserver; a server elsewhere needs none)
         except ImportError as exc:
             raise RuntimeError("nvidia-pytriton is not installed: run `make setup`") from exc
         root = Path(pytriton.__file__).resolve().parent / "tritonserver"
@@ -128,8 +127,8 @@ class ServerOptions:
     host: str = "127.0.0.1"
     extra_args: list[str] = field(default_factory=list)
     log_verbose: int = 0
-    shm_default_bytes: int = C.SHM_REGION_BYTES
-    shm_growth_bytes: int = C.SHM_GROWTH_BYTES
+    shm_default_bytes: int = shm.SHM_REGION_BYTES
+    shm_growth_bytes: int = shm.SHM_GROWTH_BYTES
     # /dev/shm whose size is checked against the budget before starting (None: no check)
     dev_shm: Path | None = Path("/dev/shm")
 
@@ -168,92 +167,16 @@ def build_command(opts: ServerOptions, binary: Path, backend_dir: Path | None) -
     return cmd + list(opts.extra_args)
 
 
-_COUNT = re.compile(r"instance_group\s*\[?\s*\{[^}]*?count\s*:\s*(\d+)", re.S)
-
-
-def python_instances(repository: Path, profile: str) -> dict[str, int]:
-    """Python-backend model -> instance count (one stub, one shm region each) for ``profile``."""
-    counts: dict[str, int] = {}
-    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
-        cfg = config_path(model_dir, profile)
-        if not cfg.is_file():
-            continue
-        text = cfg.read_text(encoding="utf-8")
-        if backend(text) == "python":
-            counts[model_dir.name] = sum(int(n) for n in _COUNT.findall(text)) or 1
-    return counts
-
-
-@dataclass(frozen=True)
-class ShmPlan:
-    """The Python backend's /dev/shm budget for one repository and profile."""
-
-    dev_shm_bytes: int
-    stubs: int
-    decoders: int
-    region_bytes: int
-    needed_bytes: int  # at the real-time input limit, every decoder busy
-    input_limit_bytes: int  # the largest input per decoder this /dev/shm carries
-    timeline_bytes: int = 0  # one timeline request at the same limit on top (its BLS batches of frames)
-
-    @property
-    def fits(self) -> bool:
-        return self.needed_bytes <= self.dev_shm_bytes
-
-    @property
-    def fits_timeline(self) -> bool:
-        return self.needed_bytes + self.timeline_bytes <= self.dev_shm_bytes
-
-    def describe(self) -> str:
-        mib = 1024 * 1024
-        return (
-            f"/dev/shm {self.dev_shm_bytes / mib:.0f} MiB; {self.stubs} Python-backend stubs x "
-            f"{self.region_bytes / mib:g} MiB regions + {self.decoders} decoders x "
-            f"({C.SHM_REALTIME_INPUT_BYTES / mib:g} MiB input + BLS tensors) needs {self.needed_bytes / mib:.0f} MiB; "
-            f"largest input per decoder it carries: {max(self.input_limit_bytes, 0) / mib:.1f} MiB"
-        )
-
-
-def plan_shm(repository: Path, profile: str, dev_shm_bytes: int, region_bytes: int = C.SHM_REGION_BYTES) -> ShmPlan:
-    """What the profile's stubs need in a /dev/shm of ``dev_shm_bytes`` (pure; the launcher checks it)."""
-    counts = python_instances(repository, profile)
-    stubs = sum(counts.values())
-    decoders = counts.get(C.PREPROCESS, 0)
-    timeline = 0
-    if C.TIMELINE_MODEL in counts:
-        text = config_path(repository / C.TIMELINE_MODEL, profile).read_text(encoding="utf-8")
-        batch = int(parameters(text).get("bls_max_batch", "8") or 8)
-        frames = batch * 4 * math.prod(C.VIDEO_FRAMES.dims)
-        # its input, one chunk of frames in its region and, when the encoder is a stub too, in the encoder's
-        callees = 2 if C.VIDEO_ENCODER in counts else 1
-        timeline = C.SHM_REALTIME_INPUT_BYTES + C.SHM_DECODER_OVERHEAD_BYTES + callees * frames
-    return ShmPlan(
-        timeline_bytes=timeline,
-        dev_shm_bytes=dev_shm_bytes,
-        stubs=stubs,
-        decoders=decoders,
-        region_bytes=region_bytes,
-        needed_bytes=C.shm_needed_bytes(stubs, decoders, C.SHM_REALTIME_INPUT_BYTES, region_bytes),
-        input_limit_bytes=C.shm_input_limit(dev_shm_bytes, stubs, decoders, region_bytes),
-    )
-
-
-def dev_shm_size(path: Path = Path("/dev/shm")) -> int:
-    """Total bytes of the tmpfs at ``path`` (Docker's --shm-size)."""
-    st = os.statvfs(path)
-    return st.f_blocks * st.f_frsize
-
-
-def check_shm(opts: ServerOptions) -> ShmPlan | None:
+def check_shm(opts: ServerOptions) -> shm.ShmPlan | None:
     """Refuse a /dev/shm too small for the profile's regions at the real-time input limit, naming the size."""
     if opts.dev_shm is None:
         return None
     try:
-        size = dev_shm_size(opts.dev_shm)
+        size = shm.dev_shm_size(opts.dev_shm)
     except OSError as exc:
         log.warning("cannot read the size of %s (%s): shared-memory budget not checked", opts.dev_shm, exc)
         return None
-    plan = plan_shm(opts.repository, opts.profile, size, opts.shm_default_bytes)
+    plan = shm.plan_shm(opts.repository, opts.profile, size, opts.shm_default_bytes)
     if not plan.fits:
         need_mib = -(-plan.needed_bytes // (1024 * 1024))
         raise RuntimeError(
@@ -308,7 +231,7 @@ class TritonProcess:
         self.opts = opts
         self.log_file = log_file
         self.proc: subprocess.Popen | None = None
-        self.shm_plan: ShmPlan | None = None
+        self.shm_plan: shm.ShmPlan | None = None
 
     def start(self) -> None:
         check_repository(self.opts.repository, self.opts.profile)
@@ -415,11 +338,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--shm-default-bytes",
         type=int,
-        default=C.SHM_REGION_BYTES,
+        default=shm.SHM_REGION_BYTES,
         help="Python-backend shm region each stub starts with (default 1 MiB; checked against /dev/shm)",
     )
     p.add_argument(
-        "--shm-growth-bytes", type=int, default=C.SHM_GROWTH_BYTES, help="Python-backend shm growth step (1 MiB)"
+        "--shm-growth-bytes", type=int, default=shm.SHM_GROWTH_BYTES, help="Python-backend shm growth step (1 MiB)"
     )
     p.add_argument(
         "--max-restarts",
@@ -432,8 +355,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion_emotion.cli import field_args
-
     opts = ServerOptions(
         **field_args(ServerOptions, args, repository=args.repository.resolve(), extra_args=list(args.extra))
     )
@@ -458,84 +379,3 @@ def run(args: argparse.Namespace) -> int:
     server.stop()
     log.info("tritonserver exited with code %s", code)
     return code
-
-
-def watch(server: TritonProcess, stopping: Callable[[], bool], max_reloads: int = 3, period_s: float = 1.0) -> int:
-    """Wait for tritonserver to exit, replacing Python-backend stubs that die meanwhile.
-
-    Triton 2.51 keeps a crashed stub's model instance and fails every request the
-    scheduler gives it. When a stub disappears while the server runs, its model
-    is reloaded in place (the other instances keep serving); if that reload does
-    not finish, tritonserver is restarted. If stubs keep dying, the server is
-    stopped and the exit code is 3, so a supervisor replaces us.
-    """
-    baseline: dict[int, str] = {}
-    reloads = 0
-    while True:
-        try:
-            return server.proc.wait(timeout=period_s)
-        except subprocess.TimeoutExpired:
-            pass
-        if stopping():
-            continue
-        if not baseline:
-            if server.ready(timeout=period_s):
-                baseline = server.stubs()
-            continue
-        current = server.stubs()
-        dead = {pid: model for pid, model in baseline.items() if pid not in current}
-        # A model reloaded on purpose (Triton's load API) starts its new stubs before its old ones go: a
-        # model that still has as many stubs as before lost none.
-        replaced = {m for m in set(dead.values()) if _count(current, m) >= _count(baseline, m)}
-        if replaced:
-            dead = {pid: model for pid, model in dead.items() if model not in replaced}
-            baseline = {pid: model for pid, model in baseline.items() if model not in replaced}
-            baseline.update({pid: model for pid, model in current.items() if model in replaced})
-        if not dead or server.proc.poll() is not None or stopping():
-            continue
-        models = sorted(set(dead.values()))
-        log.error("Python-backend stub(s) %s of %s died while tritonserver kept running", sorted(dead), models)
-        reloads += 1
-        if reloads > max_reloads:
-            log.error("stubs keep dying (%d reloads); stopping tritonserver", reloads - 1)
-            server.stop()
-            return 3
-        try:
-            for model in models:
-                log.warning("reloading %s to replace its dead stub (%d/%d)", model, reloads, max_reloads)
-                server.reload_model(model)
-            baseline = wait_replaced(server, baseline, dead)
-        except (OSError, RuntimeError) as exc:
-            # the reload did not complete in time: replace the whole server instead
-            log.error("reload failed (%s); restarting tritonserver", exc)
-            server.stop()
-            try:
-                server.start()
-            except (FileNotFoundError, RuntimeError, ValueError) as start_exc:
-                log.error("%s", start_exc)
-                return 2
-            baseline = {}
-
-
-def _count(stubs: dict[int, str], model: str) -> int:
-    return sum(1 for m in stubs.values() if m == model)
-
-
-def wait_replaced(
-    server: TritonProcess, baseline: dict[int, str], dead: dict[int, str], timeout: float = 20.0
-) -> dict[int, str]:
-    """The new stub set once every model with a dead stub has its full instance count again.
-
-    Triton may answer a reload of an unchanged model without creating instances;
-    raise then, so the caller falls back to a server restart.
-    """
-    wanted = {m: sum(1 for v in baseline.values() if v == m) for m in set(dead.values())}
-    deadline = time.monotonic() + timeout
-    while True:
-        current = server.stubs()
-        live = {m: sum(1 for pid, v in current.items() if v == m and pid not in dead) for m in wanted}
-        if all(live[m] >= n for m, n in wanted.items()):
-            return current
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"reload left {live} instances of {wanted}")
-        time.sleep(0.25)

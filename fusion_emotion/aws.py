@@ -1,10 +1,12 @@
-"""Fetch request media from S3 (or any S3-compatible endpoint) without touching disk.
+"""boto3 in one place: the session every AWS call starts from, and the S3 fetcher for media.
 
-boto3 resolves credentials through the standard chain (env, profile, container
-and instance roles: what SageMaker provides) and honours ``AWS_ENDPOINT_URL`` /
-``AWS_ENDPOINT_URL_S3`` itself; the region comes from ``AWS_REGION`` or
-``AWS_DEFAULT_REGION``. Calls are blocking, so they run in a worker thread.
-Logs never name the bucket or key: only sizes and durations.
+boto3 resolves credentials through the standard chain (env, profile, container and instance roles: what
+SageMaker provides), and honours ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_<SERVICE>`` itself (the tests point
+them at a local moto server). The fetcher reads media objects into memory without touching disk, for the front
+end (request inputs named by ``s3://`` URIs) and ``fusion-emotion batch`` (an S3 library): one client, one size
+limit, one way of saying what failed. Its region comes from ``AWS_REGION`` or ``AWS_DEFAULT_REGION``; calls
+are blocking, so the async ones run on the fetcher's own threads. Logs never name the bucket or key: only
+sizes and durations.
 """
 
 from __future__ import annotations
@@ -12,22 +14,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
-from fusion_emotion.frontend.errors import ApiError
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from fusion_emotion.errors import ApiError
+from fusion_emotion.s3uri import S3Uri
 
 log = logging.getLogger(__name__)
 
-# Bucket names per S3 rules (3-63 chars, lowercase, digits, dots, hyphens); keys any non-empty string.
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-# S3 forbids IP-address-shaped bucket names and adjacent dots; refusing them keeps a URI
-# from ever naming a host (e.g. 169.254.169.254) instead of a bucket.
-_IP_LIKE_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+
+def session(region: str | None = None) -> Any:
+    """One boto3 Session: credential chain, profile, region and endpoint env vars all apply."""
+    return boto3.session.Session(region_name=region) if region else boto3.session.Session()
+
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NotFound", "404"}
 _DENIED_CODES = {
@@ -42,34 +47,11 @@ _DENIED_CODES = {
 }
 
 
-@dataclass(frozen=True)
-class S3Uri:
-    bucket: str
-    key: str
-    raw: str
-
-
-def parse_s3_uri(raw: Any, field_name: str) -> S3Uri:
-    """``s3://bucket/key`` or a 400 that says what was expected."""
-    if not isinstance(raw, str):
-        raise ApiError(400, f"{field_name} must be a string of the form s3://bucket/key")
-    if not raw.startswith("s3://"):
-        raise ApiError(400, f"{field_name} is not of the form s3://bucket/key: {raw!r}")
-    bucket, sep, key = raw[len("s3://") :].partition("/")
-    if not sep or not key or not _BUCKET_RE.match(bucket) or _IP_LIKE_RE.match(bucket) or ".." in bucket:
-        raise ApiError(400, f"{field_name} is not of the form s3://bucket/key: {raw!r}")
-    if any(segment in (".", "..") for segment in key.split("/")):
-        # S3 itself treats them as plain characters, but a normalising proxy or custom endpoint would
-        # resolve them and could reach outside the allow-listed bucket.
-        raise ApiError(400, f"{field_name}: the key must not contain '.' or '..' path segments")
-    return S3Uri(bucket=bucket, key=key, raw=raw)
-
-
 # Bytes per read from the object body: the stop flag and the deadline are checked between reads.
 READ_CHUNK_BYTES = 1024 * 1024
 
 
-class _Stopped(Exception):
+class DownloadStopped(Exception):
     """A download ended early: its sibling failed or the request's deadline passed."""
 
 
@@ -89,13 +71,10 @@ class S3Fetcher:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers, "s3")
 
-    def _get_client(self) -> Any:
-        # Lazy: a front end that only ever sees multipart never needs boto3 or credentials.
+    def client(self) -> Any:
+        """The shared boto3 S3 client, made on first use: a front end that only sees multipart needs no credentials."""
         with self._lock:
             if self._client is None:
-                import boto3
-                from botocore.config import Config
-
                 region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
                 # Per-call bounds; the request's own deadline (fetch_all) bounds the whole download.
                 config = Config(
@@ -103,12 +82,12 @@ class S3Fetcher:
                     read_timeout=10,
                     retries={"mode": "standard", "max_attempts": 2},
                 )
-                self._client = boto3.session.Session().client("s3", region_name=region, config=config)
+                self._client = session().client("s3", region_name=region, config=config)
             return self._client
 
     def check_allowed(self, uri: S3Uri) -> None:
         if self.allowed_buckets is not None and uri.bucket not in self.allowed_buckets:
-            raise ApiError(403, f"access to {uri.raw} is not allowed: bucket is not in this endpoint's allow-list")
+            raise ApiError(403, f"access to {uri} is not allowed: bucket is not in this endpoint's allow-list")
 
     def fetch_sync(self, uri: S3Uri, stop: threading.Event | None = None, deadline: float | None = None) -> bytes:
         """Read one object fully into memory, refusing objects over the size limit.
@@ -116,23 +95,22 @@ class S3Fetcher:
         ``stop`` (set by a failed sibling or an expired deadline) and ``deadline`` (time.monotonic())
         end the download between two chunk reads.
         """
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         def check() -> None:
             if (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() > deadline):
-                raise _Stopped
+                raise DownloadStopped
 
         self.check_allowed(uri)
         start = time.perf_counter()
         try:
             check()
-            client = self._get_client()
+            client = self.client()
             resp = client.get_object(Bucket=uri.bucket, Key=uri.key)
             body = resp["Body"]
             try:
                 declared = int(resp.get("ContentLength") or 0)
                 if declared > self.max_object_bytes:
-                    raise ApiError(413, f"{uri.raw} is {declared} bytes, over the {self.max_object_bytes}-byte limit")
+                    raise ApiError(413, f"{uri} is {declared} bytes, over the {self.max_object_bytes}-byte limit")
                 chunks: list[bytes] = []
                 total = 0
                 while total <= self.max_object_bytes:
@@ -146,7 +124,7 @@ class S3Fetcher:
                 del chunks
             finally:
                 body.close()
-        except (ApiError, _Stopped):
+        except (ApiError, DownloadStopped):
             raise
         except ClientError as exc:
             err = exc.response.get("Error", {})
@@ -154,10 +132,10 @@ class S3Fetcher:
             http = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
             log.info("s3 get_object failed: code=%s http=%s", code, http)
             if code in _NOT_FOUND_CODES or http == "404":
-                raise ApiError(404, f"{uri.raw} does not exist") from None
+                raise ApiError(404, f"{uri} does not exist") from None
             if code in _DENIED_CODES or http == "403":
-                raise ApiError(403, f"access to {uri.raw} was denied") from None
-            raise ApiError(502, f"S3 refused to read {uri.raw} ({code or http or 'error'})") from None
+                raise ApiError(403, f"access to {uri} was denied") from None
+            raise ApiError(502, f"S3 refused to read {uri} ({code or http or 'error'})") from None
         except NoCredentialsError:
             log.error("s3 get_object failed: no AWS credentials configured")
             raise ApiError(503, "S3 is unavailable: this endpoint has no AWS credentials") from None
@@ -165,7 +143,7 @@ class S3Fetcher:
             log.warning("s3 get_object failed: %s", type(exc).__name__)
             raise ApiError(503, f"S3 is unavailable ({type(exc).__name__})") from None
         if len(data) > self.max_object_bytes:
-            raise ApiError(413, f"{uri.raw} is over the {self.max_object_bytes}-byte limit")
+            raise ApiError(413, f"{uri} is over the {self.max_object_bytes}-byte limit")
         log.info("s3 object fetched: bytes=%d ms=%.1f", len(data), (time.perf_counter() - start) * 1000)
         return data
 
@@ -191,7 +169,7 @@ class S3Fetcher:
             stop.set()
             for f in pending:  # nobody waits for them; keep their late errors out of the loop's log
                 f.add_done_callback(lambda f: f.cancelled() or f.exception())
-            first = next((f.exception() for f in failed if not isinstance(f.exception(), _Stopped)), None)
+            first = next((f.exception() for f in failed if not isinstance(f.exception(), DownloadStopped)), None)
             if isinstance(first, ApiError):
                 raise first
             if first is not None:

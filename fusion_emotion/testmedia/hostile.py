@@ -15,9 +15,10 @@ from fractions import Fraction
 from functools import partial
 
 import av
+import cv2
 import numpy as np
 
-from fusion_emotion.ops import synth
+from fusion_emotion.testmedia.audio import tone, wav
 
 
 def _with_tiny_video(out: av.container.OutputContainer, add_audio: Callable[[], av.stream.Stream]) -> av.stream.Stream:
@@ -80,7 +81,6 @@ def ffconcat(path: str = "/etc/hostname") -> bytes:
 
 def frame_size_switch(small: int = 32, large: int = 4000, frames: int = 3) -> bytes:
     """AVI (MJPEG) declaring ``small``x``small`` whose later frames are ``large``x``large`` JPEGs."""
-    import cv2
 
     def jpeg(size: int) -> bytes:
         ok, enc = cv2.imencode(".jpg", np.full((size, size, 3), 128, np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 20])
@@ -123,7 +123,7 @@ def _audio_switch_avi(first: tuple[int, str], second: tuple[int, str], seconds: 
     """AVI (tiny MJPEG video) whose MP2 track changes (rate, layout) half-way: MP2 frame headers allow it."""
     packets = []
     for rate, layout in (first, second):
-        packets += _mp2_packets(synth.tone(440.0, seconds / 2, rate, 0.3), rate, layout)
+        packets += _mp2_packets(tone(440.0, seconds / 2, rate, 0.3), rate, layout)
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="avi") as out:
         a = _with_tiny_video(out, lambda: out.add_stream("mp2", rate=first[0], layout=first[1]))
@@ -150,12 +150,12 @@ def huge_float_wav(seconds: float = 1.0, rate: int = 16_000) -> bytes:
     """32-bit float WAV of finite but enormous samples (±3e38): once inf after mixing, NaN at the encoder."""
     n = int(seconds * rate)
     x = np.where(np.arange(2 * n) % 2 == 0, 3e38, -3e38).astype(np.float32)  # stereo, interleaved
-    return synth.wav(x.reshape(n, 2), rate, "f32")
+    return wav(x.reshape(n, 2), rate, "f32")
 
 
 def coprime_rate_wav(seconds: float = 30.0, rate: int = 191_999) -> bytes:
     """A long WAV at a rate coprime with 16 kHz: resampling all of it was ~1 s CPU per 30 s of audio."""
-    return synth.wav(synth.tone(440.0, seconds, rate, 0.3), rate, "s16")
+    return wav(tone(440.0, seconds, rate, 0.3), rate, "s16")
 
 
 def nested_json(depth: int = 100_000) -> bytes:
@@ -165,7 +165,7 @@ def nested_json(depth: int = 100_000) -> bytes:
 
 def wav_declaring_huge_size(rate: int = 16_000) -> bytes:
     """A WAV header that declares 4 GiB of samples and carries one second."""
-    pcm = (synth.tone(440.0, 1.0, rate) * 32767).astype(np.int16).tobytes()
+    pcm = (tone(440.0, 1.0, rate) * 32767).astype(np.int16).tobytes()
     header = b"RIFF" + struct.pack("<I", 0xFFFFFFF0) + b"WAVE"
     fmt = b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
     return header + fmt + b"data" + struct.pack("<I", 0xFFFFFFF0) + pcm
