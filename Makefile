@@ -27,7 +27,9 @@ setup:
 	$(BIN)/python -c "from fusion_emotion.deploy.execution_env import find_interpreter; print('Python 3.10 for the stock-image test:', find_interpreter('3.10'))"
 	@echo "setup done: $(BIN)/fusion-emotion"
 
+# mkdocs: the documentation site (mkdocs.yml, docs/) into build/site; --strict fails on a broken link or nav entry
 test: lint
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/pytest -q -p no:cacheprovider
 
 unit:

@@ -1,7 +1,7 @@
 """Every command the docs show must run as shown: flags checked against the real CLIs.
 
-Commands are taken from the fenced code blocks of README.md, docs/*.md and
-perf/README.md. `fusion-emotion …` lines are parsed by the real argument parser
+Commands are taken from the fenced code blocks of README.md, every page of the
+documentation site (docs/**/*.md) and perf/README.md. `fusion-emotion …` lines are parsed by the real argument parser
 (a wrong flag or value fails); `docker/build-and-push.sh` flags must be in its
 --help; `make X` targets must exist. Synopsis lines (with `(a | b)` or `[opt]`)
 and elided ones (`...`) are not commands. No command may serve or package the
@@ -22,7 +22,7 @@ import pytest
 from fusion_emotion.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "perf" / "README.md"]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), ROOT / "perf" / "README.md"]
 
 
 def code_commands(path: Path) -> list[tuple[int, str]]:
@@ -73,6 +73,8 @@ FUSION = documented("fusion-emotion")
 
 def test_docs_show_fusion_emotion_commands() -> None:
     assert len(FUSION) > 30  # the extraction works: README, docs and perf all have commands
+    pages = {where.split(":")[0] for where, _, _ in FUSION}
+    assert "README.md" in pages and any(p.startswith("docs/deploy/") for p in pages)  # subfolders are read
     shown = {tokens[1] for _, _, tokens in FUSION}
     assert {"export", "triton", "predict", "serve", "package", "deploy", "undeploy", "bench", "timeline"} <= shown
 
