@@ -219,3 +219,25 @@ def test_dali_profiles_resolve(profile: str, decoder: str | None, encoder_kind: 
     assert [g.kind for g in pre.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]  # decode threads live here
     for encoder in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
         assert [g.kind for g in parse(config_path(TEMPLATES / encoder, profile)).instance_group] == [encoder_kind]
+
+
+# the DALI profiles change only the decoder: (model, profile) -> the profile they are otherwise equal to
+DALI_BASES = [
+    (C.PREPROCESS, "cpu_dali", "cpu"),
+    (C.PREPROCESS, "gpu_dali", "gpu"),
+    (C.TIMELINE_MODEL, "cpu_dali", "cpu"),
+    (C.TIMELINE_MODEL, "gpu_dali", "gpu"),
+]
+
+
+@pytest.mark.parametrize(("model", "profile", "base"), DALI_BASES, ids=[f"{m}-{p}" for m, p, _ in DALI_BASES])
+def test_dali_profiles_differ_from_their_base_only_in_the_decoder(model: str, profile: str, base: str):
+    """A DALI profile's config is its base profile's plus the decoder parameters (a hand-kept copy must not
+    drift: the preprocess DALI configs had lost the bounded queue the others carry)."""
+    from fusion_emotion.repository import config_path
+
+    dali = parse(config_path(TEMPLATES / model, profile))
+    assert config_path(TEMPLATES / model, profile).parent.name == "configs"
+    assert dali.parameters.pop("video_decoder").string_value == f"dali_{profile.split('_')[0]}"
+    dali.parameters.pop("dali_pipelines", None)
+    assert dali == parse(config_path(TEMPLATES / model, base))
