@@ -55,7 +55,7 @@ def assemble(pyproject: Path, dest: Path) -> list[str]:
 def lint(dest: Path, config: Path) -> subprocess.CompletedProcess:
     """``lint-imports`` on the layout in ``dest`` (found first on sys.path, ahead of the editable install)."""
     env = {**os.environ, "PYTHONPATH": str(dest)}
-    command = [str(Path(sys.executable).with_name("lint-imports")), str(config), "--no-cache", "--no-logo"]
+    command = [str(Path(sys.executable).with_name("lint-imports")), "--config", str(config), "--no-cache", "--no-logo"]
     return subprocess.run(command, cwd=dest, env=env, capture_output=True, text=True)
 
 
