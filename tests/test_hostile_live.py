@@ -32,6 +32,7 @@ from test_frontend import RESULT_KEYS, multipart, run_frontend
 from fusion_emotion import contract as C
 from fusion_emotion import testmedia
 from fusion_emotion.frontend.settings import Settings
+from fusion_emotion.ops.server_stats import TritonStats
 from fusion_emotion.server import procs
 from fusion_emotion.server.launcher import die_with_parent
 from fusion_emotion.testmedia import hostile
@@ -40,7 +41,10 @@ pytestmark = pytest.mark.integration
 
 ANSWER_BOUND_S = 5.0  # a hostile input's refusal, including upload, on a loaded 2-core machine
 STUB_GROWTH_BOUND_MB = 64.0  # over a second pass of the corpus (measured: docs/reliability.md)
-REFUSAL_BOUND_S = 2.0  # a 503 from the admission limit, including the 5 MiB upload on loopback
+# A 503 from the admission limit is decided before the body is read (tests/test_overload.py checks that on the
+# wire); the client's time also holds its own 5 MiB upload and the drain: 0.3-1.2 s on a quiet 2-core Intel host,
+# 2.3-2.8 s on a loaded 2-vCPU AMD EPYC one. This bound only catches a hang.
+REFUSAL_HANG_S = 30.0
 FLOOD_IN_FLIGHT = int(os.environ.get("FUSION_EMOTION_FLOOD_IN_FLIGHT", "4"))
 FLOOD_CLIENTS = int(os.environ.get("FUSION_EMOTION_FLOOD_CLIENTS", "32"))
 # Front-end peak RSS over its idle RSS: per admitted request ~6 copies of a 5 MiB body at most
@@ -157,8 +161,9 @@ def served(triton: Any, tmp_path: Path):
 
 
 @pytest.mark.timeout(600)
-def test_flood_of_large_uploads_gets_answers_or_fast_refusals(served: Any, reference: Any) -> None:
+def test_flood_of_large_uploads_gets_answers_or_fast_refusals(served: Any, reference: Any, triton: Any) -> None:
     base, proc = served
+    stats = TritonStats(triton.grpc_url)
     # ~5 MiB of real speech (a 57 s 16-bit 44.1 kHz WAV): under the 6 MiB body limit with multipart framing.
     speech = testmedia.speech(text="The quick brown fox jumps over the lazy dog. " * 3, rate=44_100)
     audio = testmedia.wav(np.tile(speech, int(np.ceil(57 * 44_100 / len(speech))))[: 57 * 44_100], 44_100, "s16")
@@ -182,7 +187,9 @@ def test_flood_of_large_uploads_gets_answers_or_fast_refusals(served: Any, refer
             return 200, elapsed, ""
         return resp.status_code, elapsed, resp.headers.get("retry-after", "")
 
+    before = stats.snapshot()[C.ENSEMBLE]["inference_count"]
     results, peak_rss, wall = clients_with_peak(client, FLOOD_CLIENTS, lambda: server.memory_info().rss / 2**20)
+    reached_triton = stats.snapshot()[C.ENSEMBLE]["inference_count"] - before
     answered = [r for r in results if r[0] == 200]
     refused = [r for r in results if r[0] == 503]
     print(
@@ -193,7 +200,8 @@ def test_flood_of_large_uploads_gets_answers_or_fast_refusals(served: Any, refer
     )
     assert [r for r in results if r[0] not in (200, 503)] == []
     assert len(answered) >= FLOOD_IN_FLIGHT
-    assert all(r[2] == "1" and r[1] < REFUSAL_BOUND_S for r in refused), refused
+    assert all(r[2] == "1" and r[1] < REFUSAL_HANG_S for r in refused), refused  # Retry-After on every refusal
+    assert reached_triton == len(answered)  # what was refused never reached (or queued in) Triton
     assert peak_rss - idle_rss < FLOOD_RSS_BASE_MB + FLOOD_IN_FLIGHT * FLOOD_RSS_PER_IN_FLIGHT_MB
     assert httpx.get(base + "/ping", timeout=5).status_code == 200
 

@@ -27,21 +27,47 @@ from fusion_emotion.testmedia import hostile
 
 
 # --------------------------------------------------------------------------- admission
+def _status_before_the_body(base: str, length: int) -> tuple[bytes, socket.socket]:
+    """Send a request's headers only and read the status line the server answers before any body byte."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"
+        + f"Content-Length: {length}\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, head
+        head += chunk
+    return head, sock
+
+
 def test_in_flight_limit_refuses_at_once_with_retry_after(hung_triton_url: str) -> None:  # noqa: F811
-    """Two requests hang in a silent Triton; the next ones get 503 + Retry-After in well under a second,
-    their large bodies are drained (no reset), and a slot frees when the held requests reach their deadline."""
+    """Two requests hang in a silent Triton; a third is refused (503 + Retry-After) before a byte of its
+    body is sent (so no timing is needed to tell a refusal from a queued request), its large body is then
+    drained (its client reads a complete answer, no reset), and a slot frees when the held requests reach
+    their deadline."""
     settings = Settings(triton_url=hung_triton_url, max_in_flight=2, request_timeout_s=4.0)
-    body = multipart(video_file=("v.mp4", b"\0" * (2 * 1024 * 1024)))
+    size = 2 * 1024 * 1024
+    body = multipart(video_file=("v.mp4", b"\0" * size))
     with run_frontend(settings) as base, ThreadPoolExecutor(2) as pool:
         held = [pool.submit(httpx.post, base + "/invocations", timeout=30, **body) for _ in range(2)]
         time.sleep(1.0)  # both admitted and waiting on Triton
-        for _ in range(3):
-            start = time.monotonic()
-            resp = httpx.post(base + "/invocations", timeout=30, **body)
-            elapsed = time.monotonic() - start
-            assert_error(resp, 503, "busy")
-            assert resp.headers["retry-after"] == "1"
-            assert elapsed < 1.5, elapsed  # the upload itself is most of it on loopback
+        for _ in range(2):
+            head, sock = _status_before_the_body(base, size)
+            with sock:
+                assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nretry-after: 1\r\n" in head.lower(), head
+                sock.sendall(b"\0" * size)  # the upload it would have sent anyway is read and dropped
+                answer = head
+                while not answer.rstrip().endswith(b"}"):  # the JSON error body (Content-Length framed)
+                    chunk = sock.recv(65536)
+                    assert chunk, answer
+                    answer += chunk
+                assert b"busy" in answer
+        resp = httpx.post(base + "/invocations", timeout=30, **body)  # a client that sends all at once
+        assert_error(resp, 503, "busy")
+        assert resp.headers["retry-after"] == "1"
         # /ping is not an inference route: never refused by the limit
         assert httpx.get(base + "/ping", timeout=5).status_code == 503  # (Triton hung: 503 from the check)
         for future in held:

@@ -184,10 +184,12 @@ def batching_triton(demo_repository: Path, tmp_path_factory: pytest.TempPathFact
     shutil.copytree(demo_repository, repo, symlinks=True)
     cfg = repo / C.PREPROCESS / "config.pbtxt"
     text = cfg.read_text().replace("count: 4", "count: 1")
-    # The shipped batcher hands out one request at a time (preferred size 1, no delay): undo both.
+    # The shipped batcher hands out one request at a time (preferred size 1, no delay). Here it waits for the
+    # test's six requests (up to 10 s: on a loaded 2-core host six client threads took over 1.5 s to send
+    # them), so they form one batch whatever the machine's load.
     assert "preferred_batch_size: [ 1 ]" in text and "max_queue_delay_microseconds: 0" in text
-    text = text.replace("preferred_batch_size: [ 1 ]", "").replace(
-        "max_queue_delay_microseconds: 0", "max_queue_delay_microseconds: 1500000"
+    text = text.replace("preferred_batch_size: [ 1 ]", "preferred_batch_size: [ 6 ]").replace(
+        "max_queue_delay_microseconds: 0", "max_queue_delay_microseconds: 10000000"
     )
     cfg.write_text(text)
     handle = start_triton(repo, tmp_path_factory.mktemp("batching-log") / "tritonserver.log")
