@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from test_frontend import run_frontend
 from fusion_emotion import contract as C
 from fusion_emotion import testmedia
 from fusion_emotion.core import dali_video as dv
+from fusion_emotion.core.dali_pipeline import crop_position
 from fusion_emotion.core.model_inputs import crop_box
 from fusion_emotion.core.nal import h264_is_reference, nal_length_size
 from fusion_emotion.core.pipeline import ReferencePipeline
@@ -131,7 +133,7 @@ def test_eligibility_and_crop():
     assert why("h264", "FLV", "cpu") == "container" and why("mpeg4", "AVI", "cpu") == "codec"
     assert why("vp8", "MKV/WebM", "gpu") == "codec" and why("mpeg4", "AVI", "gpu") is None
     assert why("h264", "MP4", "cpu", DEFAULT_LIMITS.max_frames + 1) == "frame_limit"
-    pos_y, pos_x = dv.crop_position()
+    pos_y, pos_x = crop_position()
     top, left = crop_box()
     assert round(pos_y * 16) == top and round(pos_x * 59) == left
 
@@ -224,6 +226,41 @@ def test_a_lease_keeps_its_pipeline_until_released(small):
     assert done.wait(60.0)
     worker.join()
     second[0].release()
+
+
+def test_the_probe_decodes_on_a_working_dali(backend):
+    assert backend.unavailable is None and backend.pool.probe() is None
+
+
+def test_a_dali_that_cannot_decode_is_found_at_load_and_never_run(small, monkeypatch, caplog):
+    """No NVDEC (no libnvcuvid): pipelines build, every run fails. The probe at load finds it, says so in
+    the log, and every video goes to PyAV without a pipeline run (or rebuilt) per request."""
+    monkeypatch.setattr(dv.DaliPool, "probe", lambda self: "RuntimeError: cuvidCreateDecoder failed")
+    with caplog.at_level(logging.INFO, logger="fusion_emotion"):
+        broken = dv.DaliBackend("cpu", 1)
+    assert broken.unavailable == "RuntimeError: cuvidCreateDecoder failed"
+    assert "cannot decode the built-in H.264 probe clip" in caplog.text and "decoded with PyAV" in caplog.text
+
+    def never(*args, **kwargs):
+        raise AssertionError("a pipeline ran although DALI is unavailable")
+
+    monkeypatch.setattr(broken.pool, "run", never)
+    got = decode_row(small["mp4"], None, broken)
+    assert (got.decoder, got.fallback) == ("pyav", "dali_unavailable")
+    np.testing.assert_array_equal(got.frames, decode_row(small["mp4"], None).frames)
+
+
+def test_failures_in_a_row_probe_again(small, monkeypatch):
+    flaky = dv.DaliBackend("cpu", 1)
+    probes: list[int] = []
+    monkeypatch.setattr(flaky.pool, "run", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("decoder lost")))
+    monkeypatch.setattr(flaky.pool, "probe", lambda: probes.append(1) or "RuntimeError: decoder lost")
+    for _ in range(dv.PROBE_AFTER_FAILURES - 1):
+        assert decode_row(small["mp4"], None, flaky).fallback == "dali_error"
+    assert probes == [] and flaky.unavailable is None  # one bad file is one failure, not a verdict
+    assert decode_row(small["mp4"], None, flaky).fallback == "dali_error"
+    assert probes == [1] and flaky.unavailable == "RuntimeError: decoder lost"
+    assert decode_row(small["mp4"], None, flaky).fallback == "dali_unavailable"
 
 
 # --------------------------------------------------------------------------- timelines: runs of whole groups
@@ -354,6 +391,19 @@ def test_parity_720p_timeline(timeline_clip, references, monkeypatch):
 # --------------------------------------------------------------------------- the real tritonserver
 
 
+def _triton_counters(port: int, family: str) -> dict[tuple[str, ...], int]:
+    """One family's samples on Triton's metrics port: (model, then decoder and fallback, or stage) -> value."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    out: dict[tuple[str, ...], int] = {}
+    for line in text.splitlines():
+        if line.startswith(family + "{"):
+            labels, value = line[len(family) + 1 :].rsplit("} ", 1)
+            pairs = {k: v.strip('"') for k, v in (item.split("=", 1) for item in labels.split(","))}
+            names = ("model", "stage") if "stage" in pairs else ("model", "decoder", "fallback")
+            out[tuple(pairs[n] for n in names)] = int(float(value))
+    return out
+
+
 @pytest.mark.integration
 def test_cpu_dali_profile_serves_and_falls_back(
     demo_repository: Path, tmp_path: Path, small, references, timeline_clip
@@ -395,5 +445,16 @@ def test_cpu_dali_profile_serves_and_falls_back(
                     f"{url}/invocations", content=small[name], headers={"Content-Type": mime}, timeout=120
                 )
                 assert resp.status_code == 200, (name, resp.text)
+        # Triton's metrics port counts every decode by decoder and fallback reason, per model
+        decodes = _triton_counters(handle.metrics_port, "fusion_emotion_decodes_total")
+        assert decodes == {
+            ("preprocess", "dali_cpu", "none"): 4,  # MP4, AVI, MKV over gRPC, MKV over HTTP
+            ("preprocess", "pyav", "container"): 2,  # FLV: DALI cannot demux it
+            ("preprocess", "pyav", "codec"): 2,  # MPEG-4 Part 2 AVI: not on DALI's CPU variant
+            ("fusion_emotion_timeline", "dali_cpu", "none"): 1,
+        }, decodes
+        stages = _triton_counters(handle.metrics_port, "fusion_emotion_stage_seconds_count")
+        assert stages[("preprocess", "decode")] == stages[("preprocess", "qa")] == 8
+        assert stages[("fusion_emotion_timeline", "timeline")] == 1
     finally:
         handle.stop()

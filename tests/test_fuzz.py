@@ -15,18 +15,33 @@ INVALID_ARG) and the server is still healthy and still right afterwards.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tritonclient.utils import InferenceServerException
+
+from fusion_emotion import contract as C
+from fusion_emotion import testmedia
+from fusion_emotion.core.audio import decode_audio
+from fusion_emotion.core.probe import MediaError
+from fusion_emotion.core.rows import decode_row
+from fusion_emotion.core.video import decode_video
+from fusion_emotion.tensors import build_inputs, parse_result, requested_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_KINDS = ("mp4", "flv", "avi", "wav", "wav_f32")
@@ -47,7 +62,6 @@ def examples_per_seed() -> int:
 # --------------------------------------------------------------------------- seeds and mutations
 def make_seeds() -> dict[str, bytes]:
     """Small but real files of every accepted container (with audio tracks) and two WAV codings."""
-    from fusion_emotion import testmedia
 
     tone22 = testmedia.tone(330, 1.0, 22_050)
     tone16 = testmedia.tone(440, 0.5, 16_000)
@@ -95,7 +109,6 @@ def mutate(data: bytes, ops: list[tuple[str, int, int]], other: bytes) -> bytes:
 
 # --------------------------------------------------------------------------- the child process
 def _check_result(feats: Any) -> None:
-    from fusion_emotion import contract as C
 
     assert feats.frames is not None or feats.waveform is not None
     if feats.frames is not None:
@@ -107,111 +120,104 @@ def _check_result(feats: Any) -> None:
     assert feats.media_qa.shape == (len(C.MEDIA_QA_NAMES),)
 
 
-def run_worker(out_dir: Path, per_seed: int) -> int:
-    """Hypothesis over every seed; writes report.json and corpus/ into ``out_dir``."""
-    import faulthandler
-    import resource
-    import traceback
+class _Worker:
+    """The child process's hypothesis run over every seed: counts, the slowest example, the kept corpus."""
 
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
+    def __init__(self, out_dir: Path, per_seed: int) -> None:
+        self.out_dir, self.per_seed = out_dir, per_seed
+        self.seeds = make_seeds()
+        self.corpus = out_dir / "corpus"
+        self.corpus.mkdir(parents=True, exist_ok=True)
+        self.last = out_dir / "last_input.bin"
+        for kind, data in self.seeds.items():  # warm-up: codecs loaded, seeds decode
+            decode_row(data if kind in VIDEO_KINDS else None, None if kind in VIDEO_KINDS else data)
+        self.base_rss = self.maxrss_mb()
+        self.stats: dict[str, Any] = {"examples": 0, "media_errors": 0, "accepted": 0, "too_large": 0, "by_seed": {}}
+        self.slowest = (0.0, "")
+        self.saved = 0
 
-    from fusion_emotion.core.audio import decode_audio
-    from fusion_emotion.core.probe import MediaError
-    from fusion_emotion.core.rows import decode_row
-    from fusion_emotion.core.video import decode_video
-
-    seeds = make_seeds()
-    corpus = out_dir / "corpus"
-    corpus.mkdir(parents=True, exist_ok=True)
-    last = out_dir / "last_input.bin"
-
+    @staticmethod
     def maxrss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    for kind, data in seeds.items():  # warm-up: codecs loaded, seeds decode
-        decode_row(data if kind in VIDEO_KINDS else None, None if kind in VIDEO_KINDS else data)
-    base_rss = maxrss_mb()
-    stats: dict[str, Any] = {"examples": 0, "media_errors": 0, "accepted": 0, "too_large": 0, "by_seed": {}}
-    slowest = [0.0, ""]
-    saved = 0
-
-    op = st.tuples(
-        st.sampled_from(
-            ["flip", "flip", "flip", "byte", "truncate", "splice", "delete", "duplicate", "field", "field"]
-        ),
-        st.integers(0, 2**20),
-        st.integers(0, 2**16),
-    )
-
-    def one(kind: str, ops: list[tuple[str, int, int]], other_kind: str, with_wav: bool) -> None:
-        nonlocal saved
-        data = mutate(seeds[kind], ops, seeds[other_kind])
-        last.write_bytes(json.dumps({"kind": kind, "with_wav": with_wav}).encode() + b"\n" + data)
-        is_video = kind in VIDEO_KINDS
-        video = data if is_video else None
-        audio = (seeds["wav"] if with_wav else None) if is_video else data
+    def _decode(self, kind: str, video: bytes | None, audio: bytes | None) -> None:
+        """The serving path under the per-example deadline: a MediaError or a sane row, nothing else."""
         faulthandler.dump_traceback_later(EXAMPLE_DEADLINE_S, exit=True)
         t0 = time.monotonic()
         try:
-            feats = decode_row(video, audio)
-            _check_result(feats)
-            stats["accepted"] += 1
+            _check_result(decode_row(video, audio))
+            self.stats["accepted"] += 1
         except MediaError as exc:
-            stats["media_errors"] += 1
-            stats["too_large"] += int(exc.too_large)
+            self.stats["media_errors"] += 1
+            self.stats["too_large"] += int(exc.too_large)
         except BaseException:
-            shutil.copy(last, out_dir / "reproducer.bin")  # hypothesis shrinks: the last one kept is the smallest
+            shutil.copy(self.last, self.out_dir / "reproducer.bin")  # hypothesis shrinks: the last kept is smallest
             raise
         finally:
             faulthandler.cancel_dump_traceback_later()
-        elapsed = time.monotonic() - t0
-        if elapsed > slowest[0]:
-            slowest[:] = [elapsed, kind]
-        # the wrong decoder too: a WAV handed to decode_video and a video to decode_audio
-        try:
+        self.slowest = max(self.slowest, (time.monotonic() - t0, kind))
+
+    def one(self, kind: str, ops: list[tuple[str, int, int]], other_kind: str, with_wav: bool) -> None:
+        data = mutate(self.seeds[kind], ops, self.seeds[other_kind])
+        self.last.write_bytes(json.dumps({"kind": kind, "with_wav": with_wav}).encode() + b"\n" + data)
+        is_video = kind in VIDEO_KINDS
+        audio = (self.seeds["wav"] if with_wav else None) if is_video else data
+        self._decode(kind, data if is_video else None, audio)
+        try:  # the wrong decoder too: a WAV handed to decode_video and a video to decode_audio
             (decode_audio if is_video else decode_video)(data)
         except MediaError:
             pass
-        stats["examples"] += 1
-        stats["by_seed"][kind] = stats["by_seed"].get(kind, 0) + 1
-        if stats["examples"] % CORPUS_EVERY == 0:
-            (corpus / f"{saved:05d}.{kind}").write_bytes(data)
-            saved += 1
+        self.stats["examples"] += 1
+        self.stats["by_seed"][kind] = self.stats["by_seed"].get(kind, 0) + 1
+        if self.stats["examples"] % CORPUS_EVERY == 0:
+            (self.corpus / f"{self.saved:05d}.{kind}").write_bytes(data)
+            self.saved += 1
 
-    def make_test(kind: str) -> Any:
+    def test_for(self, kind: str) -> Any:
+        op = st.tuples(
+            st.sampled_from(
+                ["flip", "flip", "flip", "byte", "truncate", "splice", "delete", "duplicate", "field", "field"]
+            ),
+            st.integers(0, 2**20),
+            st.integers(0, 2**16),
+        )
+
         @settings(
-            max_examples=per_seed,
+            max_examples=self.per_seed,
             derandomize=True,
             database=None,
             deadline=None,
             suppress_health_check=list(HealthCheck),
         )
-        @given(
-            ops=st.lists(op, min_size=1, max_size=6),
-            other_kind=st.sampled_from(SEED_KINDS),
-            with_wav=st.booleans(),
-        )
+        @given(ops=st.lists(op, min_size=1, max_size=6), other_kind=st.sampled_from(SEED_KINDS), with_wav=st.booleans())
         def fuzz_one(ops: list[tuple[str, int, int]], other_kind: str, with_wav: bool) -> None:
-            one(kind, ops, other_kind, with_wav)
+            self.one(kind, ops, other_kind, with_wav)
 
         return fuzz_one
 
+    def report(self) -> dict[str, Any]:
+        return {
+            **self.stats,
+            "max_rss_mb": round(self.maxrss_mb(), 1),
+            "rss_growth_mb": round(self.maxrss_mb() - self.base_rss, 1),
+            "slowest_example_s": round(self.slowest[0], 3),
+            "slowest_seed": self.slowest[1],
+            "corpus_files": self.saved,
+        }
+
+
+def run_worker(out_dir: Path, per_seed: int) -> int:
+    """Hypothesis over every seed; writes report.json and corpus/ into ``out_dir``."""
+    worker = _Worker(out_dir, per_seed)
     for kind in SEED_KINDS:
         try:
-            make_test(kind)()
+            worker.test_for(kind)()
         except Exception:
             (out_dir / "failure.txt").write_text(traceback.format_exc())
-            if last.exists() and not (out_dir / "reproducer.bin").exists():
-                shutil.copy(last, out_dir / "reproducer.bin")
+            if worker.last.exists() and not (out_dir / "reproducer.bin").exists():
+                shutil.copy(worker.last, out_dir / "reproducer.bin")
             return 1
-
-    stats["max_rss_mb"] = round(maxrss_mb(), 1)
-    stats["rss_growth_mb"] = round(maxrss_mb() - base_rss, 1)
-    stats["slowest_example_s"] = round(slowest[0], 3)
-    stats["slowest_seed"] = slowest[1]
-    stats["corpus_files"] = saved
-    (out_dir / "report.json").write_text(json.dumps(stats, indent=2))
+    (out_dir / "report.json").write_text(json.dumps(worker.report(), indent=2))
     return 0
 
 
@@ -269,11 +275,6 @@ def test_fuzz_decoders_only_raise_media_error(fuzz_run: tuple[Path, dict[str, An
 def test_fuzz_corpus_through_live_ensemble(
     fuzz_run: tuple[Path, dict[str, Any]], triton: Any, reference: Any, media: dict[str, bytes]
 ) -> None:
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
-
-    from fusion_emotion import contract as C
-    from fusion_emotion.tensors import build_inputs, parse_result, requested_outputs
 
     out, _ = fuzz_run
     files = sorted((out / "corpus").iterdir())

@@ -1,4 +1,4 @@
-"""Video decode with NVIDIA DALI: one pipeline definition for the GPU (NVDEC, ``device="gpu"``) and the CPU.
+"""Video decode with NVIDIA DALI (the pipeline: ``core.dali_pipeline``) on NVDEC or the CPU, PyAV for the rest.
 
 :class:`DaliBackend` is the ``dali_cpu`` / ``dali_gpu`` video decoder of ``core.rows``: its sources
 (:class:`DaliVideo`) give the same frames, by the same rule, as the PyAV source, for file requests and
@@ -9,8 +9,7 @@ timelines alike.
   (``FrameScan.select``), and the audio track.
 * **A clip** (a file request) is one pipeline run over the whole file for its 16 frames; resizing, cropping
   and normalising run inside the pipeline and the encoder input stays where DALI put it (device memory on
-  NVDEC), handed on by DLPack. DALI owns its output buffers and overwrites them on the pipeline's next run,
-  so the pipeline is leased with its outputs (:class:`DaliLease`) until the encoder has consumed them.
+  NVDEC), handed on by DLPack, leased with its pipeline until the encoder has consumed it.
 * **A timeline** asks for frames all over a long file. DALI's in-memory decoder seeks by decoding from the
   start (measured: the 16 frames at 60 s cost 9.4 s against 0.6 s at 0 s, 640x360 CPU), and holds every
   requested frame at full resolution, so one run per window or one run for all would cost the square of the
@@ -21,51 +20,40 @@ timelines alike.
   pictures that cannot be cut small enough, any file DALI refuses) is decoded by PyAV, with the reason kept
   (:attr:`DaliVideo.fallback`), so this path never fails a request the CPU path serves. A frame index past
   DALI's own frame count is an error (``pad_mode="none"``), never a black frame.
+* **A DALI that cannot decode at all** (NVDEC missing) is found at load by the pool's probe, and again
+  after ``PROBE_AFTER_FAILURES`` consecutive failed runs; then every video goes to PyAV
+  (``fallback="dali_unavailable"``) with no pipeline run or rebuilt per request, and the log says so once.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import av
 import numpy as np
 
 from fusion_emotion import contract as C
-from fusion_emotion.core.model_inputs import crop_box
+from fusion_emotion.core.dali_pipeline import DALI_CODECS, DALI_CONTAINERS, DaliLease, DaliPool
 from fusion_emotion.core.probe import Cancel, MediaLimits
 from fusion_emotion.core.video import QA_FRAME_SLOTS, ClipFrames, FrameScan, VideoDecoder, qa_size
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("cpu", "gpu")
-# Codecs each DALI video decoder takes (FFmpeg codec names). DALI 1.53's CPU variant decodes H.264 and
-# HEVC and refuses MPEG-4 Part 2 ("not supported by the CPU variant"); NVDEC (mixed) adds MPEG-4 Part 2
-# and VP9 per DALI's docs (not run here: no GPU). VP8 (browser WebM) and FLV's Sorenson H.263 go to PyAV.
-DALI_CODECS = {"cpu": frozenset({"h264", "hevc"}), "gpu": frozenset({"h264", "hevc", "mpeg4", "vp9"})}
-# Containers DALI's demuxer reads from memory (FLV: "Could not find a valid video stream"), and the muxer
-# a timeline's segments are remuxed with (the same container: no bitstream conversion).
-DALI_CONTAINERS = {"MP4": "mp4", "AVI": "avi", "MKV/WebM": "matroska"}
 # Requested full-resolution frames one pipeline run may hold (a timeline segment): ~97 frames at 720p, 43 at
 # 1080p. A run always takes at least one clip's worth; a group of pictures needing more than
 # DALI_MAX_RUN_FACTOR times the budget cannot be cut small enough, and PyAV (which streams) decodes it.
 DALI_RUN_BYTES = 256 << 20
 DALI_MAX_RUN_FACTOR = 4
 
-# Cubic (antialiased) resize: of DALI's filters it lands closest to swscale's area filter on the 720p clip
-# (mean |diff| 0.014 normalised units vs 0.022 linear, 0.023 Lanczos) and keeps the blur flag, which is
-# calibrated on the PyAV path's frames, within 0.1 % (linear: +43 %, Gaussian: +16 %).
-RESIZE_INTERP = "INTERP_CUBIC"
-_NORM_MEAN = [255.0 * m for m in C.KINETICS_MEAN]
-_NORM_STD = [255.0 * s for s in C.KINETICS_STD]
-
 # Why a DALI backend left a video to PyAV (a fixed set: these label metrics).
-FALLBACK_REASONS = ("container", "codec", "frame_limit", "gop", "dali_error")
+FALLBACK_REASONS = ("container", "codec", "frame_limit", "gop", "dali_error", "dali_unavailable")
+PROBE_AFTER_FAILURES = 3
+"""Consecutive failed runs after which the backend probes DALI again (a bad file fails one run; a lost
+decoder fails every run)."""
 
 
 def dali_ineligible(scan: FrameScan, device: str, limits: MediaLimits) -> str | None:
@@ -79,140 +67,46 @@ def dali_ineligible(scan: FrameScan, device: str, limits: MediaLimits) -> str | 
     return None
 
 
-def crop_position(size_hw: tuple[int, int] = C.RESIZE_HW, crop_hw: tuple[int, int] = C.CROP_HW) -> tuple[float, float]:
-    """DALI's relative crop anchor (y, x) for torchvision's centre crop (``model_inputs.crop_box``)."""
-    top, left = crop_box(size_hw, crop_hw)
-    span_y, span_x = size_hw[0] - crop_hw[0], size_hw[1] - crop_hw[1]
-    return (top / span_y if span_y else 0.5), (left / span_x if span_x else 0.5)
-
-
-def build_pipeline(device: str, num_threads: int = 1, device_id: int | None = None) -> Any:
-    """The pipeline (built). Inputs: ``encoded`` uint8 bytes, ``frames`` int32 [F] (presentation-order
-    indices), ``qa_order`` int32 [Q >= 1] (which of the F frames get a face-detector copy), ``qa_hw``.
-    Outputs: the encoder input CFHW float32 [3, F, 112, 112], the 128x171 uint8 frames, the QA copies."""
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
-    from nvidia.dali import fn, pipeline_def, types  # optional: [dali]
-
-    pos_y, pos_x = crop_position()
-    interp = getattr(types, RESIZE_INTERP)
-
-    # Synchronous, not pipelined: one request in, its outputs out; nothing is prefetched or run ahead.
-    @pipeline_def(
-        batch_size=1,
-        num_threads=num_threads,
-        device_id=device_id if device == "gpu" else None,
-        exec_async=False,
-        exec_pipelined=False,
-    )
-    def clip_pipeline():  # noqa: ANN202 - DALI graph
-        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1, device="cpu")
-        frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1, device="cpu")
-        qa_order = fn.external_source(name="qa_order", dtype=types.INT32, ndim=1, device="cpu")
-        qa_hw = fn.external_source(name="qa_hw", dtype=types.FLOAT, ndim=1, device="cpu")
-        decoder_device = "mixed" if device == "gpu" else "cpu"
-        # pad_mode "none": an index past DALI's own frame count fails the run (the caller falls back to PyAV)
-        # instead of becoming a constant black frame.
-        video = fn.experimental.decoders.video(encoded, device=decoder_device, frames=frames, pad_mode="none")
-        small = fn.resize(video, size=list(C.RESIZE_HW), antialias=True, interp_type=interp, dtype=types.UINT8)
-        clip = fn.crop_mirror_normalize(
-            small,
-            crop=list(C.CROP_HW),
-            crop_pos_x=pos_x,
-            crop_pos_y=pos_y,
-            mean=_NORM_MEAN,
-            std=_NORM_STD,
-            dtype=types.FLOAT,
-            output_layout="CFHW",
-        )
-        qa_video = fn.sequence_rearrange(video, new_order=qa_order)
-        qa_frames = fn.resize(qa_video, size=qa_hw, antialias=True, interp_type=interp, dtype=types.UINT8)
-        return clip, small, qa_frames
-
-    pipe = clip_pipeline()
-    pipe.build()
-    return pipe
-
-
-@dataclass
-class DaliLease:
-    """A pipeline and its last outputs, held until the encoder has consumed ``clip``; then :meth:`release`."""
-
-    clip: Any  # DALI TensorCPU/TensorGPU [1, 3, F, 112, 112] float32, exposes __dlpack__
-    small: np.ndarray  # uint8 [F, 128, 171, 3] host copy
-    qa_frames: np.ndarray  # uint8 [Q, h, w, 3] host copy (face flag)
-    _release: Callable[[], None] | None = field(default=None, repr=False)
-
-    def host_clip(self) -> np.ndarray:
-        """A host copy of ``clip`` (tests, parity; the serving path hands ``clip`` on by DLPack)."""
-        return np.array(self.clip.as_cpu() if hasattr(self.clip, "as_cpu") else self.clip, dtype=np.float32)
-
-    def release(self) -> None:
-        """Give the pipeline back (its buffers may be overwritten from now on). Idempotent."""
-        release, self._release = self._release, None
-        if release is not None:
-            release()
-
-
-class DaliPool:
-    """A few built pipelines shared by a model's decode threads; one lease per request in flight."""
-
-    def __init__(self, device: str, size: int = 2, device_id: int | None = None) -> None:
-        self.device = device
-        self._free: queue.Queue[Any] = queue.Queue()
-        self._lock = threading.Lock()
-        self.size = max(1, int(size))
-        self.device_id = device_id
-        # One pipeline now: a missing DALI, a missing GPU or NVDEC library fails the model load loudly,
-        # instead of every request quietly falling back to PyAV.
-        self._free.put(build_pipeline(device, device_id=device_id))
-        self._built = 1
-
-    def _acquire(self) -> Any:
-        with self._lock:
-            if self._free.empty() and self._built < self.size:
-                self._built += 1
-                return build_pipeline(self.device, device_id=self.device_id)
-        return self._free.get()
-
-    def run(
-        self, data: bytes, frame_indices: np.ndarray, qa_hw: tuple[int, int], qa_order: Sequence[int] = QA_FRAME_SLOTS
-    ) -> DaliLease:
-        """Decode ``frame_indices`` of ``data``; the caller must release the lease (even on error later)."""
-        pipe = self._acquire()
-        try:
-            pipe.feed_input("encoded", [np.frombuffer(data, dtype=np.uint8)])
-            pipe.feed_input("frames", [np.ascontiguousarray(frame_indices, dtype=np.int32)])
-            pipe.feed_input("qa_order", [np.ascontiguousarray(qa_order, dtype=np.int32)])
-            pipe.feed_input("qa_hw", [np.asarray(qa_hw, dtype=np.float32)])
-            clip, small, qa_frames = pipe.run()
-            lease = DaliLease(clip.as_tensor(), _host(small)[0], _host(qa_frames)[0], lambda: self._free.put(pipe))
-        except BaseException:
-            self._discard(pipe)
-            raise
-        if lease.small.shape[0] != len(frame_indices):
-            lease.release()
-            raise RuntimeError(f"DALI returned {lease.small.shape[0]} frames, expected {len(frame_indices)}")
-        return lease
-
-    def _discard(self, pipe: Any) -> None:
-        """A pipeline that failed may hold a half-fed state: drop it and let the pool build another."""
-        del pipe
-        with self._lock:
-            self._built -= 1
-
-
-def _host(tensor_list: Any) -> np.ndarray:
-    cpu = tensor_list.as_cpu() if hasattr(tensor_list, "as_cpu") else tensor_list
-    return np.array(cpu.as_tensor())
-
-
 class DaliBackend:
-    """The ``dali_cpu`` / ``dali_gpu`` video decoder (``core.rows.video_backend``)."""
+    """The ``dali_cpu`` / ``dali_gpu`` video decoder (``core.rows.video_backend``), with its health."""
 
     def __init__(self, device: str, pipelines: int = 2, device_id: int | None = None) -> None:
         self.name = "dali_gpu" if device == "gpu" else "dali_cpu"
+        # Building the pipeline fails the model load when DALI or the GPU is missing altogether.
         self.pool = DaliPool(device, pipelines, device_id=device_id)
+        self._lock = threading.Lock()
+        self._failures = 0
+        self.unavailable: str | None = None
+        self.check()
+
+    def check(self) -> str | None:
+        """Probe DALI on the built-in clip: None when it decodes; else the reason, and DALI is not used."""
+        reason = self.pool.probe()
+        with self._lock:
+            self.unavailable, self._failures = reason, 0
+        if reason is None:
+            log.info("%s: decoded the built-in H.264 probe clip; videos DALI takes are decoded with it", self.name)
+        else:
+            log.error("%s: cannot decode the built-in H.264 probe clip (%s); every video is decoded with PyAV",
+                      self.name, reason)  # fmt: skip
+        return reason
+
+    def ran(self, ok: bool) -> None:
+        """Count a run's outcome; a run of failures probes DALI again."""
+        with self._lock:
+            self._failures = 0 if ok else self._failures + 1
+            probe = self._failures >= PROBE_AFTER_FAILURES
+        if probe:
+            self.check()
+
+    def run(self, data: bytes, frames: np.ndarray, qa_hw: tuple[int, int], qa_order: Sequence[int]) -> DaliLease:
+        try:
+            lease = self.pool.run(data, frames, qa_hw, qa_order)
+        except Exception:
+            self.ran(False)
+            raise
+        self.ran(True)
+        return lease
 
     def open(
         self, data: bytes, *, want_audio: bool, limits: MediaLimits, cancel: Cancel | None, input_name: str = "video"
@@ -324,6 +218,9 @@ class DaliVideo:
     def _eligible_scan(self) -> FrameScan | None:
         """The frame scan when DALI should try this video; else None, with ``fallback`` set."""
         if self.fallback is None and self._scan is None:
+            if self.backend.unavailable is not None:
+                self.fallback = "dali_unavailable"  # no scan, no run: nothing DALI could use
+                return None
             scan = self.pyav.scan_frames()
             self.fallback = dali_ineligible(scan, self.backend.pool.device, self.limits)
             self._scan = scan
@@ -351,7 +248,7 @@ class DaliVideo:
         if scan is None:
             return self._pyav_clip()
         try:
-            lease = self.backend.pool.run(self.data, scan.select(self.clip_times()), self._qa_hw(scan))
+            lease = self.backend.run(self.data, scan.select(self.clip_times()), self._qa_hw(scan), QA_FRAME_SLOTS)
         except Exception as exc:  # DALI refused the file: PyAV serves it
             self._decline("dali_error", exc)
             return self._pyav_clip()
@@ -430,7 +327,7 @@ class DaliVideo:
         position = {int(p): i for i, p in enumerate(run.frames)}
         qa_order = [position[int(picks[s])] for s in qa_mine] or [0]
         try:
-            lease = self.backend.pool.run(segment, run.frames - run.base, self._qa_hw(scan), qa_order)
+            lease = self.backend.run(segment, run.frames - run.base, self._qa_hw(scan), qa_order)
         except Exception as exc:
             raise _RunFailed from exc
         try:

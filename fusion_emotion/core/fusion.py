@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fusion_emotion import contract as C
+from fusion_emotion.core import qa
 
 
 @dataclass
@@ -78,8 +79,6 @@ def score(
     alone (the other zeroed, as for a missing modality); it exists only when both
     modalities are present.
     """
-    from fusion_emotion.core import qa
-
     probs = head.probabilities(video_emb, audio_emb, mask)
     n = probs.shape[0]
     flags = np.full((n, len(C.QA_FLAG_NAMES)), np.nan, dtype=np.float32)

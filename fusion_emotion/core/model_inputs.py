@@ -74,7 +74,7 @@ def resample_range(wave: np.ndarray, rate: int, start: int, stop: int, target: i
     Only the input span that feeds the requested outputs is filtered, plus the filter's reach on both sides,
     starting on an input sample that maps exactly onto an output sample (a multiple of ``down``), so the
     result equals the full resample up to float rounding. Cost and memory follow the span, not the track:
-    a coprime rate such as 191,999 Hz no longer costs a full-track polyphase pass per request.
+    a coprime rate such as 191,999 Hz does not cost a full-track polyphase pass per request.
     """
     total = resampled_length(wave.shape[0], rate, target)
     start, stop = max(0, start), min(stop, total)

@@ -43,7 +43,7 @@ def make_session(path: str | Path, intra_op_threads: int = 0, providers: list[st
 
     ``intra_op_threads`` 0 lets onnxruntime use one thread per physical core.
     """
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: a stub loads only the runtime its profile names (openvino or this)
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -90,7 +90,7 @@ class _OpenVinoModel:
     """A compiled OpenVINO model with one infer request per calling thread (a request is not thread-safe)."""
 
     def __init__(self, path: Path, threads: int, precision: str) -> None:
-        import openvino as ov
+        import openvino as ov  # deferred: a cpu_int8 stub (onnxruntime) never loads OpenVINO (~2 s to import here)
 
         self.compiled = ov.Core().compile_model(str(path), "CPU", openvino_config(threads, precision))
         self._local = threading.local()

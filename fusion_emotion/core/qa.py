@@ -164,7 +164,7 @@ def _face_cascade(name: str = FACE_CASCADE):  # -> cv2.CascadeClassifier
         loaded = _cascades.by_name = {}
     if name not in loaded:
         with _cascade_lock:
-            import cv2
+            import cv2  # deferred: only the face detector needs OpenCV (fusion_head's stub imports qa, never cv2)
 
             path = cv2.data.haarcascades + name
             cascade = cv2.CascadeClassifier(path)
@@ -238,7 +238,7 @@ def detect_faces(
     detector comparison (perf/face_flag.py).
     """
     detector = _face_cascade(cascade)  # first: it imports cv2 under its lock
-    import cv2
+    import cv2  # deferred, see _face_cascade
 
     out: list[FaceFrame] = []
     for frame in _examined(frames, max_frames):

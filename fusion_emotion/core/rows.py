@@ -10,6 +10,7 @@ with neither a video nor an audio is refused before any work (:func:`require_med
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -88,6 +89,8 @@ class Row:
     media_qa: np.ndarray  # float32 [4] in contract.MEDIA_QA_NAMES order, NaN = absent
     decoder: str = "none"  # which decoder served the video: "pyav", "dali_cpu", "dali_gpu", "stream", "none"
     fallback: str | None = None  # why a DALI decoder left the video to PyAV
+    decode_s: float = 0.0  # wall seconds spent decoding this row's media (its request's, for a file)
+    qa_s: float = 0.0  # wall seconds spent on its media QA flags
     _release: Callable[[], None] | None = None
 
     @property
@@ -140,6 +143,7 @@ def media_row(
     of a file, a live window's own span. Every model input is checked finite here, whatever produced it,
     so NaN never reaches an encoder.
     """
+    start = time.perf_counter()
     if clip is not None and clip.on_host and not np.isfinite(clip.model_input).all():
         raise MediaError(input_name, "decoded frames are not finite")
     if waveform is not None and not np.isfinite(waveform).all():
@@ -150,9 +154,10 @@ def media_row(
         rate,
         qa_frames=clip.qa_frames if clip is not None else None,
     )
+    qa_s = time.perf_counter() - start
     if clip is None:
-        return Row(None, waveform, media_qa)
-    return Row(clip.model_input, waveform, media_qa, clip.decoder, clip.fallback, clip.release)
+        return Row(None, waveform, media_qa, qa_s=qa_s)
+    return Row(clip.model_input, waveform, media_qa, clip.decoder, clip.fallback, qa_s=qa_s, _release=clip.release)
 
 
 def clip_row(clip: ClipFrames | None, native: np.ndarray | None, rate: int | None) -> Row:
@@ -170,6 +175,7 @@ def decode_row(
 ) -> Row:
     """Decode one request into its row (the caller releases it once the encoders have answered)."""
     require_media(video, audio)
+    start = time.perf_counter()
     native = rate = None
     if audio is not None:
         dec = decode_audio(audio, limits=limits, cancel=cancel)
@@ -181,11 +187,13 @@ def decode_row(
         if audio is None:
             native, rate = source.audio, source.sample_rate
     try:
-        return clip_row(clip, native, rate)
+        row = clip_row(clip, native, rate)
     except BaseException:
         if clip is not None and clip.release is not None:
             clip.release()
         raise
+    row.decode_s = time.perf_counter() - start - row.qa_s  # demux, decode, resample: all but the QA flags
+    return row
 
 
 def release_rows(rows: Sequence[Row]) -> None:

@@ -197,6 +197,8 @@ class Timeline:
     clip_probabilities: np.ndarray  # float32 [6]
     clip_qa_flags: np.ndarray  # float32 [6]
     duration_s: float
+    decoder: str = "none"  # which decoder served the video ("none": an audio-only timeline)
+    fallback: str | None = None  # why a DALI decoder left it to PyAV
 
     def segments(self) -> np.ndarray:
         """float32 [W, 8]: start, end, then the six probabilities (the Triton output)."""
@@ -213,6 +215,8 @@ class _Decoded:
     clip: Row
     native: np.ndarray | None  # the audio track at its own rate
     rate: int | None
+    decoder: str = "none"
+    fallback: str | None = None
 
 
 def _decode(
@@ -244,7 +248,9 @@ def _decode(
     video_emb = encode_chunked(encode_video, rows, chunk, cancel)
     if audio is None:
         native, rate = source.audio, source.sample_rate
-    return _Decoded(frames.windows_s, frames.duration_s, video_emb, clip_row(frames.clip(), native, rate), native, rate)
+    clip = clip_row(frames.clip(), native, rate)
+    fallback = getattr(source, "fallback", None)
+    return _Decoded(frames.windows_s, frames.duration_s, video_emb, clip, native, rate, source.name, fallback)
 
 
 def _window_audio(
@@ -296,7 +302,7 @@ def compute_timeline(
     clip_probs, clip_flags = score_embeddings(head, clip)
     probs = clip_probs.copy() if whole else probabilities(head, emb)
     log.debug("timeline: %d windows over %.2f s", n, d.duration_s)
-    return Timeline(d.windows, probs, clip_probs[0], clip_flags[0], float(d.duration_s))
+    return Timeline(d.windows, probs, clip_probs[0], clip_flags[0], float(d.duration_s), d.decoder, d.fallback)
 
 
 def _clip_embeddings(d: _Decoded, whole: Embeddings | None, encode_video: Encode, encode_audio: Encode) -> Embeddings:

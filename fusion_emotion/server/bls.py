@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def _stub_module() -> Any:
-    import triton_python_backend_utils as pb_utils
+    import triton_python_backend_utils as pb_utils  # deferred: exists only inside the stub (tests inject ``pb``)
 
     return pb_utils
 

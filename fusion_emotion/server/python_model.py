@@ -24,6 +24,41 @@ from fusion_emotion.server.blas import limit_blas_threads
 
 log = logging.getLogger(__name__)
 
+
+class TritonLog(logging.Handler):
+    """Our modules' log records into Triton's own log (``pb_utils.Logger``), at their level.
+
+    A stub configures no logging: without this, every INFO line (a decoder's choice, a fallback's reason)
+    would be dropped and the warnings would reach only the stub's stderr, without Triton's level and time.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            if record.levelno >= logging.ERROR:
+                pb_utils.Logger.log_error(message)
+            elif record.levelno >= logging.WARNING:
+                pb_utils.Logger.log_warn(message)
+            elif record.levelno >= logging.INFO:
+                pb_utils.Logger.log_info(message)
+            else:
+                pb_utils.Logger.log_verbose(message)
+        except Exception:  # logging must never fail a request
+            self.handleError(record)
+
+
+def route_logging_to_triton(level: int = logging.INFO) -> None:
+    """Once per stub: the ``fusion_emotion`` loggers write into Triton's log."""
+    root = logging.getLogger("fusion_emotion")
+    if not any(isinstance(h, TritonLog) for h in root.handlers):
+        handler = TritonLog()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(level)
+
+
+route_logging_to_triton()
+
 # From here on each stub runs its BLAS calls on one thread instead of leaving idle workers spinning
 # (fusion_emotion.server.blas). numpy's OpenBLAS is always loaded by now (the stub imports numpy before any
 # model code); the model.py files that decode import media, and so scipy's OpenBLAS, before this module.

@@ -19,6 +19,7 @@ from fusion_emotion.core.rows import video_backend
 from fusion_emotion.core.timeline import DEFAULT_MAX_WINDOWS, compute_timeline, timeline_limits, window_params
 from fusion_emotion.errors import ErrorKind
 from fusion_emotion.server.bls import Encoders
+from fusion_emotion.server.metrics import ModelMetrics
 from fusion_emotion.server.python_model import bytes_rows, cancel_check, failure_response, model_parameters, scalar
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class TritonPythonModel:
         self.max_windows = int(params.get("max_windows", DEFAULT_MAX_WINDOWS) or DEFAULT_MAX_WINDOWS)
         self.chunk = max(1, int(params.get("bls_max_batch", "8") or 8))
         self.encoders = Encoders(C.TIMELINE_MODEL, self.chunk)
+        self.metrics = ModelMetrics(C.TIMELINE_MODEL)
         # Parameter video_decoder: "pyav" (default), "dali_cpu" (profile cpu_dali) or "dali_gpu" (NVDEC).
         self.backend = video_backend(
             params.get("video_decoder") or "pyav",
@@ -49,7 +51,20 @@ class TritonPythonModel:
                 "request", "a timeline request carries one media file (batch of 1)", kind=ErrorKind.BAD_REQUEST
             )
         self.encoders.callees.ensure()
-        timeline = compute_timeline(
+        with self.metrics.timed("timeline"):
+            timeline = self._compute(videos, audios, request)
+        if timeline.decoder != "none":
+            self.metrics.decoded(timeline.decoder, timeline.fallback)
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor(C.OUT_SEGMENTS.name, timeline.segments()[None]),
+                pb_utils.Tensor(C.OUT_PROBABILITIES.name, timeline.clip_probabilities[None].astype(np.float32)),
+                pb_utils.Tensor(C.OUT_QA_FLAGS.name, timeline.clip_qa_flags[None].astype(np.float32)),
+            ]
+        )
+
+    def _compute(self, videos, audios, request):
+        return compute_timeline(
             videos[0] if videos else None,
             audios[0] if audios else None,
             window_params(scalar(request, C.IN_WINDOW_S.name), scalar(request, C.IN_HOP_S.name)),
@@ -61,13 +76,6 @@ class TritonPythonModel:
             chunk=self.chunk,
             max_windows=self.max_windows,
             cancel=cancel_check(request),
-        )
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor(C.OUT_SEGMENTS.name, timeline.segments()[None]),
-                pb_utils.Tensor(C.OUT_PROBABILITIES.name, timeline.clip_probabilities[None].astype(np.float32)),
-                pb_utils.Tensor(C.OUT_QA_FLAGS.name, timeline.clip_qa_flags[None].astype(np.float32)),
-            ]
         )
 
     def execute(self, requests):

@@ -17,6 +17,7 @@ from fusion_emotion.core.probe import MediaLimits
 from fusion_emotion.core.rows import decode_rows, release_rows, video_backend
 from fusion_emotion.errors import ErrorKind, ServingError
 from fusion_emotion.server.bls import Encoders
+from fusion_emotion.server.metrics import ModelMetrics
 from fusion_emotion.server.python_model import (
     as_serving_error,
     bytes_rows,
@@ -48,6 +49,7 @@ class TritonPythonModel:
         # Every MediaLimits field can be set as a config parameter of the same name (max_input_bytes = max_bytes).
         self.limits = MediaLimits.from_params(params)
         self.encoders = Encoders(C.PREPROCESS, int(params.get("bls_max_batch", "8") or 8))
+        self.metrics = ModelMetrics(C.PREPROCESS)
         self.pool = ThreadPoolExecutor(max(1, int(config.get("max_batch_size", 1) or 1)), "decode")
         # Parameter video_decoder: "pyav" (default), "dali_cpu" (profile cpu_dali) or "dali_gpu" (NVDEC).
         self.backend = video_backend(
@@ -59,7 +61,12 @@ class TritonPythonModel:
     def _rows(self, request):
         videos = bytes_rows(request, C.IN_VIDEO.name)
         audios = bytes_rows(request, C.IN_AUDIO.name)
-        return decode_rows(videos, audios, self.backend, self.limits, cancel_check(request))
+        rows = decode_rows(videos, audios, self.backend, self.limits, cancel_check(request))
+        self.metrics.rows_decoded(rows)
+        for row in rows:
+            self.metrics.observe("decode", row.decode_s)
+            self.metrics.observe("qa", row.qa_s)
+        return rows
 
     async def execute(self, requests):
         responses = [None] * len(requests)
