@@ -273,6 +273,27 @@ def test_execution_env_refuses_a_python_mismatch(repository: Path, tmp_path: Pat
     assert not list(tmp_path.glob("m.tar.gz*"))
 
 
+@pytest.mark.parametrize("profile", ["cpu_dali", "gpu_dali"])
+def test_stock_image_refuses_the_dali_profiles_naming_what_works(
+    repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture, profile: str
+) -> None:
+    """The stock image's packed environment holds no DALI: its tarball for a DALI profile could not load.
+    Refused before any packing, naming the profile and the target that work."""
+    from fusion_emotion.cli import main
+
+    out = tmp_path / "m.tar.gz"
+    args = ["package", "--repository", str(repository), "--output", str(out), "--target", "sagemaker-triton"]
+    assert main([*args, "--profile", profile, "--image", "24.10", "--python", sys.executable]) == 2
+    err = capsys.readouterr().err
+    assert f"--profile {profile} cannot run on SageMaker's stock Triton image" in err and "no DALI" in err
+    assert f"--profile {profile.replace('_dali', '')} for --target sagemaker-triton" in err
+    assert "--target sagemaker (this project's image, which has DALI)" in err
+    assert not list(tmp_path.glob("m.tar.gz*"))
+    with pytest.raises(PackageError, match="no DALI"):
+        build_stock_triton_tarball(repository, out, profile=profile, env_tarball=tmp_path / "env.tar.gz")
+    assert main(["package", "--repository", str(repository), "--output", str(out), "--profile", profile]) == 0
+
+
 # --- argument validation ---------------------------------------------------------
 
 

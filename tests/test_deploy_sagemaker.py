@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from test_deploy import BUCKET, IMAGE, ROLE, _config, repository  # noqa: F401 - repository: a fixture
 
-from fusion_emotion.deploy import autoscaling
+from fusion_emotion.deploy import autoscaling, supervisor
 from fusion_emotion.deploy import config as dc
 from fusion_emotion.deploy import sagemaker as sm
 from fusion_emotion.deploy.package import build_model_tarball
@@ -101,6 +101,7 @@ def test_deploy_realtime_with_autoscaling_and_undeploy(aws, repository: Path, tm
     assert container["Environment"] == {
         "SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": "fusion_emotion",
         "FUSION_EMOTION_PROFILE": "gpu",
+        "FUSION_EMOTION_STARTUP_TIMEOUT": "900",
         "FUSION_EMOTION_S3_ALLOWED_BUCKETS": f"{BUCKET},media-2",
         "EXTRA": "1",
     }
@@ -334,11 +335,19 @@ def test_deploy_to_an_existing_endpoint_updates_it(aws, sagemaker_semantics) -> 
     assert not _models_named(sagemaker, endpoint)
 
 
-def test_gpu_fp16_endpoint_gets_time_to_build_engines() -> None:
-    fp16 = dc.DeployConfig("s3://b/m", IMAGE, ROLE, "ep", instance_type="ml.g4dn.xlarge", profile="gpu_fp16")
-    (variant,) = sm.endpoint_config_request(fp16, "model", "config")["ProductionVariants"]
-    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == sm.TRT_STARTUP_TIMEOUT_S
-    assert 60 <= sm.TRT_STARTUP_TIMEOUT_S <= 3600  # SageMaker's allowed range
-    gpu = dc.DeployConfig("s3://b/m", IMAGE, ROLE, "ep", instance_type="ml.g4dn.xlarge")
-    (variant,) = sm.endpoint_config_request(gpu, "model", "config")["ProductionVariants"]
-    assert "ContainerStartupHealthCheckTimeoutInSeconds" not in variant
+def test_one_startup_budget_for_sagemaker_and_the_container() -> None:
+    """What deploy tells SageMaker to wait for /ping and what the container's supervisor waits for Triton
+    come from one budget per profile: gpu_fp16 (TensorRT engines built at first load) gets 1800 s in both;
+    before, SageMaker waited 30 minutes while the container gave up after its default 15."""
+    for profile, instance, budget in (("gpu_fp16", "ml.g4dn.xlarge", 1800), ("gpu", "ml.g4dn.xlarge", 900),
+                                      ("cpu", "ml.c6i.xlarge", 900)):  # fmt: skip
+        cfg = dc.DeployConfig("s3://b/m", IMAGE, ROLE, "ep", instance_type=instance, profile=profile)
+        (variant,) = sm.endpoint_config_request(cfg, "model", "config")["ProductionVariants"]
+        assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == budget == dc.startup_budget_s(profile)
+        assert 60 <= budget <= 3600  # SageMaker's allowed range
+        env = dc.container_environment(cfg)
+        assert env["FUSION_EMOTION_STARTUP_TIMEOUT"] == str(budget)
+        assert supervisor.config_from_env(env).startup_timeout_s == budget  # as the container reads it
+        # and a container started without that variable (the image run by hand) uses the same budget
+        bare = {k: v for k, v in env.items() if k != "FUSION_EMOTION_STARTUP_TIMEOUT"}
+        assert supervisor.config_from_env(bare).startup_timeout_s == budget

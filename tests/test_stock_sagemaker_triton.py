@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import tarfile
@@ -27,9 +28,11 @@ from fusion_emotion.client import sagemaker_triton as st
 from helpers import free_port
 
 from fusion_emotion import contract as C
+from fusion_emotion.deploy import config as dc
 from fusion_emotion.deploy import execution_env as E
 
 STUB_PYTHON = "3.10"  # the 24.10 image (Triton 2.51, the bundled server's release)
+STOCK_IMAGE_URI = "763104351884.dkr.ecr.us-east-1.amazonaws.com/sagemaker-tritonserver:24.10-py3"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -166,16 +169,21 @@ def stock_server(stock_tarball: tuple[Path, E.Interpreter, dict], tmp_path_facto
     unpack_s = time.monotonic() - start
     bundle = Bundle.locate(STUB_PYTHON)
     port = free_port()
+    # what `deploy` gives a model on the stock image (its CreateModel environment), then this host's needs
+    deployed = dc.container_environment(
+        dc.DeployConfig("s3://b/m.tar.gz", STOCK_IMAGE_URI, "arn:aws:iam::123456789012:role/r", "ep", profile="cpu")
+    )
     env = {
         "HOME": str(root),
         "PATH": SYSTEM_PATH,
         # the image has libpython3.10 in the system library path; here it is the interpreter's LIBDIR
         "LD_LIBRARY_PATH": f"{bundle.libs}:{_libpython_dir(interp)}",
-        "SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": C.ENSEMBLE,
+        **deployed,
         "SAGEMAKER_BIND_TO_PORT": str(port),
         # the image finds its backends in /opt/tritonserver/backends; the bundled binary needs them named,
         # and a private shm prefix keeps this server apart from others on a shared machine
-        "SAGEMAKER_TRITON_ADDITIONAL_ARGS": f"--backend-directory={bundle.backend_dir()} "
+        "SAGEMAKER_TRITON_ADDITIONAL_ARGS": f"{deployed['SAGEMAKER_TRITON_ADDITIONAL_ARGS']} "
+        f"--backend-directory={bundle.backend_dir()} "
         f"--backend-config=python,shm-region-prefix-name=stock{uuid.uuid4().hex[:8]}_",
     }
     # the project's venv must be invisible: from the server's folder, with its environment, neither the
@@ -201,7 +209,7 @@ def stock_server(stock_tarball: tuple[Path, E.Interpreter, dict], tmp_path_facto
             assert time.monotonic() < deadline, log_path.read_text(errors="replace")[-4000:]
             time.sleep(0.5)
         print(f"\nunpacked in {unpack_s:.1f} s; /ping 200 after {time.monotonic() - start:.0f} s")
-        yield base, log_path
+        yield base, log_path, log_path.read_text(errors="replace")  # the log as it was when /ping said ready
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -222,19 +230,50 @@ def _assert_close(got: dict, want: tuple[np.ndarray, np.ndarray]) -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize("form", ["binary+json", "json"])
 def test_stock_image_answers_like_the_reference(stock_server, reference, media: dict[str, bytes], form: str) -> None:
-    base, log_path = stock_server
+    base, log_path, _ = stock_server
     for video, audio in ((media["mp4"], media["wav"]), (media["mp4"], None), (None, media["wav"])):
         got = st.invoke_url(base, video, audio, timeout=600, form=form, binary_outputs=form == "binary+json")
         _assert_close(got, reference.predict(video, audio))
     log_text = log_path.read_text(errors="replace")
-    # the models ran from the packed environment, and preprocess loaded the BLS-called encoders itself
-    assert "Extracting Python execution env" in log_text and "/preprocess/env.tar.gz" in log_text
-    assert f"preprocess: loading {C.VIDEO_ENCODER} (not loaded by the server)" in log_text
+    # the models ran from the packed environment (the fixture checked that nothing else on this host can
+    # import numpy or this package; deploy's environment keeps the stock script's verbose log off, so
+    # python_backend's own "Extracting Python execution env" line is not printed): our modules' INFO lines,
+    # routed into Triton's log, come from the packed copy
+    assert "fusion_emotion.core.onnx_runtime: loaded model.onnx with OpenVINO CPU" in log_text
+    # and the BLS-called encoders were loaded by the server at start, not by preprocess inside a request
+    assert "not loaded by the server" not in log_text
+
+
+@pytest.mark.integration
+def test_stock_image_loads_every_model_before_it_answers_ping(stock_server) -> None:
+    """Under the stock `serve` (explicit model control) with deploy's environment, the encoders load at
+    start: a GPU instance would otherwise pay CUDA start-up, warm-up or a TensorRT build in the first request."""
+    _, log_path, at_ping = stock_server
+    for model in (C.PREPROCESS, C.VIDEO_ENCODER, C.AUDIO_ENCODER, C.FUSION_HEAD, C.ENSEMBLE):
+        # namespaced, as the stock script serves: '<repository>::<model>'
+        assert re.search(rf"successfully loaded '[^']*::{model}'", at_ping), model
+    deployed = dc.container_environment(
+        dc.DeployConfig("s3://b/m.tar.gz", STOCK_IMAGE_URI, "arn:aws:iam::123456789012:role/r", "ep", profile="cpu")
+    )
+    cmd = stock_serve_command(
+        "tritonserver", {**deployed, "SAGEMAKER_BIND_TO_PORT": "8080"}, str(log_path.parent / "model") + "/"
+    )
+    assert "--log-verbose=false" in cmd  # the script's default is verbose
+    assert cmd[-3:] == [
+        f"--load-model={C.VIDEO_ENCODER}",
+        f"--load-model={C.AUDIO_ENCODER}",
+        f"--load-model={C.ENSEMBLE}",
+    ]
+    # our own image is left as it was: its supervisor loads every model itself
+    ours = dc.container_environment(
+        dc.DeployConfig("s3://b/m.tar.gz", "123.dkr.ecr/fusion-emotion:v1", "arn:aws:iam::123456789012:role/r", "ep")
+    )
+    assert not {"SAGEMAKER_TRITON_ADDITIONAL_ARGS", "SAGEMAKER_TRITON_LOG_VERBOSE"} & set(ours)
 
 
 @pytest.mark.integration
 def test_stock_image_bad_input_is_a_400(stock_server, media: dict[str, bytes]) -> None:
-    base, _ = stock_server
+    base, _, _ = stock_server
     with pytest.raises(st.SageMakerTritonError) as info:
         st.invoke_url(base, media["garbage"], None, timeout=600)
     assert info.value.status == 400 and "video" in info.value.message

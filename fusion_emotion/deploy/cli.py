@@ -25,6 +25,7 @@ from fusion_emotion.deploy.package import (
     build_model_tarball,
     build_stock_triton_tarball,
     validate_repository,
+    validate_stock_profile,
 )
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,8 @@ def _package(args: argparse.Namespace) -> int:
         if args.target == "sagemaker":
             names = build_model_tarball(args.repository, args.output, profile=args.profile)
         else:
-            validate_repository(args.repository, args.profile)  # refuse before minutes of packing
+            validate_stock_profile(args.profile)  # refuse before minutes of packing
+            validate_repository(args.repository, args.profile)
             if args.image_python and not re.fullmatch(r"3\.\d+", args.image_python):
                 raise E.EnvError(f"--image-python takes a version like 3.10, got {args.image_python!r}")
             minor = args.image_python or E.image_python(args.image)

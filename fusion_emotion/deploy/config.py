@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusion_emotion.contract import ENSEMBLE, MAX_INPUT_BYTES, PROFILES
+from fusion_emotion.contract import AUDIO_ENCODER, ENSEMBLE, MAX_INPUT_BYTES, PROFILES, VIDEO_ENCODER
 from fusion_emotion.s3uri import S3Uri, S3UriError, parse_s3_uri
 from fusion_emotion.server.shm import SHM_DEFAULT_DEV_SHM_BYTES, shm_input_limit, shm_needed_bytes
 
@@ -23,6 +23,41 @@ ENV_MAX_BODY_BYTES = "FUSION_EMOTION_MAX_BODY_BYTES"
 ENV_REQUEST_TIMEOUT_S = "FUSION_EMOTION_REQUEST_TIMEOUT_S"
 ENV_DEFAULT_OPTIONS = "FUSION_EMOTION_DEFAULT_OPTIONS"
 ENV_S3_ALLOWED_BUCKETS = "FUSION_EMOTION_S3_ALLOWED_BUCKETS"
+ENV_STARTUP_TIMEOUT_S = "FUSION_EMOTION_STARTUP_TIMEOUT"
+# How long a fresh instance may take from container start to a 200 on /ping: the container's supervisor
+# waits this long for Triton before it gives up, and deploy tells SageMaker the same
+# (ContainerStartupHealthCheckTimeoutInSeconds): one budget, so neither gives up first. gpu_fp16 builds its
+# TensorRT engines on the first load (an estimate: not run on a GPU yet); the others load and warm up.
+STARTUP_BUDGET_S = 900
+TRT_STARTUP_BUDGET_S = 1800
+
+
+# SageMaker's stock Triton image (`docker/sagemaker/serve`): `--model-control-mode=explicit
+# --load-model=$SAGEMAKER_TRITON_DEFAULT_MODEL_NAME` loads the ensemble and its steps, not the encoders the
+# preprocess model calls through BLS, which would then load (CUDA start, warm-up, a whole TensorRT build for
+# gpu_fp16) inside the first request, past SageMaker's 60 s invocation limit. The script appends
+# SAGEMAKER_TRITON_ADDITIONAL_ARGS to the server's arguments: they name the callees, so everything loads
+# before /ping answers. It also turns verbose logging on unless SAGEMAKER_TRITON_LOG_VERBOSE says otherwise.
+STOCK_IMAGE_MARK = "sagemaker-tritonserver"
+STOCK_PRELOAD = (VIDEO_ENCODER, AUDIO_ENCODER)
+
+
+def is_stock_triton_image(image_uri: str) -> bool:
+    """SageMaker's own Triton image (``…/sagemaker-tritonserver:<release>-py3``), not this project's."""
+    return STOCK_IMAGE_MARK in image_uri.rsplit("/", 1)[-1]
+
+
+def stock_image_environment() -> dict[str, str]:
+    """What the stock image's `serve` needs from deploy: the BLS callees loaded at start, quiet logs."""
+    return {
+        "SAGEMAKER_TRITON_ADDITIONAL_ARGS": " ".join(f"--load-model={m}" for m in STOCK_PRELOAD),
+        "SAGEMAKER_TRITON_LOG_VERBOSE": "false",
+    }
+
+
+def startup_budget_s(profile: str) -> int:
+    """Seconds from container start to ready for ``profile`` (the supervisor's and SageMaker's limit)."""
+    return TRT_STARTUP_BUDGET_S if profile == "gpu_fp16" else STARTUP_BUDGET_S
 # Async: how many queued requests one instance pulls at once. Triton batches
 # dynamically and preprocess decodes media on CPU; 4 keeps a g4dn.xlarge's
 # 4 vCPUs busy without piling requests into Triton's queue.
@@ -229,7 +264,8 @@ def validate_model_args(cfg: DeployConfig) -> None:
 
 def container_environment(cfg: DeployConfig) -> dict[str, str]:
     """The container's variables: model name, profile, async-sized front-end limits; --env wins."""
-    env = {ENV_DEFAULT_MODEL: ENSEMBLE, ENV_PROFILE: effective_profile(cfg)}
+    profile = effective_profile(cfg)
+    env = {ENV_DEFAULT_MODEL: ENSEMBLE, ENV_PROFILE: profile, ENV_STARTUP_TIMEOUT_S: str(startup_budget_s(profile))}
     if cfg.async_output is not None:
         env[ENV_MAX_BODY_BYTES] = str(ASYNC_MAX_BODY_BYTES)
         env[ENV_REQUEST_TIMEOUT_S] = str(cfg.async_invocation_timeout_s - ASYNC_DEADLINE_MARGIN_S)
@@ -244,5 +280,7 @@ def container_environment(cfg: DeployConfig) -> dict[str, str]:
         )
     if cfg.s3_allowed_buckets:
         env[ENV_S3_ALLOWED_BUCKETS] = ",".join(cfg.s3_allowed_buckets)
+    if is_stock_triton_image(cfg.image_uri):
+        env.update(stock_image_environment())
     env.update(cfg.environment)
     return env

@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 
 from fusion_emotion import repository as R
-from fusion_emotion.contract import ENSEMBLE
+from fusion_emotion.contract import ENSEMBLE, PROFILES
 from fusion_emotion.deploy.archive import ArchiveError, Member, list_tarball, scan_tree, write_tarball
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,23 @@ __all__ = ["PackageError", "build_model_tarball", "build_stock_triton_tarball", 
 
 class PackageError(ValueError):
     """The directory cannot be packaged (not a Triton repository, incomplete, unsafe links)."""
+
+
+# The stock image runs our Python models in the packed execution environment, which holds the `models`
+# extra only: no DALI (nvidia-dali-cuda120 is ~400 MB as a wheel, extracted by every Python model's stub
+# at load), so the DALI profiles cannot load there and are refused before any packing.
+STOCK_PROFILES = tuple(p for p in PROFILES if "dali" not in p)
+
+
+def validate_stock_profile(profile: str) -> None:
+    """PackageError naming a profile that works when ``profile`` cannot run on the stock Triton image."""
+    if profile not in STOCK_PROFILES:
+        near = profile.replace("_dali", "")
+        raise PackageError(
+            f"--profile {profile} cannot run on SageMaker's stock Triton image: its packed environment has no "
+            f"DALI (~400 MB). Package --profile {near} for --target sagemaker-triton, or use --target sagemaker "
+            f"(this project's image, which has DALI) for {profile}"
+        )
 
 
 def validate_repository(repository: Path, profile: str = R.DEFAULT_PROFILE) -> None:
@@ -106,6 +123,7 @@ def build_stock_triton_tarball(
 ) -> list[str]:
     """The stock SageMaker Triton image's tarball (see the module docstring). Returns member names."""
     repo, out, env = Path(repository), Path(output), Path(env_tarball)
+    validate_stock_profile(profile)
     validate_repository(repo, profile)
     models = R.model_dirs(repo)
     replaced: dict[str, Member] = {}

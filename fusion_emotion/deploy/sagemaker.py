@@ -39,6 +39,7 @@ from fusion_emotion.deploy.config import (
     instance_has_gpu,
     profile_needs_gpu,
     s3_argument,
+    startup_budget_s,
     validate_config,
     validate_endpoint_name,
 )
@@ -105,10 +106,6 @@ def create_model(sagemaker: Any, cfg: DeployConfig, model_name: str, model_data_
     )
 
 
-# gpu_fp16's first load builds TensorRT engines (estimate: minutes for HuBERT; not measured, no GPU run yet).
-TRT_STARTUP_TIMEOUT_S = 1800
-
-
 def endpoint_config_request(cfg: DeployConfig, model_name: str, config_name: str) -> dict[str, Any]:
     """The CreateEndpointConfig request: one variant, plus AsyncInferenceConfig for async endpoints."""
     request: dict[str, Any] = {
@@ -123,10 +120,10 @@ def endpoint_config_request(cfg: DeployConfig, model_name: str, config_name: str
             }
         ],
     }
-    if effective_profile(cfg) == "gpu_fp16":
-        # TensorRT engines are built while the encoders load (model_warmup), before /ping answers 200:
-        # give the container time for that on a fresh instance (README "TensorRT engines").
-        request["ProductionVariants"][0]["ContainerStartupHealthCheckTimeoutInSeconds"] = TRT_STARTUP_TIMEOUT_S
+    # The container's own startup budget (its supervisor waits as long): gpu_fp16 builds TensorRT engines
+    # while the encoders load, before /ping answers 200.
+    budget = startup_budget_s(effective_profile(cfg))
+    request["ProductionVariants"][0]["ContainerStartupHealthCheckTimeoutInSeconds"] = budget
     if cfg.async_output is not None:
         request["AsyncInferenceConfig"] = {
             "OutputConfig": {"S3OutputPath": str(s3_argument(cfg.async_output))},

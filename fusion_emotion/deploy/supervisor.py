@@ -26,7 +26,8 @@ FUSION_EMOTION_TRITON_CMD          full Triton command (shlex), overrides the ab
 FUSION_EMOTION_FRONTEND_CMD        full front-end command (shlex)
 FUSION_EMOTION_FRONTEND_TRITON_URL HOST:PORT given to ``serve --triton-url`` (gRPC)
 FUSION_EMOTION_READY_URL           readiness URL (default Triton /v2/health/ready)
-FUSION_EMOTION_STARTUP_TIMEOUT     seconds to wait for Triton ready (default 900)
+FUSION_EMOTION_STARTUP_TIMEOUT     seconds to wait for Triton ready (default: the profile's startup budget,
+                                   deploy/config.py: 1800 for gpu_fp16, else 900; deploy sets it)
 FUSION_EMOTION_STOP_TIMEOUT        seconds for a graceful stop (default 20)
 =================================  ==============================================
 """
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from fusion_emotion import contract as C
+from fusion_emotion.deploy.config import ENV_PROFILE, ENV_STARTUP_TIMEOUT_S, STARTUP_BUDGET_S, startup_budget_s
 from fusion_emotion.frontend.settings import SAGEMAKER_MAX_PAYLOAD_BYTES
 from fusion_emotion.server import shm
 
@@ -63,7 +65,6 @@ DEFAULT_METRICS_PORT = 8002
 # small regions, sized in contract.py (docs/reliability.md "Shared memory").
 DEFAULT_SHM_BYTES = shm.SHM_REGION_BYTES
 DEFAULT_SHM_GROWTH_BYTES = shm.SHM_GROWTH_BYTES
-DEFAULT_STARTUP_TIMEOUT_S = 900.0
 # SageMaker (and docker stop) send SIGKILL 30 s after SIGTERM; stay well inside.
 DEFAULT_STOP_TIMEOUT_S = 20.0
 POLL_INTERVAL_S = 0.2
@@ -83,7 +84,7 @@ class ServeConfig:
     triton: ChildSpec
     frontend: ChildSpec
     ready_url: str
-    startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
+    startup_timeout_s: float = float(STARTUP_BUDGET_S)
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -108,7 +109,7 @@ def triton_command(env: Mapping[str, str]) -> list[str]:
     if env.get("FUSION_EMOTION_TRITON_CMD"):
         return shlex.split(env["FUSION_EMOTION_TRITON_CMD"])
     model_dir = env.get("FUSION_EMOTION_MODEL_DIR") or DEFAULT_MODEL_DIR
-    profile = env.get("FUSION_EMOTION_PROFILE") or "gpu"
+    profile = _profile(env)
     grpc = _number_env(env, "FUSION_EMOTION_GRPC_PORT", DEFAULT_GRPC_PORT)
     http = _number_env(env, "FUSION_EMOTION_HTTP_PORT", DEFAULT_HTTP_PORT)
     metrics = _number_env(env, "FUSION_EMOTION_METRICS_PORT", DEFAULT_METRICS_PORT)
@@ -156,7 +157,7 @@ def shm_s3_limit(env: Mapping[str, str], dev_shm: str = "/dev/shm") -> int | Non
     Python backend, so the front end refuses it first with a 413 naming the limit.
     """
     model_dir = Path(env.get("FUSION_EMOTION_MODEL_DIR") or DEFAULT_MODEL_DIR)
-    profile = env.get("FUSION_EMOTION_PROFILE") or "gpu"
+    profile = _profile(env)
     region = _number_env(env, "SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE", DEFAULT_SHM_BYTES)
     try:
         plan = shm.plan_shm(model_dir, profile, shm.dev_shm_size(Path(dev_shm)), region)
@@ -167,6 +168,10 @@ def shm_s3_limit(env: Mapping[str, str], dev_shm: str = "/dev/shm") -> int | Non
     return max(plan.input_limit_bytes, 1)
 
 
+def _profile(env: Mapping[str, str]) -> str:
+    return env.get(ENV_PROFILE) or "gpu"
+
+
 def config_from_env(env: Mapping[str, str] | None = None) -> ServeConfig:
     """Build the whole serving configuration from environment variables."""
     env = dict(os.environ if env is None else env)
@@ -175,7 +180,7 @@ def config_from_env(env: Mapping[str, str] | None = None) -> ServeConfig:
         triton=ChildSpec("tritonserver", triton_command(env)),
         frontend=ChildSpec("frontend", frontend_command(env)),
         ready_url=env.get("FUSION_EMOTION_READY_URL") or f"http://127.0.0.1:{http}/v2/health/ready",
-        startup_timeout_s=_number_env(env, "FUSION_EMOTION_STARTUP_TIMEOUT", DEFAULT_STARTUP_TIMEOUT_S, float),
+        startup_timeout_s=_number_env(env, ENV_STARTUP_TIMEOUT_S, float(startup_budget_s(_profile(env))), float),
         stop_timeout_s=_number_env(env, "FUSION_EMOTION_STOP_TIMEOUT", DEFAULT_STOP_TIMEOUT_S, float),
     )
 
