@@ -58,6 +58,8 @@ def stock_image_environment() -> dict[str, str]:
 def startup_budget_s(profile: str) -> int:
     """Seconds from container start to ready for ``profile`` (the supervisor's and SageMaker's limit)."""
     return TRT_STARTUP_BUDGET_S if profile == "gpu_fp16" else STARTUP_BUDGET_S
+
+
 # Async: how many queued requests one instance pulls at once. Triton batches
 # dynamically and preprocess decodes media on CPU; 4 keeps a g4dn.xlarge's
 # 4 vCPUs busy without piling requests into Triton's queue.
