@@ -13,6 +13,8 @@ PERF_ANALYZER_DIR := $(VENV)/opt/perf-analyzer
 # every role (pyproject extras): serving + the bundled tritonserver + plots + DALI + export + dev tools
 setup:
 	@command -v espeak-ng >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng; }
+	@# the playground's browser tests drive Debian's chromium with PyPI playwright (its own download is unreachable)
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[serving,triton,plots,dali,export,dev]"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -60,22 +61,47 @@ def encode_multipart(video: bytes | None, audio: bytes | None) -> tuple[bytes, s
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A front end's JSON answer with its response attributes (the custom-attributes header, or SageMaker's
+    ``CustomAttributes``), for callers that show the ``weights=untrained`` notice rather than log it."""
+
+    payload: dict[str, Any]
+    attributes: str | None = None
+
+
+def is_untrained(attributes: str | None) -> bool:
+    """True when the response attributes carry ``weights=untrained``: demo weights, meaningless predictions."""
+    return bool(attributes) and C.UNTRAINED_ATTRIBUTE in [a.strip() for a in str(attributes).split(",")]
+
+
 def warn_if_untrained(attributes: str | None) -> None:
     """Log the front end's ``weights=untrained`` response attribute: demo weights, meaningless predictions."""
-    if attributes and C.UNTRAINED_ATTRIBUTE in [a.strip() for a in attributes.split(",")]:
+    if is_untrained(attributes):
         log.warning("the endpoint serves UNTRAINED random-init weights (demo only): its predictions are meaningless")
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def error_from_body(status: int, body: bytes) -> FrontendError:
+    """An error answer as a FrontendError: the front end's ``error`` text when the body is its JSON."""
+    payload = _json_object(body)
+    message = payload.get("error") if payload is not None else None
+    return FrontendError(status, str(message or body[:200].decode("utf-8", "replace")), payload)
 
 
 def decode_response(status: int, body: bytes) -> dict[str, Any]:
     """The front end's JSON answer, or a FrontendError carrying its status and ``error`` text."""
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        payload = None
     if status != 200:
-        message = payload.get("error") if isinstance(payload, dict) else None
-        raise FrontendError(status, str(message or body[:200].decode("utf-8", "replace")), payload)
-    if not isinstance(payload, dict):
+        raise error_from_body(status, body)
+    payload = _json_object(body)
+    if payload is None:
         raise FrontendError(status, "response is not a JSON object")
     return payload
 
@@ -114,32 +140,45 @@ def post_raw(
     client: Any = None,
 ) -> dict[str, Any]:
     """One file's bytes as the whole body (what Batch Transform and async endpoints send)."""
+    return post_raw_answer(url, data, content_type, params=params, timeout=timeout, client=client).payload
+
+
+def post_raw_answer(
+    url: str,
+    data: bytes,
+    content_type: str,
+    *,
+    params: dict[str, str] | None = None,
+    timeout: float = 120.0,
+    client: Any = None,
+) -> Answer:
+    """:func:`post_raw`, keeping the response attributes."""
     headers = {"Content-Type": content_type, "Accept": "application/json"}
-    if client is None:
-        resp = httpx.post(invocations_url(url), params=params, content=data, headers=headers, timeout=timeout)
-    else:
-        resp = client.post(invocations_url(url), params=params, content=data, headers=headers, timeout=timeout)
-    warn_if_untrained(resp.headers.get(C.RESPONSE_ATTRIBUTES_HEADER))
-    return decode_response(resp.status_code, resp.content)
+    post = httpx.post if client is None else client.post
+    resp = post(invocations_url(url), params=params, content=data, headers=headers, timeout=timeout)
+    attributes = resp.headers.get(C.RESPONSE_ATTRIBUTES_HEADER)
+    warn_if_untrained(attributes)
+    return Answer(decode_response(resp.status_code, resp.content), attributes)
 
 
 def _invoke_endpoint(
     client: Any, endpoint_name: str, body: bytes, content_type: str, custom_attributes: str | None
-) -> dict[str, Any]:
+) -> Answer:
     extra = {"CustomAttributes": custom_attributes} if custom_attributes else {}
     try:
         resp = client.invoke_endpoint(
             EndpointName=endpoint_name, ContentType=content_type, Accept="application/json", Body=body, **extra
         )
     except client.exceptions.ModelError as exc:
-        # The container answered with an error status; SageMaker relays its status and body.
+        # The container answered with an error status; SageMaker relays its status and body (the front end's
+        # JSON, whose ``error`` text is the message).
         err = exc.response
         status = int(err.get("OriginalStatusCode") or 500)
-        raise FrontendError(
-            status, str(err.get("OriginalMessage") or err.get("Error", {}).get("Message", ""))
-        ) from None
-    warn_if_untrained(resp.get("CustomAttributes"))
-    return decode_response(200, resp["Body"].read())
+        text = str(err.get("OriginalMessage") or err.get("Error", {}).get("Message", ""))
+        raise error_from_body(status, text.encode()) from None
+    attributes = resp.get("CustomAttributes")
+    warn_if_untrained(attributes)
+    return Answer(decode_response(200, resp["Body"].read()), attributes)
 
 
 def _runtime_client(client: Any, region: str | None) -> Any:
@@ -153,7 +192,7 @@ def predict_sagemaker_endpoint(
 ) -> dict[str, Any]:
     """Invoke a SageMaker endpoint running this front end (boto3 ``sagemaker-runtime``)."""
     body, content_type = encode_multipart(video, audio)
-    return _invoke_endpoint(_runtime_client(client, region), endpoint_name, body, content_type, None)
+    return _invoke_endpoint(_runtime_client(client, region), endpoint_name, body, content_type, None).payload
 
 
 def invoke_endpoint_raw(
@@ -166,4 +205,19 @@ def invoke_endpoint_raw(
     region: str | None = None,
 ) -> dict[str, Any]:
     """Invoke with one file's bytes as the body; options (``timeline=true``) go in ``custom_attributes``."""
+    return invoke_endpoint_answer(
+        endpoint_name, data, content_type, custom_attributes=custom_attributes, client=client, region=region
+    ).payload
+
+
+def invoke_endpoint_answer(
+    endpoint_name: str,
+    data: bytes,
+    content_type: str,
+    *,
+    custom_attributes: str | None = None,
+    client: Any = None,
+    region: str | None = None,
+) -> Answer:
+    """:func:`invoke_endpoint_raw`, keeping the response attributes (``CustomAttributes``)."""
     return _invoke_endpoint(_runtime_client(client, region), endpoint_name, data, content_type, custom_attributes)

@@ -31,6 +31,7 @@ COMMAND_MODULES = {
     "fusion_emotion.ops.evaluate": ("evaluate",),
     "fusion_emotion.deploy.transform_cli": ("batch",),  # the client's routes plus SageMaker Batch Transform
     "fusion_emotion.client.search": ("search",),
+    "fusion_emotion.ui.cli": ("ui",),
 }
 
 # Which `pip install fusion-emotion[...]` extra brings a missing third-party module.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -9,16 +10,18 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import uvicorn
 
 from fusion_emotion.server.launcher import die_with_parent
 from fusion_emotion.server.procs import free_port
 
-__all__ = ["free_port", "http_ready", "start_triton", "TritonHandle"]
+__all__ = ["free_port", "http_ready", "serve_app", "start_triton", "TritonHandle"]
 
 
 T = TypeVar("T")
@@ -52,6 +55,26 @@ def clients_with_peak(
         stop.set()
         sampler.join(5)
     return results, peak[0], time.monotonic() - t0
+
+
+@contextlib.contextmanager
+def serve_app(app: Any) -> Iterator[str]:
+    """Serve an ASGI app on a free port in a thread (uvicorn); yields the base URL."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("app did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
 
 
 def http_ready(url: str, timeout: float = 1.0) -> bool:

@@ -25,9 +25,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from fusion_emotion.client import sagemaker_triton
 from fusion_emotion.client.http import FrontendError, encode_multipart, predict_url
+from helpers import serve_app
 
 from fusion_emotion import contract as C
 from fusion_emotion.frontend.app import create_app
@@ -59,23 +59,8 @@ def test_untrained_attribute_is_warned_about_only_when_present(caplog: pytest.Lo
 @contextlib.contextmanager
 def run_frontend(settings: Settings) -> Iterator[str]:
     """Serve ``create_app(settings)`` on a free port in a thread; yields the base URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("front end did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
+    with serve_app(create_app(settings)) as base:
+        yield base
 
 
 def multipart(**files: tuple[str, bytes]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from fusion_emotion.frontend.settings import Settings
 from fusion_emotion.frontend.stream import StreamSettings, add_stream_route
 from fusion_emotion.frontend.timeline import parse_attributes, request_options, timeline_request
 from fusion_emotion.frontend.triton import MediaRejected, TritonGateway
+from fusion_emotion.playground.site import PageConfig, playground_app
 
 log = logging.getLogger("fusion_emotion.frontend")
 
@@ -317,4 +318,6 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
     _add_routes(app, settings, gateway, Inference(settings, gateway, fetcher, default_options))
     install_openapi(app)
     add_stream_route(app, stream_settings)  # GET /stream (WebSocket): fusion_emotion/frontend/stream.py
+    if settings.ui:  # the web playground, off by default (docs/playground.md)
+        app.mount("/ui", playground_app(PageConfig(target=f"the front end (Triton at {settings.triton_url})")))
     return app

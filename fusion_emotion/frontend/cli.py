@@ -61,6 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="options for requests that give none, e.g. timeline=true,window_s=4 "
         "[env FUSION_EMOTION_DEFAULT_OPTIONS; Batch Transform sets it]",
     )
+    p.add_argument(
+        "--ui",
+        action="store_true",
+        default=None,
+        help="also serve the web playground at /ui [env FUSION_EMOTION_UI, default off]",
+    )
     p.set_defaults(func=_serve)
 
 

@@ -53,6 +53,9 @@ class Settings:
     # Request options (custom-attributes syntax, e.g. "timeline=true,window_s=4") for requests that
     # give none: Batch Transform cannot send per-request options, its job environment can.
     default_options: str = ""
+    # The web playground at /ui (docs/playground.md). Off by default: SageMaker forwards only its own routes,
+    # and a production endpoint has no use for a page.
+    ui: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -92,10 +95,22 @@ def parse_bucket_list(raw: str) -> frozenset[str] | None:
     return names or None
 
 
+def parse_bool(raw: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case); anything else is a startup error."""
+    value = raw.strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise ValueError(f"expected true or false, got {raw!r}")
+    return value in _TRUE
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
 # Settings' annotations (strings: postponed evaluation) -> how its environment variable is read.
 _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "str": str,
     "int": int,
     "float": float,
+    "bool": parse_bool,
     "frozenset[str] | None": parse_bucket_list,
 }
