@@ -62,9 +62,16 @@ def lint(dest: Path, config: Path) -> subprocess.CompletedProcess:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layout", type=Path, default=LAYOUT, help=f"where to lay the package out (default {LAYOUT})")
+    parser.add_argument(
+        "--layout-only",
+        action="store_true",
+        help="only lay the package out (an importable copy, e.g. for perf/gpu_check.sh)",
+    )
     args = parser.parse_args(argv)
     pyproject = ROOT / "pyproject.toml"
     assemble(pyproject, args.layout)
+    if args.layout_only:
+        return 0
     result = lint(args.layout, pyproject)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)

@@ -210,8 +210,12 @@ def test_a_frame_past_dalis_count_is_an_error_not_a_black_frame(small, backend):
         backend.pool.run(small["mkv"], np.array([0, count - 1, count + 4]), (240, 320), qa_order=[0])
 
 
-def test_a_lease_keeps_its_pipeline_until_released(small):
-    """DALI reuses its buffers on the next run: a held lease's output stays intact while another waits."""
+def test_a_lease_keeps_its_pipeline_and_a_busy_pool_never_blocks(small):
+    """DALI reuses its buffers on a pipeline's next run, so a clip's pipeline stays leased until its encoder
+    has answered. preprocess releases the leases of one Triton batch only after their common encoder calls,
+    so a clip decode never waits for a pipeline: with every one leased it goes to PyAV (``dali_busy``), which
+    is what keeps a batch larger than the pool from deadlocking. A timeline's runs may wait (each lease is
+    released as soon as its frames are copied)."""
     one = dv.DaliBackend("cpu", 1)
     first = decode_row(small["mp4"], None, one)
     before = first.host_frames().copy()
@@ -219,13 +223,15 @@ def test_a_lease_keeps_its_pipeline_until_released(small):
     second: list = []
     worker = threading.Thread(target=lambda: (second.append(decode_row(small["mkv"], None, one)), done.set()))
     worker.start()
-    assert not done.wait(1.0)  # blocked: the only pipeline is leased
-    np.testing.assert_array_equal(first.host_frames(), before)
+    assert done.wait(60.0)  # answered while the only pipeline is leased
+    worker.join()
+    assert (second[0].decoder, second[0].fallback) == ("pyav", "dali_busy")
+    np.testing.assert_array_equal(first.host_frames(), before)  # the held output was not overwritten
     first.release()
     first.release()  # idempotent
-    assert done.wait(60.0)
-    worker.join()
-    second[0].release()
+    third = decode_row(small["mkv"], None, one)
+    assert (third.decoder, third.fallback) == ("dali_cpu", None)  # the pipeline is free again
+    third.release()
 
 
 def test_the_probe_decodes_on_a_working_dali(backend):

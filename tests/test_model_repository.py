@@ -186,8 +186,8 @@ def test_gpu_fp16_tensorrt_profiles_cover_batch_1_to_max(encoder: str):
     assert cache.is_absolute() and cache.parent == Path("/tmp") and encoder in cache.name
     if params.get("trt_timing_cache_enable") == "1":
         assert Path(params["trt_timing_cache_path"]).parent == Path("/tmp")
-    if encoder == C.AUDIO_ENCODER:  # HuBERT's layer norms stay FP32
-        assert params["trt_layer_norm_fp32_fallback"] == "1"
+    # (HuBERT's layer norms stay FP32 without a key: test_fp16_layer_norms_compute_in_fp32)
+    assert "trt_layer_norm_fp32_fallback" not in params
 
 
 def test_trt_profile_shapes_parser():
@@ -241,3 +241,31 @@ def test_dali_profiles_differ_from_their_base_only_in_the_decoder(model: str, pr
     assert dali.parameters.pop("video_decoder").string_value == f"dali_{profile.split('_')[0]}"
     dali.parameters.pop("dali_pipelines", None)
     assert dali == parse(config_path(TEMPLATES / model, base))
+
+
+@pytest.mark.parametrize("encoder", [C.VIDEO_ENCODER, C.AUDIO_ENCODER])
+@pytest.mark.parametrize("profile", ["gpu", "gpu_fp16"])
+def test_gpu_encoders_choose_cudnn_algorithms_by_heuristic(encoder: str, profile: str):
+    """onnxruntime_backend r24.10 defaults cudnn_conv_algo_search to EXHAUSTIVE (0): a search on the first
+    request of every batch size the dynamic batcher forms. HEURISTIC (1) is set; 0-2 are its valid values."""
+    from fusion_emotion.repository import config_path
+
+    cfg = parse(config_path(TEMPLATES / encoder, profile))
+    assert cfg.backend == "onnxruntime"
+    assert cfg.parameters["cudnn_conv_algo_search"].string_value == "1"
+
+
+def test_fp16_layer_norms_compute_in_fp32(demo_repository: Path):
+    """TensorRT's ONNX parser builds a LayerNormalization node as a normalization layer computed in the node's
+    stash_type (onnx-tensorrt, LayerNormalization importer: setComputePrecision(stash_type), default FLOAT),
+    so gpu_fp16 keeps HuBERT's layer norms in FP32 by itself. trt_layer_norm_fp32_fallback would do nothing
+    (it marks only Pow + ReduceMean decompositions, of which the graph has none) and is not set."""
+    graph = onnx.load(demo_repository / C.AUDIO_ENCODER / "1" / C.ONNX_FILENAME, load_external_data=False).graph
+    norms = [n for n in graph.node if n.op_type == "LayerNormalization"]
+    assert len(norms) == 26 and not any(n.op_type == "Pow" for n in graph.node)
+    for node in norms:
+        stash = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}.get("stash_type", 1)
+        assert stash == onnx.TensorProto.FLOAT, node.name
+    for encoder in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
+        accel = parse(TEMPLATES / encoder / "configs" / "gpu_fp16.pbtxt").optimization.execution_accelerators
+        assert "trt_layer_norm_fp32_fallback" not in accel.gpu_execution_accelerator[0].parameters

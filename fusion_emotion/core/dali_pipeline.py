@@ -156,6 +156,10 @@ class DaliLease:
             release()
 
 
+class PoolBusy(RuntimeError):
+    """Every pipeline of the pool is leased (a non-waiting run)."""
+
+
 class DaliPool:
     """A few built pipelines shared by a model's decode threads; one lease per request in flight."""
 
@@ -170,18 +174,32 @@ class DaliPool:
         self._free.put(build_pipeline(device, device_id=device_id))
         self._built = 1
 
-    def _acquire(self) -> Any:
+    def _acquire(self, wait: bool) -> Any:
         with self._lock:
             if self._free.empty() and self._built < self.size:
                 self._built += 1
                 return build_pipeline(self.device, device_id=self.device_id)
-        return self._free.get()
+        try:
+            return self._free.get(block=wait)
+        except queue.Empty:
+            raise PoolBusy(f"all {self.size} DALI pipelines are leased") from None
 
     def run(
-        self, data: bytes, frame_indices: np.ndarray, qa_hw: tuple[int, int], qa_order: Sequence[int] = QA_FRAME_SLOTS
+        self,
+        data: bytes,
+        frame_indices: np.ndarray,
+        qa_hw: tuple[int, int],
+        qa_order: Sequence[int] = QA_FRAME_SLOTS,
+        *,
+        wait: bool = True,
     ) -> DaliLease:
-        """Decode ``frame_indices`` of ``data``; the caller must release the lease (even on error later)."""
-        pipe = self._acquire()
+        """Decode ``frame_indices`` of ``data``; the caller must release the lease (even on error later).
+
+        ``wait=False`` raises :class:`PoolBusy` at once when every pipeline is leased: a caller whose lease is
+        released only after work that waits for this call (the decodes of one Triton batch, released after
+        their common encoder calls) must not block on it.
+        """
+        pipe = self._acquire(wait)
         try:
             pipe.feed_input("encoded", [np.frombuffer(data, dtype=np.uint8)])
             pipe.feed_input("frames", [np.ascontiguousarray(frame_indices, dtype=np.int32)])

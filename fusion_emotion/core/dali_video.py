@@ -37,7 +37,7 @@ import av
 import numpy as np
 
 from fusion_emotion import contract as C
-from fusion_emotion.core.dali_pipeline import DALI_CODECS, DALI_CONTAINERS, DaliLease, DaliPool
+from fusion_emotion.core.dali_pipeline import DALI_CODECS, DALI_CONTAINERS, DaliLease, DaliPool, PoolBusy
 from fusion_emotion.core.probe import Cancel, MediaLimits
 from fusion_emotion.core.video import QA_FRAME_SLOTS, ClipFrames, FrameScan, VideoDecoder, qa_size
 
@@ -50,7 +50,7 @@ DALI_RUN_BYTES = 256 << 20
 DALI_MAX_RUN_FACTOR = 4
 
 # Why a DALI backend left a video to PyAV (a fixed set: these label metrics).
-FALLBACK_REASONS = ("container", "codec", "frame_limit", "gop", "dali_error", "dali_unavailable")
+FALLBACK_REASONS = ("container", "codec", "frame_limit", "gop", "dali_busy", "dali_error", "dali_unavailable")
 PROBE_AFTER_FAILURES = 3
 """Consecutive failed runs after which the backend probes DALI again (a bad file fails one run; a lost
 decoder fails every run)."""
@@ -99,9 +99,13 @@ class DaliBackend:
         if probe:
             self.check()
 
-    def run(self, data: bytes, frames: np.ndarray, qa_hw: tuple[int, int], qa_order: Sequence[int]) -> DaliLease:
+    def run(
+        self, data: bytes, frames: np.ndarray, qa_hw: tuple[int, int], qa_order: Sequence[int], *, wait: bool = True
+    ) -> DaliLease:
         try:
-            lease = self.pool.run(data, frames, qa_hw, qa_order)
+            lease = self.pool.run(data, frames, qa_hw, qa_order, wait=wait)
+        except PoolBusy:
+            raise  # not DALI's failure
         except Exception:
             self.ran(False)
             raise
@@ -248,7 +252,14 @@ class DaliVideo:
         if scan is None:
             return self._pyav_clip()
         try:
-            lease = self.backend.run(self.data, scan.select(self.clip_times()), self._qa_hw(scan), QA_FRAME_SLOTS)
+            # The clip's lease is held until the encoder has answered, after the other decodes of its Triton
+            # batch: never wait for a pipeline here (a second request in the same batch would deadlock).
+            lease = self.backend.run(
+                self.data, scan.select(self.clip_times()), self._qa_hw(scan), QA_FRAME_SLOTS, wait=False
+            )
+        except PoolBusy:
+            self._decline("dali_busy")
+            return self._pyav_clip()
         except Exception as exc:  # DALI refused the file: PyAV serves it
             self._decline("dali_error", exc)
             return self._pyav_clip()
