@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fusion_emotion import contract as C
+
 
 def item_shape(path: str) -> tuple[int, ...]:
     """One item's input shape, from the contract, for ``<repository>/<encoder>/<version>/<graph>``."""
-    from fusion_emotion import contract as C
-
     encoder = Path(path).parents[1].name
     if encoder not in (C.VIDEO_ENCODER, C.AUDIO_ENCODER):
         raise SystemExit(f"{path}: not in a {C.VIDEO_ENCODER} or {C.AUDIO_ENCODER} model folder")
@@ -32,6 +32,7 @@ def item_shape(path: str) -> tuple[int, ...]:
 
 
 def measure(path: str, warmup: list[int], runtime: str, max_batch: int, runs: int) -> dict:
+    # in the measuring child only: the parent must not load a runtime (RSS is the child's)
     import psutil
 
     from fusion_emotion.core.onnx_runtime import Encoder

@@ -18,6 +18,7 @@ top-two margin exceeds the drift bound (``--margin``).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from collections.abc import Callable
@@ -49,8 +50,6 @@ class HalfLayerNorm(torch.nn.Module):
 
 
 def half_copy(module: torch.nn.Module, naive_layer_norm: bool = False) -> torch.nn.Module:
-    import copy
-
     out = copy.deepcopy(module).half().eval()
     if naive_layer_norm:
         for child in list(out.modules()):

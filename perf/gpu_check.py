@@ -17,6 +17,9 @@ time budget:
 4. ``dali``: the project's DALI pipeline on NVDEC (``core.dali_video``) against the CPU decoder, with the
    clip path's parity tolerances, where DALI is installed.
 
+Each stage imports what it needs inside it: a bare GPU machine may lack one package (PyAV, DALI, the
+project's extras) and the other stages still run.
+
 Every result is a JSON line in ``OUT/results.jsonl``; the table goes to stdout; the exit status is 1 when
 a stage found a correctness failure (skipped stages are not failures).
 

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     videos = [v.read_bytes() for v in args.video]
     if args.synth:
-        from fusion_emotion import testmedia
+        from fusion_emotion import testmedia  # only with --synth (its media generators need av and espeak-ng)
 
         clip = testmedia.mp4(audio=testmedia.speech(rate=48_000), audio_rate=48_000)
         if args.save_clip:

@@ -24,6 +24,7 @@ MODES = ("on", "off", "same")
 
 def measure(path: str, mode: str, runs: int) -> dict:
     """One mode in this process: "on" (ORT default), "off" (no CPU arena), "same" (arena, kSameAsRequested)."""
+    # in the measuring child only: each mode runs in a process of its own (an arena never shrinks)
     import onnxruntime as ort
     import psutil
 

@@ -64,7 +64,7 @@ def _clip(args: argparse.Namespace, out: Path) -> tuple[bytes | None, bytes | No
     audio = args.audio.read_bytes() if args.audio else None
     if args.video:
         return args.video.read_bytes(), audio, args.video.name
-    from fusion_emotion import testmedia
+    from fusion_emotion import testmedia  # only without --video (the generators need av and espeak-ng)
 
     clip = testmedia.mp4(audio=testmedia.speech(rate=48_000), audio_rate=48_000)
     (out / "clip.mp4").write_bytes(clip)
@@ -72,7 +72,7 @@ def _clip(args: argparse.Namespace, out: Path) -> tuple[bytes | None, bytes | No
 
 
 def _start_server(args: argparse.Namespace) -> Any:
-    from fusion_emotion.server.launcher import ServerOptions, TritonProcess
+    from fusion_emotion.server.launcher import ServerOptions, TritonProcess  # optional: [triton] (not with --url)
 
     repo = ensure_demo_repository(args.repository.resolve())
     grpc, http, metrics = (int(p) for p in args.ports.split(","))
