@@ -34,7 +34,10 @@ ENV PYTHONUNBUFFERED=1 \
     FUSION_EMOTION_PROFILE=gpu \
     FUSION_EMOTION_TRITONSERVER=/opt/tritonserver/bin/tritonserver \
     SAGEMAKER_BIND_TO_PORT=8080
-LABEL org.opencontainers.image.base.name="${BASE_IMAGE}"
+# SageMaker opens a WebSocket to /invocations-bidirectional-stream only on images that carry this label
+# (InvokeEndpointWithBidirectionalStream; docs/sagemaker-streaming.md).
+LABEL org.opencontainers.image.base.name="${BASE_IMAGE}" \
+      com.amazonaws.sagemaker.capabilities.bidirectional-streaming=true
 
 WORKDIR /opt/fusion-emotion
 

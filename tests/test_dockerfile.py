@@ -44,6 +44,14 @@ def test_dockerfile_contract() -> None:
     assert "docker/serve /usr/local/bin/serve" in text
 
 
+def test_dockerfile_declares_bidirectional_streaming() -> None:
+    """SageMaker forwards InvokeEndpointWithBidirectionalStream only to images with this label (in the runtime stage)."""
+    text = DOCKERFILE.read_text()
+    runtime = text.split(" AS runtime", 1)[1].split("\nFROM ", 1)[0].replace("\\\n", " ")  # continuations joined
+    labels = " ".join(re.findall(r"^LABEL (.*)$", runtime, re.M))
+    assert re.search(r"(^|\s)com\.amazonaws\.sagemaker\.capabilities\.bidirectional-streaming=true(\s|$)", labels), labels
+
+
 def test_serve_entrypoint_is_executable_python() -> None:
     assert os.access(SERVE, os.X_OK)
     assert SERVE.read_text().startswith("#!/usr/bin/env python3\n")

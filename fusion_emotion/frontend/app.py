@@ -250,6 +250,9 @@ def _add_routes(app: FastAPI, settings: Settings, gateway: TritonGateway, infere
             return JSONResponse({"status": "ok"})
         return JSONResponse({"error": reason, "request_id": _request_id(request)}, status_code=503)
 
+    # SageMaker's contract for bidirectional streaming asks /ping to answer POST as well
+    app.add_api_route("/ping", ping, methods=["POST"], operation_id="ping_post", summary="Health check (POST)")
+
     for path, summary in INFERENCE_ROUTES.items():
         app.add_api_route(
             path,

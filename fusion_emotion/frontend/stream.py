@@ -43,6 +43,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from fusion_emotion import contract as C
 from fusion_emotion.core.stream import StreamConfig, needed_native, stream_config
 from fusion_emotion.errors import ErrorKind, ServingError, parse_wire
+from fusion_emotion.frontend.stream_sagemaker import BIDI_PATH, config_text, query_config
 from fusion_emotion.tensors import chunk_inputs, parse_update, stream_outputs
 
 log = logging.getLogger("fusion_emotion.frontend.stream")
@@ -365,15 +366,24 @@ class StreamSession:
     # ---------------------------------------------------------------- the session
 
     async def _handshake(self) -> None:
+        try:  # SageMaker: the settings may be the query string, the config a binary frame (stream_sagemaker.py)
+            preset = query_config(self.ws.query_params)
+        except ServingError as exc:
+            raise StreamClose(exc) from None
+        if preset is not None:
+            self.config, self.encoding = parse_config(preset)
+            return
         try:
             message = await asyncio.wait_for(self.ws.receive(), self.settings.first_message_timeout_s)
         except asyncio.TimeoutError:
             raise _bad("config", f"no config message within {self.settings.first_message_timeout_s:g} s") from None
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect()
-        if message.get("text") is None:
-            raise _bad("config", "the first message must be text: a JSON object with sample_rate and encoding")
-        self.config, self.encoding = parse_config(message["text"])
+        try:
+            text = config_text(message)
+        except ServingError as exc:
+            raise StreamClose(exc) from None
+        self.config, self.encoding = parse_config(text)
 
     async def run(self) -> None:
         code, error = CLOSE_NORMAL, None
@@ -452,12 +462,13 @@ class StreamSession:
 
 
 def add_stream_route(app: FastAPI, settings: StreamSettings | None = None) -> None:
-    """Register ``/stream`` (uses ``app.state.gateway``, the app's one Triton client)."""
+    """Register ``/stream`` and SageMaker's ``/invocations-bidirectional-stream`` (uses ``app.state.gateway``, the app's one Triton client)."""
     settings = settings or StreamSettings.from_env()
     app.state.stream_settings = settings
     active = {"n": 0}
 
     @app.websocket("/stream")
+    @app.websocket(BIDI_PATH)  # SageMaker's bidirectional streaming opens this path by default
     async def stream(websocket: WebSocket) -> None:
         await websocket.accept()
         if active["n"] >= settings.max_streams:
