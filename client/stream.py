@@ -14,6 +14,7 @@ import io
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +122,23 @@ class PlayResult:
     sent_s: float = 0.0
 
 
+class TransportClosed(Exception):
+    """Raised by a ``connect`` transport that was closed (as websockets raises ConnectionClosed)."""
+
+
+CLOSED = (websockets.ConnectionClosed, TransportClosed)
+
+
+def stream_config(source: MediaSource, hop_s: float | None = None, window_s: float | None = None) -> dict[str, Any]:
+    """The stream settings for ``source``: the first message's JSON, or a query string's keys."""
+    config: dict[str, Any] = {"sample_rate": source.sample_rate, "encoding": "pcm_s16le", "channels": source.channels}
+    if hop_s is not None:
+        config["hop_s"] = hop_s
+    if window_s is not None:
+        config["window_s"] = window_s
+    return config
+
+
 def _chunks(source: MediaSource, chunk_s: float) -> Iterator[tuple[float, bytes, list[tuple[float, bytes]]]]:
     """(end_s, pcm bytes, frames due before this audio) per chunk, in order."""
     step = max(1, int(round(chunk_s * source.sample_rate)))
@@ -146,24 +164,27 @@ async def play(
     start_delay_s: float = 0.0,
     open_timeout_s: float = 30.0,
     end: bool = True,
+    connect: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+    send_config: bool = True,
 ) -> PlayResult:
     """Stream ``source`` into ``url`` (ws://host:port/stream) and collect every server message.
 
     With ``realtime`` each chunk leaves when its audio would have been spoken; otherwise as fast as the
     server reads (it paces streams that get ahead of their updates). Frames go out before the audio that
     passes their time. Ends with ``{"end": true}`` (unless ``end`` is False: the connection is dropped).
+    ``connect`` opens another transport with a WebSocket's ``send``/iteration/``close_code`` (SageMaker's
+    bidirectional stream, ``fusion_emotion.client.sagemaker_stream``); without ``send_config`` the settings
+    travel with the connection (a query string) instead of a first message.
     """
 
     result = PlayResult()
     await asyncio.sleep(start_delay_s)
-    config: dict[str, Any] = {"sample_rate": source.sample_rate, "encoding": "pcm_s16le", "channels": source.channels}
-    if hop_s is not None:
-        config["hop_s"] = hop_s
-    if window_s is not None:
-        config["window_s"] = window_s
+    config = stream_config(source, hop_s, window_s)
     sent_at: list[tuple[float, float]] = []  # (audio end s, send time)
 
-    async with websockets.connect(url, max_size=None, open_timeout=open_timeout_s, ping_interval=None) as ws:
+    opened = connect() if connect else websockets.connect(url, max_size=None, open_timeout=open_timeout_s,
+                                                          ping_interval=None)  # fmt: skip
+    async with opened as ws:
 
         async def receive() -> None:
             async for raw in ws:
@@ -183,7 +204,8 @@ async def play(
 
         receiver = asyncio.ensure_future(receive())
         try:
-            await ws.send(json.dumps(config))
+            if send_config:
+                await ws.send(json.dumps(config))
             t0 = time.perf_counter()
             for end_s, pcm, frames in _chunks(source, chunk_s):
                 if realtime:
@@ -199,7 +221,7 @@ async def play(
                 await ws.send(json.dumps({"end": True}))
                 sent_at.append((float("inf"), time.perf_counter()))
                 await receiver
-        except websockets.ConnectionClosed:
+        except CLOSED:
             pass
         finally:
             if not end:
@@ -207,7 +229,7 @@ async def play(
             else:
                 try:
                     await asyncio.wait_for(receiver, timeout=600)
-                except (websockets.ConnectionClosed, asyncio.CancelledError):
+                except (*CLOSED, asyncio.CancelledError):
                     pass
         result.close_code = ws.close_code
     return result

@@ -2,7 +2,10 @@
 
 Prints every update as it arrives (one JSON object per line, or CSV rows with ``--csv``); with
 ``--realtime`` the file is sent at the pace it would be spoken, else as fast as the server takes it.
-Exit status: 0 after a normal close, 1 when the server closed the stream with an error.
+With ``--sagemaker-endpoint NAME`` the same protocol goes through SageMaker's bidirectional streaming
+(``InvokeEndpointWithBidirectionalStream``; extra ``[sagemaker-stream]``, Python >= 3.12; docs/sagemaker-streaming.md).
+Exit status: 0 after a normal close, 1 when the server closed the stream with an error, 2 when the SageMaker
+client is not installed.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fusion_emotion.client.stream import media_source, play
+from fusion_emotion.client.stream import media_source, play, stream_config
 
 from fusion_emotion import contract as C
 from fusion_emotion.core.windows import STREAM_DEFAULTS
@@ -36,6 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-video", action="store_true", help="send only the audio of a video file")
     p.add_argument("--chunk", type=float, default=0.1, help="seconds of audio per message (default 0.1)")
     p.add_argument("--csv", action="store_true", help="print CSV rows instead of JSON lines")
+    sm = p.add_argument_group("through SageMaker (InvokeEndpointWithBidirectionalStream; needs [sagemaker-stream])")
+    sm.add_argument("--sagemaker-endpoint", metavar="NAME", help="stream to this SageMaker endpoint instead of --url")
+    sm.add_argument("--region", help="its AWS region (default: AWS_REGION, AWS_DEFAULT_REGION)")
+    sm.add_argument("--endpoint-url", help="SageMaker Runtime HTTP/2 URL (default https://runtime.sagemaker.REGION"
+                    ".amazonaws.com:8443)")  # fmt: skip
+    sm.add_argument("--ca-bundle", help="PEM CA bundle to trust for --endpoint-url (e.g. the local stand-in's)")
+    sm.add_argument("--settings-in-query", action="store_true",
+                    help="send the stream settings as ModelQueryString instead of a first message")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -62,9 +73,37 @@ def run(args: argparse.Namespace) -> int:
         elif "error" in msg:
             _out(json.dumps(msg), sys.stderr)
 
+    options: dict[str, Any] = {}
+    if args.sagemaker_endpoint:
+        try:
+            options = sagemaker_options(args, stream_config(source, args.hop, args.window))
+        except ImportError as exc:
+            _out(f"--sagemaker-endpoint needs the [sagemaker-stream] extra on Python >= 3.12 ({exc.name} missing)",
+                 sys.stderr)  # fmt: skip
+            return 2
+        except ValueError as exc:
+            _out(str(exc), sys.stderr)
+            return 2
     result = asyncio.run(
         play(args.url, source, realtime=args.realtime, chunk_s=args.chunk, hop_s=args.hop, window_s=args.window,
-             on_message=show)
+             on_message=show, **options)
     )  # fmt: skip
     log.info("%d updates; closed with code %s", len(result.updates), result.close_code)
     return 0 if result.close_code == 1000 and not result.errors else 1
+
+
+def sagemaker_options(args: argparse.Namespace, config: dict[str, Any]) -> dict[str, Any]:
+    """play()'s ``connect``/``send_config`` for a SageMaker endpoint; ImportError without the extra."""
+    import os
+
+    # optional: [sagemaker-stream] (Python >= 3.12)
+    from fusion_emotion.client.sagemaker_stream import SageMakerTarget, connect_sagemaker
+
+    region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        raise ValueError("--sagemaker-endpoint needs --region (or AWS_REGION)")
+    target = SageMakerTarget(
+        args.sagemaker_endpoint, region, endpoint_uri=args.endpoint_url, ca_file=args.ca_bundle,
+        query=config if args.settings_in_query else None,
+    )  # fmt: skip
+    return {"connect": lambda: connect_sagemaker(target), "send_config": not args.settings_in_query}

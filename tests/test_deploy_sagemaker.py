@@ -81,7 +81,11 @@ def test_deploy_realtime_with_autoscaling_and_undeploy(aws, repository: Path, tm
         "--env", "EXTRA=1",
     ]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
-    assert "InService" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "InService" in out
+    # the command to try a live stream, for this endpoint and region (docs/sagemaker-streaming.md)
+    assert f"fusion-emotion stream speech.wav --sagemaker-endpoint {endpoint} --region {aws.region_name}" in out
+    assert "sagemaker:InvokeEndpointWithBidirectionalStream" in out
 
     sagemaker, s3 = aws.client("sagemaker"), aws.client("s3")
     head = s3.head_object(Bucket=BUCKET, Key=f"deploys/{endpoint}/model.tar.gz")

@@ -210,8 +210,9 @@ def _deploy(args: argparse.Namespace) -> int:
     except dc.ArgumentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    session = aws.session(args.region)
     try:
-        result = sm.deploy(cfg, session=aws.session(args.region))
+        result = sm.deploy(cfg, session=session)
     except dc.DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -225,7 +226,18 @@ def _deploy(args: argparse.Namespace) -> int:
         print(f"  deleted the previous {item}")
     for item in result.left:
         print(f"  previous {item} left in place (delete it once the update is InService)")
+    if cfg.async_output is None and not dc.is_stock_triton_image(cfg.image_uri):
+        print(stream_hint(result.endpoint_name, session.region_name))
     return 0
+
+
+def stream_hint(endpoint: str, region: str | None) -> str:
+    """How to try a live stream on a real-time endpoint of this project's image (docs/sagemaker-streaming.md)."""
+    return (
+        "  try a live stream (SageMaker bidirectional streaming; Python >= 3.12 with fusion-emotion[sagemaker-stream];"
+        " the caller needs sagemaker:InvokeEndpointWithBidirectionalStream):\n"
+        f"    fusion-emotion stream speech.wav --sagemaker-endpoint {endpoint} --region {region or 'REGION'}"
+    )
 
 
 def _undeploy(args: argparse.Namespace) -> int:
