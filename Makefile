@@ -29,7 +29,7 @@ setup:
 	@# tests/test_stock_sagemaker_triton.py packs for and runs the 24.10 image's Python 3.10 (pyenv here)
 	$(BIN)/python -c "from fusion_emotion.deploy.execution_env import find_interpreter; print('Python 3.10 for the stock-image test:', find_interpreter('3.10'))"
 	@# `fusion-emotion stream --sagemaker-endpoint` (AWS's SDK needs Python >= 3.12) and the stand-in of SageMaker's
-	@# bridge: their own venv, used by tests/test_sagemaker_stream.py (docs/sagemaker-streaming.md)
+	@# bridge: their own venv, used by tests/test_sagemaker_stream.py (docs/deploy/streaming.md)
 	@test -x $(PY312_VENV)/bin/python || "$$($(BIN)/python -c "from fusion_emotion.deploy.execution_env import find_interpreter; print(find_interpreter('3.12'))")" -m venv $(PY312_VENV)
 	$(PY312_VENV)/bin/python -m pip install -q --upgrade pip
 	$(PY312_VENV)/bin/python -m pip install -q -c $(CONSTRAINTS) -e ".[models,sagemaker-bridge]"

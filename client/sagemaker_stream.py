@@ -1,7 +1,7 @@
 """The ``/stream`` protocol through SageMaker's ``InvokeEndpointWithBidirectionalStream`` (HTTP/2 event stream).
 
 SageMaker turns each request ``PayloadPart`` into one WebSocket frame to the container and each container
-message into a response part (docs/sagemaker-streaming.md). :func:`connect_sagemaker` opens such a stream with
+message into a response part (docs/deploy/streaming.md). :func:`connect_sagemaker` opens such a stream with
 the AWS SDK for Python (``aws-sdk-sagemaker-runtime-http2``, extra ``[sagemaker-stream]``, Python >= 3.12) on
 awscrt's HTTP/2 transport (the SDK's default aiohttp transport cannot send and receive at once), and hands
 :func:`fusion_emotion.client.stream.play` a connection with the few methods it uses of a ``websockets`` one:

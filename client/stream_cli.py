@@ -3,7 +3,7 @@
 Prints every update as it arrives (one JSON object per line, or CSV rows with ``--csv``); with
 ``--realtime`` the file is sent at the pace it would be spoken, else as fast as the server takes it.
 With ``--sagemaker-endpoint NAME`` the same protocol goes through SageMaker's bidirectional streaming
-(``InvokeEndpointWithBidirectionalStream``; extra ``[sagemaker-stream]``, Python >= 3.12; docs/sagemaker-streaming.md).
+(``InvokeEndpointWithBidirectionalStream``; extra ``[sagemaker-stream]``, Python >= 3.12; docs/deploy/streaming.md).
 Exit status: 0 after a normal close, 1 when the server closed the stream with an error, 2 when the SageMaker
 client is not installed.
 """

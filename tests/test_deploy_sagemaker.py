@@ -83,7 +83,7 @@ def test_deploy_realtime_with_autoscaling_and_undeploy(aws, repository: Path, tm
     assert main(argv) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "InService" in out
-    # the command to try a live stream, for this endpoint and region (docs/sagemaker-streaming.md)
+    # the command to try a live stream, for this endpoint and region (docs/deploy/streaming.md)
     assert f"fusion-emotion stream speech.wav --sagemaker-endpoint {endpoint} --region {aws.region_name}" in out
     assert "sagemaker:InvokeEndpointWithBidirectionalStream" in out
 

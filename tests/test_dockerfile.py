@@ -49,7 +49,9 @@ def test_dockerfile_declares_bidirectional_streaming() -> None:
     text = DOCKERFILE.read_text()
     runtime = text.split(" AS runtime", 1)[1].split("\nFROM ", 1)[0].replace("\\\n", " ")  # continuations joined
     labels = " ".join(re.findall(r"^LABEL (.*)$", runtime, re.M))
-    assert re.search(r"(^|\s)com\.amazonaws\.sagemaker\.capabilities\.bidirectional-streaming=true(\s|$)", labels), labels
+    assert re.search(r"(^|\s)com\.amazonaws\.sagemaker\.capabilities\.bidirectional-streaming=true(\s|$)", labels), (
+        labels
+    )
 
 
 def test_serve_entrypoint_is_executable_python() -> None:

@@ -232,7 +232,7 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def stream_hint(endpoint: str, region: str | None) -> str:
-    """How to try a live stream on a real-time endpoint of this project's image (docs/sagemaker-streaming.md)."""
+    """How to try a live stream on a real-time endpoint of this project's image (docs/deploy/streaming.md)."""
     return (
         "  try a live stream (SageMaker bidirectional streaming; Python >= 3.12 with fusion-emotion[sagemaker-stream];"
         " the caller needs sagemaker:InvokeEndpointWithBidirectionalStream):\n"

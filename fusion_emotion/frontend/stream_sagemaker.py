@@ -1,4 +1,4 @@
-"""What ``/stream`` accepts for SageMaker's bidirectional streaming (docs/sagemaker-streaming.md).
+"""What ``/stream`` accepts for SageMaker's bidirectional streaming (docs/deploy/streaming.md).
 
 SageMaker opens the WebSocket at ``/invocations-bidirectional-stream`` (or the client's ``ModelInvocationPath``)
 with the client's ``ModelQueryString`` appended, and turns every request part into one frame, binary unless the
@@ -35,7 +35,9 @@ def query_config(params: Mapping[str, str]) -> str | None:
     unknown = sorted(set(params) - set(QUERY_KEYS))
     if unknown:
         names = ", ".join(repr(k)[:40] for k in unknown[:6])
-        raise ServingError(ErrorKind.BAD_REQUEST, "query", f"unknown setting(s) {names}; expected {', '.join(QUERY_KEYS)}")
+        raise ServingError(
+            ErrorKind.BAD_REQUEST, "query", f"unknown setting(s) {names}; expected {', '.join(QUERY_KEYS)}"
+        )
     return json.dumps({key: _value(params[key]) for key in QUERY_KEYS if key in params})
 
 

@@ -2,7 +2,7 @@
 
 It plays SageMaker Runtime HTTP/2 (``POST /endpoints/{name}/invocations-bidirectional-stream``, HTTPS on a
 self-signed certificate, HTTP/2 via hypercorn) to the real SDK client, and does to the container what the
-AWS container contract says SageMaker does (docs/sagemaker-streaming.md):
+AWS container contract says SageMaker does (docs/deploy/streaming.md):
 
 * opens a WebSocket to ``ws://CONTAINER/<X-Amzn-SageMaker-Model-Invocation-Path or
   invocations-bidirectional-stream>[?<X-Amzn-SageMaker-Model-Query-String>]``; if that fails the client gets
