@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
@@ -87,6 +87,8 @@ class SageMakerConnection:
     config_as_binary: bool = False
     close_code: int | None = None
     close_reason: str = ""
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the response side is over: a send then fails instead of waiting on a finished HTTP/2 stream."""
 
     async def send(self, message: str | bytes) -> None:
         """One message: text as a UTF8 part (the first as BINARY with ``config_as_binary``), bytes as BINARY."""
@@ -102,10 +104,29 @@ class SageMakerConnection:
         for i, piece in enumerate(pieces):
             state = None if len(pieces) == 1 else ("COMPLETE" if i == len(pieces) - 1 else "PARTIAL")
             part = RequestPayloadPart(bytes_=piece, data_type=kind, completion_state=state)
-            await self.stream.input_stream.send(RequestStreamEventPayloadPart(value=part))
+            await self._send_part(RequestStreamEventPayloadPart(value=part))
+
+    async def _send_part(self, event: RequestStreamEventPayloadPart) -> None:
+        sending = asyncio.ensure_future(self.stream.input_stream.send(event))
+        ended = asyncio.ensure_future(self.ended.wait())
+        try:
+            await asyncio.wait({sending, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+        if not sending.done():
+            sending.cancel()
+            raise StreamClosed(self.close_code or CLOSE_STREAM_FAILURE, self.close_reason or "the stream ended")
+        sending.result()
 
     async def __aiter__(self) -> AsyncIterator[str | bytes]:
         """Container messages (PARTIAL parts joined) until the stream ends; StreamClosed on an error close."""
+        try:
+            async for message in self._messages():
+                yield message
+        finally:
+            self.ended.set()
+
+    async def _messages(self) -> AsyncIterator[str | bytes]:
         _, output = await self.stream.await_output()
         pending = b""
         while True:
@@ -158,9 +179,29 @@ class SageMakerTarget:
     """Send the first text message (the config) as a BINARY part, as a client leaving DataType unset does."""
 
 
+def _quiet_finished_stream(loop: asyncio.AbstractEventLoop) -> None:
+    """awscrt's request-body task fails with HTTP_STREAM_HAS_COMPLETED once the response ended first (the
+    container closed); asyncio would print that as "Task exception was never retrieved". Log it at DEBUG."""
+    previous = loop.get_exception_handler()
+    if getattr(previous, "quiet_finished_stream", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if "HTTP_STREAM_HAS_COMPLETED" in str(context.get("exception", "")):
+            log.debug("request side ended after the response: %s", context.get("exception"))
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.quiet_finished_stream = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
+
+
 @asynccontextmanager
 async def connect_sagemaker(target: SageMakerTarget) -> AsyncIterator[SageMakerConnection]:
     """Open the bidirectional stream; closes the request side and the client on exit."""
+    _quiet_finished_stream(asyncio.get_running_loop())
     config = await AsyncSageMakerRuntimeHTTP2Config.resolve(  # credentials: the usual AWS chain (env, profile)
         region=target.region,
         endpoint_uri=target.endpoint_uri or endpoint_url(target.region),
@@ -177,7 +218,7 @@ async def connect_sagemaker(target: SageMakerTarget) -> AsyncIterator[SageMakerC
     try:
         yield connection
     finally:
-        if connection.close_code is None:  # else the response has ended and the request side with it
+        if not connection.ended.is_set():  # else the response has ended and the request side with it
             await _close_input(stream)
         await client.close()
 
