@@ -99,7 +99,7 @@ class SageMakerConnection:
             self.config_as_binary = False
         else:
             data, kind = message, "BINARY"
-        step = self.fragment_bytes if kind == "BINARY" and self.fragment_bytes else len(data) or 1
+        step = self.fragment_bytes or len(data) or 1
         pieces = [data[i : i + step] for i in range(0, len(data), step)] or [b""]
         for i, piece in enumerate(pieces):
             state = None if len(pieces) == 1 else ("COMPLETE" if i == len(pieces) - 1 else "PARTIAL")
@@ -174,7 +174,7 @@ class SageMakerTarget:
     query: dict[str, Any] | None = None
     """Stream settings sent as ``ModelQueryString`` instead of a first message."""
     fragment_bytes: int | None = None
-    """Split audio messages into PARTIAL parts of this size (one fragmented WebSocket message each)."""
+    """Split every message into PARTIAL parts of this many bytes (one fragmented WebSocket message each)."""
     config_as_binary: bool = False
     """Send the first text message (the config) as a BINARY part, as a client leaving DataType unset does."""
 

@@ -150,10 +150,11 @@ def test_settings_in_the_query_string_and_another_path(standin, speech, direct) 
     _same_updates(result["updates"], direct)
 
 
-def test_config_as_binary_and_fragmented_audio(standin, speech, direct) -> None:
-    """The config in a BINARY part (the SDK's default DataType); each 0.1 s audio message as PARTIAL parts of
-    1000 bytes (one fragmented WebSocket message each): the same updates."""
-    result = _result(_drive(standin, speech, config_as_binary=True, fragment_bytes=1000))
+def test_config_as_binary_and_fragmented_messages(standin, speech, direct) -> None:
+    """The config in a BINARY part (the SDK's default DataType); every message (config, 0.1 s of audio, end)
+    as PARTIAL parts of 50 bytes ending in COMPLETE: one fragmented WebSocket message each (were the parts
+    separate messages, the config and {"end": true} would not parse), and the same updates."""
+    result = _result(_drive(standin, speech, config_as_binary=True, fragment_bytes=50))
     assert result["close_code"] == 1000 and not result["errors"], result
     _same_updates(result["updates"], direct)
 

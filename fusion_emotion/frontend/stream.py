@@ -462,7 +462,7 @@ class StreamSession:
 
 
 def add_stream_route(app: FastAPI, settings: StreamSettings | None = None) -> None:
-    """Register ``/stream`` and SageMaker's ``/invocations-bidirectional-stream`` (uses ``app.state.gateway``, the app's one Triton client)."""
+    """Register ``/stream``, also at SageMaker's ``/invocations-bidirectional-stream`` (on ``app.state.gateway``)."""
     settings = settings or StreamSettings.from_env()
     app.state.stream_settings = settings
     active = {"n": 0}
