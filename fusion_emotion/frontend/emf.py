@@ -20,11 +20,12 @@ from typing import Any
 import httpx
 import numpy as np
 
+from fusion_emotion import contract as C
 from fusion_emotion.frontend.metrics import FrontendMetrics, Tally
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "FusionEmotion"
+NAMESPACE = C.EMF_NAMESPACE
 # EMF allows at most 100 values in one metric's array.
 MAX_VALUES = 100
 # Metric name -> CloudWatch unit, for every metric the records below may carry.
