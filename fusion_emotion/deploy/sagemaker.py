@@ -241,10 +241,7 @@ def deploy(cfg: DeployConfig, session: Any | None = None) -> DeployResult:
     )
     old = [] if previous is None else [(f"endpoint config {previous[0]}", previous[0], previous[1])]
     if cfg.dashboard:  # needs no InService endpoint: its metrics appear once it serves
-        try:
-            result.monitoring = cloudwatch.create_dashboard(session, cfg.endpoint_name, cfg.alarm_topic)
-        except ClientError as exc:  # the endpoint is being created; only its dashboard is missing
-            raise DeployError(f"endpoint {cfg.endpoint_name} started, but {exc.operation_name} failed: {exc}") from exc
+        result.monitoring = _create_dashboard(session, cfg)
     if not cfg.wait:
         result.left = [what for what, _, _ in old] + [f"model {m}" for _, _, models in old for m in models]
         return result
@@ -267,6 +264,13 @@ def deploy(cfg: DeployConfig, session: Any | None = None) -> DeployResult:
     if cfg.autoscaling is not None:
         result.scaling_policies = configure_autoscaling(session, cfg)
     return result
+
+
+def _create_dashboard(session: Any, cfg: DeployConfig) -> list[str]:
+    try:
+        return cloudwatch.create_dashboard(session, cfg.endpoint_name, cfg.alarm_topic)
+    except ClientError as exc:  # the endpoint is being created; only its dashboard is missing
+        raise DeployError(f"endpoint {cfg.endpoint_name} started, but {exc.operation_name} failed: {exc}") from exc
 
 
 def _roll_back(created: list[tuple[str, Any, dict[str, str]]]) -> None:
