@@ -150,6 +150,9 @@ MODEL_IO: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
     ),
 }
 
+# CloudWatch namespace of the front end's Embedded Metric Format records (frontend/emf.py, deploy/cloudwatch.py).
+EMF_NAMESPACE = "FusionEmotion"
+
 LABELS_FILENAME = "labels.txt"
 QA_LABELS_FILENAME = "qa_flags.txt"
 ONNX_FILENAME = "model.onnx"

@@ -107,6 +107,8 @@ def test_deploy_realtime_with_autoscaling_and_undeploy(aws, repository: Path, tm
         "FUSION_EMOTION_PROFILE": "gpu",
         "FUSION_EMOTION_STARTUP_TIMEOUT": "900",
         "FUSION_EMOTION_S3_ALLOWED_BUCKETS": f"{BUCKET},media-2",
+        "FUSION_EMOTION_EMF_INTERVAL_S": "60",
+        "FUSION_EMOTION_ENDPOINT_NAME": endpoint,
         "EXTRA": "1",
     }
     assert model["ExecutionRoleArn"] == ROLE

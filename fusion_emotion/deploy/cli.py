@@ -136,6 +136,21 @@ def _add_deploy(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="let requests name any bucket the execution role can read (no allow-list in the container)",
     )
+    d.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="create a CloudWatch dashboard and alarms (5xx rate, p95 latency, low confidence, NVDEC fallbacks); "
+        "undeploy deletes them",
+    )
+    d.add_argument("--alarm-topic", metavar="SNS_ARN", help="with --dashboard: the SNS topic the alarms notify")
+    d.add_argument(
+        "--capture-outputs",
+        metavar="S3_URI",
+        help="SageMaker Data Capture of responses only (probabilities, QA flags; never the media) for Model Monitor",
+    )
+    d.add_argument(
+        "--capture-percent", type=int, default=100, help="with --capture-outputs: share of responses kept (1-100)"
+    )
     d.add_argument("--region", help="AWS region (default: the boto3 configuration)")
     d.add_argument("--no-wait", action="store_true", help="return once creation has started")
     d.add_argument("--wait-timeout", type=int, default=1800, help="seconds to wait for InService (default 1800)")
@@ -226,6 +241,8 @@ def _deploy(args: argparse.Namespace) -> int:
         print(f"  deleted the previous {item}")
     for item in result.left:
         print(f"  previous {item} left in place (delete it once the update is InService)")
+    for item in result.monitoring:
+        print(f"  {item}")
     if cfg.async_output is None and not dc.is_stock_triton_image(cfg.image_uri):
         print(stream_hint(result.endpoint_name, session.region_name))
     return 0

@@ -24,6 +24,10 @@ ENV_REQUEST_TIMEOUT_S = "FUSION_EMOTION_REQUEST_TIMEOUT_S"
 ENV_DEFAULT_OPTIONS = "FUSION_EMOTION_DEFAULT_OPTIONS"
 ENV_S3_ALLOWED_BUCKETS = "FUSION_EMOTION_S3_ALLOWED_BUCKETS"
 ENV_STARTUP_TIMEOUT_S = "FUSION_EMOTION_STARTUP_TIMEOUT"
+# The front end's CloudWatch EMF records (docs/observability/index.md): every minute, named by endpoint.
+ENV_EMF_INTERVAL_S = "FUSION_EMOTION_EMF_INTERVAL_S"
+ENV_ENDPOINT_NAME = "FUSION_EMOTION_ENDPOINT_NAME"
+SAGEMAKER_EMF_INTERVAL_S = 60
 # How long a fresh instance may take from container start to a 200 on /ping: the container's supervisor
 # waits this long for Triton before it gives up, and deploy tells SageMaker the same
 # (ContainerStartupHealthCheckTimeoutInSeconds): one budget, so neither gives up first. gpu_fp16 builds its
@@ -85,6 +89,7 @@ _NON_CUDA_FAMILIES = frozenset({"g4ad"})
 _ROLE_ARN = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/[\w+=,.@\-/]{1,512}$")
 _ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 _INSTANCE_TYPE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+_SNS_ARN = re.compile(r"^arn:aws[a-z\-]*:sns:[a-z0-9\-]+:\d{12}:[\w\-]{1,256}$")
 
 
 class DeployError(RuntimeError):
@@ -122,6 +127,12 @@ class DeployConfig:
     s3_allowed_buckets: tuple[str, ...] | None = None
     wait: bool = True
     wait_timeout_s: int = DEFAULT_WAIT_TIMEOUT_S
+    # A CloudWatch dashboard and alarms for the endpoint (deploy/cloudwatch.py); alarm_topic: SNS topic ARN.
+    dashboard: bool = False
+    alarm_topic: str | None = None
+    # SageMaker Data Capture of the responses only (probabilities and QA flags, never the media) to this S3 URI.
+    capture_outputs: str | None = None
+    capture_percent: int = 100
 
 
 @dataclass
@@ -135,6 +146,7 @@ class DeployResult:
     updated: bool = False  # the endpoint existed and was switched to the new config
     retired: list[str] = field(default_factory=list)  # the previous config and model, deleted after the switch
     left: list[str] = field(default_factory=list)  # the previous config and model, still there (--no-wait)
+    monitoring: list[str] = field(default_factory=list)  # the dashboard and alarms created (--dashboard)
 
 
 @dataclass
@@ -231,6 +243,25 @@ def validate_config(cfg: DeployConfig) -> None:
         raise ArgumentError("--wait-timeout must be > 0")
     for bucket in cfg.s3_allowed_buckets or ():
         s3_argument(f"s3://{bucket}", "--s3-allow-bucket")
+    validate_monitoring(cfg)
+
+
+def validate_monitoring(cfg: DeployConfig) -> None:
+    """--capture-outputs, --capture-percent, --alarm-topic."""
+    if cfg.capture_outputs is not None:
+        s3_argument(cfg.capture_outputs, "--capture-outputs")
+        if cfg.async_output is not None:
+            raise ArgumentError(
+                "--capture-outputs is for real-time endpoints: an async endpoint writes every response to "
+                "--async-output already, where Model Monitor can read it"
+            )
+    if not 1 <= cfg.capture_percent <= 100:
+        raise ArgumentError(f"--capture-percent must be 1..100, got {cfg.capture_percent}")
+    if cfg.alarm_topic is not None:
+        if not cfg.dashboard:
+            raise ArgumentError("--alarm-topic names where the --dashboard alarms notify: add --dashboard")
+        if not _SNS_ARN.match(cfg.alarm_topic):
+            raise ArgumentError(f"--alarm-topic must be an SNS topic ARN, got {cfg.alarm_topic!r}")
 
 
 def validate_model_args(cfg: DeployConfig) -> None:
@@ -284,5 +315,8 @@ def container_environment(cfg: DeployConfig) -> dict[str, str]:
         env[ENV_S3_ALLOWED_BUCKETS] = ",".join(cfg.s3_allowed_buckets)
     if is_stock_triton_image(cfg.image_uri):
         env.update(stock_image_environment())
+    else:  # our front end: EMF records on stdout, which SageMaker ships to CloudWatch Logs
+        env[ENV_EMF_INTERVAL_S] = str(SAGEMAKER_EMF_INTERVAL_S)
+        env[ENV_ENDPOINT_NAME] = cfg.endpoint_name
     env.update(cfg.environment)
     return env

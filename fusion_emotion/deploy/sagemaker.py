@@ -23,6 +23,7 @@ from typing import Any
 from botocore.exceptions import ClientError, WaiterError
 
 from fusion_emotion import aws
+from fusion_emotion.deploy import cloudwatch
 from fusion_emotion.deploy.autoscaling import (
     VARIANT_NAME,
     configure_autoscaling,
@@ -124,12 +125,25 @@ def endpoint_config_request(cfg: DeployConfig, model_name: str, config_name: str
     # while the encoders load, before /ping answers 200.
     budget = startup_budget_s(effective_profile(cfg))
     request["ProductionVariants"][0]["ContainerStartupHealthCheckTimeoutInSeconds"] = budget
+    if cfg.capture_outputs is not None:
+        request["DataCaptureConfig"] = data_capture_config(cfg.capture_outputs, cfg.capture_percent)
     if cfg.async_output is not None:
         request["AsyncInferenceConfig"] = {
             "OutputConfig": {"S3OutputPath": str(s3_argument(cfg.async_output))},
             "ClientConfig": {"MaxConcurrentInvocationsPerInstance": cfg.async_max_concurrency},
         }
     return request
+
+
+def data_capture_config(destination: str, percent: int) -> dict[str, Any]:
+    """SageMaker Data Capture of responses only: the JSON of probabilities and QA flags, never the media."""
+    return {
+        "EnableCapture": True,
+        "InitialSamplingPercentage": percent,
+        "DestinationS3Uri": str(s3_argument(destination, "--capture-outputs")),
+        "CaptureOptions": [{"CaptureMode": "Output"}],
+        "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]},
+    }
 
 
 def wait_in_service(sagemaker: Any, endpoint_name: str, timeout_s: int) -> str:
@@ -226,6 +240,8 @@ def deploy(cfg: DeployConfig, session: Any | None = None) -> DeployResult:
         updated=previous is not None,
     )
     old = [] if previous is None else [(f"endpoint config {previous[0]}", previous[0], previous[1])]
+    if cfg.dashboard:  # needs no InService endpoint: its metrics appear once it serves
+        result.monitoring = _create_dashboard(session, cfg)
     if not cfg.wait:
         result.left = [what for what, _, _ in old] + [f"model {m}" for _, _, models in old for m in models]
         return result
@@ -248,6 +264,13 @@ def deploy(cfg: DeployConfig, session: Any | None = None) -> DeployResult:
     if cfg.autoscaling is not None:
         result.scaling_policies = configure_autoscaling(session, cfg)
     return result
+
+
+def _create_dashboard(session: Any, cfg: DeployConfig) -> list[str]:
+    try:
+        return cloudwatch.create_dashboard(session, cfg.endpoint_name, cfg.alarm_topic)
+    except ClientError as exc:  # the endpoint is being created; only its dashboard is missing
+        raise DeployError(f"endpoint {cfg.endpoint_name} started, but {exc.operation_name} failed: {exc}") from exc
 
 
 def _roll_back(created: list[tuple[str, Any, dict[str, str]]]) -> None:
@@ -313,6 +336,10 @@ def undeploy(endpoint_name: str, session: Any | None = None) -> UndeployResult:
             config_name = None
 
     remove_autoscaling(session, endpoint_name, result)
+    try:
+        result.deleted += cloudwatch.delete_dashboard(session, endpoint_name)
+    except ClientError as exc:
+        raise DeployError(f"deleting the dashboard and alarms of {endpoint_name} failed: {exc}") from exc
     if endpoint_exists:
         _delete(result, f"endpoint {endpoint_name}", sagemaker.delete_endpoint, EndpointName=endpoint_name)
     if config_name is not None:

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,15 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class AdmissionMetrics(Protocol):
+    """What the limit reports (FrontendMetrics): refusals, and the in-flight gauge."""
+
+    in_flight: Any
+
+    def refused(self) -> None: ...
+
 
 # Seconds a refused client is told to wait; the service answers a request in about a second or two.
 RETRY_AFTER_S = 1
@@ -32,8 +41,17 @@ DRAIN_TIMEOUT_S = 10.0
 class AdmissionLimit:
     """Pure ASGI middleware: at most ``limit`` requests on ``paths`` at once; 503 + Retry-After beyond it."""
 
-    def __init__(self, app: App, *, limit: int, paths: frozenset[str], max_drain_bytes: int) -> None:
+    def __init__(
+        self,
+        app: App,
+        *,
+        limit: int,
+        paths: frozenset[str],
+        max_drain_bytes: int,
+        metrics: AdmissionMetrics | None = None,
+    ) -> None:
         self.app = app
+        self.metrics = metrics
         self.limit = limit
         self.paths = paths
         self.max_drain_bytes = max_drain_bytes
@@ -46,13 +64,20 @@ class AdmissionLimit:
             return
         if self.in_flight >= self.limit:  # single event loop: check-and-increment cannot race
             self.refused += 1
+            if self.metrics is not None:
+                self.metrics.refused()
             await self._refuse(scope, receive, send)
             return
         self.in_flight += 1
+        gauge = self.metrics.in_flight if self.metrics is not None else None
+        if gauge is not None:
+            gauge.inc()
         try:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+            if gauge is not None:
+                gauge.dec()
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = scope.get("state", {}).get("request_id", "")

@@ -17,13 +17,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fusion_emotion.aws import S3Fetcher
 from fusion_emotion.core.result import result_dict
 from fusion_emotion.errors import ApiError
 from fusion_emotion.frontend.admission import AdmissionLimit
+from fusion_emotion.frontend.emf import EmfReporter
+from fusion_emotion.frontend.metrics import CONTENT_TYPE, FrontendMetrics
 from fusion_emotion.frontend.openapi import (
     ERROR_DOCS,
     OPTION_PARAMETERS,
@@ -55,14 +57,17 @@ Send = Callable[[Message], Awaitable[None]]
 
 # --------------------------------------------------------------------------- middleware
 class RequestLogMiddleware:
-    """Pure ASGI: request id, body size, duration and status per request; never content.
+    """Pure ASGI: request id, body size, duration and status per request, logged and counted; never content.
 
     Assigns the id (echoed as ``X-Request-Id``) before the app runs so every log
     line and error body of the request can carry it.
     """
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+    def __init__(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], metrics: FrontendMetrics | None = None
+    ) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,16 +101,21 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, counting_receive, tagging_send)
         finally:
+            seconds = time.perf_counter() - start
+            route = _route_of(scope)
             log.info(
                 "request_id=%s method=%s route=%s status=%d request_bytes=%d response_bytes=%d ms=%.1f",
                 request_id,
                 scope.get("method"),
-                _route_of(scope),
+                route,
                 status,
                 received,
                 sent,
-                (time.perf_counter() - start) * 1000,
+                seconds * 1000,
             )
+            if self.metrics is not None:  # no status sent: the client went away first (nginx's 499)
+                mode = scope["state"].get("mode", "none")
+                self.metrics.answered(route, mode, status or 499, seconds, received)
 
 
 def _route_of(scope: Scope) -> str:
@@ -155,13 +165,20 @@ class Inference:
     """``POST /invocations`` and ``/predict``: read the inputs, call Triton, answer once, within the deadline."""
 
     def __init__(
-        self, settings: Settings, gateway: TritonGateway, fetcher: S3Fetcher, default_options: dict[str, Any]
+        self,
+        settings: Settings,
+        gateway: TritonGateway,
+        fetcher: S3Fetcher,
+        default_options: dict[str, Any],
+        metrics: FrontendMetrics,
     ) -> None:
         self.settings, self.gateway, self.fetcher = settings, gateway, fetcher
         self.default_options = default_options
+        self.metrics = metrics
 
     async def invoke(self, request: Request) -> JSONResponse:
         # One deadline from admission to answer: body read, S3 download and Triton all spend from it.
+        request.state.mode = "clip"  # until the options say timeline (the metrics' mode label)
         timeout_s = self.settings.request_timeout_s
         deadline = time.monotonic() + timeout_s
         try:
@@ -177,7 +194,11 @@ class Inference:
 
     async def _invoke(self, request: Request, deadline: float) -> JSONResponse:
         rid = _request_id(request)
-        inputs = await read_inputs(request, self.settings.max_body_bytes, self.fetcher, self.default_options, deadline)
+        inputs = await read_inputs(
+            request, self.settings.max_body_bytes, self.fetcher, self.default_options, deadline, self.metrics.stage
+        )
+        if inputs.timeline.enabled:
+            request.state.mode = "timeline"
         video, audio = inputs.video, inputs.audio
         log.info(
             "request_id=%s source=%s video_bytes=%d audio_bytes=%d",
@@ -200,19 +221,21 @@ class Inference:
         gateway, video, audio = self.gateway, inputs.video, inputs.audio
         if inputs.timeline.enabled:
             work = timeline_request(gateway, video, audio, inputs.timeline, remaining, rid)
-            result = await _unless_disconnected(request, work, rid)
+            with self.metrics.stage("triton"):
+                result = await _unless_disconnected(request, work, rid)
             log.info(
                 "request_id=%s triton_ms=%.1f segments=%d",
                 rid,
                 (time.perf_counter() - start) * 1000,
                 len(result["segments"]),
             )
-            return JSONResponse(result, headers=await gateway.response_headers())
-        prediction = await _unless_disconnected(request, gateway.infer(video, audio, remaining, rid), rid)
-        log.info("request_id=%s triton_ms=%.1f", rid, (time.perf_counter() - start) * 1000)
-        return JSONResponse(
-            result_dict(prediction.probabilities, prediction.qa_flags), headers=await gateway.response_headers()
-        )
+        else:
+            with self.metrics.stage("triton"):
+                prediction = await _unless_disconnected(request, gateway.infer(video, audio, remaining, rid), rid)
+            log.info("request_id=%s triton_ms=%.1f", rid, (time.perf_counter() - start) * 1000)
+            result = result_dict(prediction.probabilities, prediction.qa_flags)
+        self.metrics.result(result)
+        return JSONResponse(result, headers=await gateway.response_headers())
 
 
 # --------------------------------------------------------------------------- app factory
@@ -236,6 +259,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
         log.error("request_id=%s unexpected %s", _request_id(request), type(exc).__name__)
         return JSONResponse({"error": "internal error", "request_id": _request_id(request)}, status_code=500)
+
+
+def _add_metrics_route(app: FastAPI, metrics: FrontendMetrics) -> None:
+    @app.get("/metrics", summary="Prometheus metrics of the front end (Triton's are on its own metrics port)")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
 
 def _add_routes(app: FastAPI, settings: Settings, gateway: TritonGateway, inference: Inference) -> None:
@@ -266,6 +295,15 @@ def _add_routes(app: FastAPI, settings: Settings, gateway: TritonGateway, infere
         )
 
 
+def _start_emf(settings: Settings, metrics: FrontendMetrics) -> asyncio.Task[None] | None:
+    """CloudWatch EMF records every ``emf_interval_s`` (0 = off, the default off SageMaker)."""
+    if settings.emf_interval_s <= 0:
+        return None
+    reporter = EmfReporter(metrics, settings.endpoint_name, settings.emf_interval_s, settings.triton_metrics_url)
+    log.info("emf records every %.0f s for endpoint %s", settings.emf_interval_s, settings.endpoint_name)
+    return asyncio.create_task(reporter.run())
+
+
 def create_app(settings: Settings | None = None, stream_settings: StreamSettings | None = None) -> FastAPI:
     """Build the app; the Triton client is opened in the lifespan and closed at shutdown."""
     settings = settings or Settings.from_env()
@@ -285,6 +323,8 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
         max_workers=2 * settings.max_in_flight,  # two objects per admitted request at most
     )
 
+    metrics = FrontendMetrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gateway.start()
@@ -294,9 +334,13 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
             settings.max_body_bytes,
             settings.request_timeout_s,
         )
+        emf = _start_emf(settings, metrics)
         try:
             yield
         finally:
+            if emf is not None:
+                emf.cancel()
+                await asyncio.gather(emf, return_exceptions=True)
             await gateway.close()
             fetcher.close()
 
@@ -309,16 +353,20 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
     app.state.settings = settings
     app.state.gateway = gateway
     app.state.fetcher = fetcher
+    app.state.metrics = metrics
     # Outermost last: the access log (and request id) also covers requests the admission limit refuses.
     app.add_middleware(
         AdmissionLimit,
         limit=settings.max_in_flight,
         paths=frozenset(INFERENCE_ROUTES),
         max_drain_bytes=settings.max_body_bytes,
+        metrics=metrics,
     )
-    app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(RequestLogMiddleware, metrics=metrics)
     _add_error_handlers(app)
-    _add_routes(app, settings, gateway, Inference(settings, gateway, fetcher, default_options))
+    _add_routes(app, settings, gateway, Inference(settings, gateway, fetcher, default_options, metrics))
+    if settings.metrics:
+        _add_metrics_route(app, metrics)
     install_openapi(app)
     add_stream_route(app, stream_settings)  # GET /stream (WebSocket): fusion_emotion/frontend/stream.py
     if settings.ui:  # the web playground, off by default (docs/playground.md)

@@ -67,6 +67,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="also serve the web playground at /ui [env FUSION_EMOTION_UI, default off]",
     )
+    p.add_argument(
+        "--no-metrics",
+        action="store_false",
+        dest="metrics",
+        default=None,
+        help="do not serve GET /metrics [env FUSION_EMOTION_METRICS, default on]",
+    )
+    p.add_argument(
+        "--emf-interval",
+        type=float,
+        dest="emf_interval_s",
+        help="seconds between CloudWatch EMF records on stdout, 0 = off "
+        "[env FUSION_EMOTION_EMF_INTERVAL_S, default 0; 60 on SageMaker]",
+    )
+    p.add_argument(
+        "--endpoint-name", help="EndpointName dimension of the EMF records [env FUSION_EMOTION_ENDPOINT_NAME]"
+    )
+    p.add_argument(
+        "--triton-metrics-url",
+        help="Triton's metrics page, for decodes in the EMF records "
+        "[env FUSION_EMOTION_TRITON_METRICS_URL, default http://127.0.0.1:8002/metrics]",
+    )
     p.set_defaults(func=_serve)
 
 

@@ -9,6 +9,8 @@ streamed into memory under a hard byte limit and the multipart parts are split i
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,13 @@ JSON_FIELDS = {"s3_video_uri": C.IN_VIDEO.name, "s3_audio_uri": C.IN_AUDIO.name}
 # What errors about a raw body (one file's bytes as the whole request) call the input.
 RAW_BODY_NAME = "body"
 RAW_TYPES = sorted(C.RAW_VIDEO_TYPES | C.RAW_AUDIO_TYPES | {C.RAW_SNIFF_TYPE})
+
+# Times a named stage of the request ("body_read", "s3_fetch"): FrontendMetrics.stage, or nothing.
+StageTimer = Callable[[str], AbstractContextManager[None]]
+
+
+def no_stage(name: str) -> AbstractContextManager[None]:
+    return nullcontext()
 
 
 @dataclass
@@ -165,11 +174,12 @@ def parse_json_request(body: bytes) -> tuple[dict[str, S3Uri], dict[str, Any]]:
 
 
 async def _multipart_inputs(
-    request: Request, boundary: str | None, limit: int
+    request: Request, boundary: str | None, limit: int, stage: StageTimer
 ) -> tuple[dict[str, bytes], dict[str, str]]:
     if not boundary:
         raise ApiError(400, "multipart/form-data without a boundary")
-    body = await read_body_limited(request, limit)
+    with stage("body_read"):
+        body = await read_body_limited(request, limit)
     parts = parse_multipart(body, boundary)
     del body
     if not parts:
@@ -182,12 +192,13 @@ async def _multipart_inputs(
 
 
 async def _s3_inputs(
-    uris: dict[str, S3Uri], fetcher: S3Fetcher, deadline: float
+    uris: dict[str, S3Uri], fetcher: S3Fetcher, deadline: float, stage: StageTimer
 ) -> tuple[dict[str, bytes], dict[str, str]]:
     for uri in uris.values():
         fetcher.check_allowed(uri)
     keys = list(uris)
-    fetched = await fetcher.fetch_all([uris[k] for k in keys], deadline)
+    with stage("s3_fetch"):
+        fetched = await fetcher.fetch_all([uris[k] for k in keys], deadline)
     names = {JSON_FIELDS[k]: str(uris[k]) for k in keys}
     media = {JSON_FIELDS[k]: data for k, data in zip(keys, fetched, strict=True)}
     for tensor, data in media.items():
@@ -202,10 +213,12 @@ async def read_inputs(
     fetcher: S3Fetcher,
     default_options: dict[str, Any],
     deadline: float,
+    stage: StageTimer = no_stage,
 ) -> RequestInputs:
     """The request's inputs and options; an ApiError (4xx) for anything that is not a request we take.
 
     Options: JSON keys > query string > custom-attributes header; ``default_options`` only when none is given.
+    ``stage`` times the body read and the S3 fetch.
     """
     option_sources: list[dict[str, Any]] = [
         parse_attributes(request.headers.get(CUSTOM_ATTRIBUTES_HEADER, "")),
@@ -213,17 +226,20 @@ async def read_inputs(
     ]
     mime, params = media_type(request)
     if mime == "multipart/form-data":
-        media, names = await _multipart_inputs(request, params.get("boundary"), max_body_bytes)
+        media, names = await _multipart_inputs(request, params.get("boundary"), max_body_bytes, stage)
         return RequestInputs(media, names, "multipart", request_options(*option_sources, defaults=default_options))
     if mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json")):
-        uris, payload = parse_json_request(await read_body_limited(request, max_body_bytes))
+        with stage("body_read"):
+            body = await read_body_limited(request, max_body_bytes)
+        uris, payload = parse_json_request(body)
         option_sources.append(payload)
         timeline = request_options(*option_sources, defaults=default_options)  # a 400 before any S3 work
-        media, names = await _s3_inputs(uris, fetcher, deadline)
+        media, names = await _s3_inputs(uris, fetcher, deadline, stage)
         return RequestInputs(media, names, "s3", timeline)
     if mime in C.RAW_VIDEO_TYPES or mime in C.RAW_AUDIO_TYPES or mime == C.RAW_SNIFF_TYPE:
         # One file's bytes as the whole body (Batch Transform, async endpoints, invoke-endpoint).
-        body = await read_body_limited(request, max_body_bytes)
+        with stage("body_read"):
+            body = await read_body_limited(request, max_body_bytes)
         if not body:
             raise ApiError(422, f"{RAW_BODY_NAME}: empty body (0 bytes)", input=RAW_BODY_NAME)
         tensor = C.raw_input(mime, body)

@@ -7,6 +7,7 @@ SageMaker configures containers through environment variables only (it runs
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -25,6 +26,8 @@ ENV_PREFIX = "FUSION_EMOTION_"
 # Front-end in-flight limit; Triton's preprocess queue (model_repository/preprocess/config.pbtxt,
 # default_queue_policy.max_queue_size) holds at least this many, so the front end refuses first.
 DEFAULT_MAX_IN_FLIGHT = 16
+# SageMaker's endpoint-name pattern (CreateEndpoint): the EMF records' EndpointName dimension.
+_DIMENSION_RE = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,14 @@ class Settings:
     # The web playground at /ui (docs/playground.md). Off by default: SageMaker forwards only its own routes,
     # and a production endpoint has no use for a page.
     ui: bool = False
+    # GET /metrics (Prometheus text format; docs/observability/index.md). Collected either way, for EMF.
+    metrics: bool = True
+    # Seconds between CloudWatch EMF records on stdout (0 = off; the SageMaker deployment sets 60).
+    emf_interval_s: float = 0.0
+    # The EndpointName dimension of those records (deploy sets the endpoint's name).
+    endpoint_name: str = "local"
+    # Triton's metrics page, read for decodes by decoder and fallback reason in the EMF records.
+    triton_metrics_url: str = "http://127.0.0.1:8002/metrics"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -83,6 +94,10 @@ class Settings:
             raise ValueError("timeouts must be positive")
         if self.max_in_flight <= 0:
             raise ValueError("max_in_flight must be positive")
+        if not (self.emf_interval_s == 0 or 1 <= self.emf_interval_s <= 3600):
+            raise ValueError("emf_interval_s must be 0 (off) or 1..3600 seconds")
+        if not _DIMENSION_RE.fullmatch(self.endpoint_name):
+            raise ValueError("endpoint_name must be 1..63 letters, digits or hyphens (a SageMaker endpoint name)")
         if self.ping_timeout_s > 1.9:
             # /ping must answer within 2 s whatever Triton does.
             return replace(self, ping_timeout_s=1.9)
