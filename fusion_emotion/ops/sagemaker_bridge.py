@@ -173,9 +173,9 @@ class Bridge:
         self.open_streams = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
+        if scope["type"] == "lifespan":  # nothing to set up or tear down
+            while (kind := (await receive())["type"]) != "lifespan.shutdown":
+                await send({"type": f"{kind}.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
         if scope["type"] != "http" or scope["method"] != "POST" or not ROUTE.match(scope["path"]):
