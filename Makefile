@@ -34,7 +34,7 @@ setup:
 	@# bridge: their own venv, used by tests/test_sagemaker_stream.py (docs/deploy/streaming.md)
 	@test -x $(PY312_VENV)/bin/python || "$$($(BIN)/python -c "from fusion_emotion.deploy.execution_env import find_interpreter; print(find_interpreter('3.12'))")" -m venv $(PY312_VENV)
 	$(PY312_VENV)/bin/python -m pip install -q --upgrade pip
-	$(PY312_VENV)/bin/python -m pip install -q -c $(CONSTRAINTS) -e ".[models,sagemaker-bridge]"
+	$(PY312_VENV)/bin/python -m pip install -q -c $(CONSTRAINTS) -e ".[serving,sagemaker-bridge]"
 	@echo "setup done: $(BIN)/fusion-emotion"
 
 # mkdocs: the documentation site (mkdocs.yml, docs/) into build/site; --strict fails on a broken link or nav entry

@@ -23,6 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     route.add_argument("--sagemaker-endpoint", metavar="NAME", help="SageMaker endpoint (boto3 invoke_endpoint)")
     route.add_argument("--triton", metavar="HOST:PORT", help="Triton gRPC endpoint (the front end runs in-process)")
     p.add_argument("--region", help="AWS region of --sagemaker-endpoint (default: boto3's)")
+    p.add_argument(
+        "--stream-endpoint-url",
+        metavar="URL",
+        help="with --sagemaker-endpoint: the bidirectional-streaming API's URL when not AWS's (a VPC endpoint, "
+        "the local stand-in); default https://runtime.sagemaker.REGION.amazonaws.com:8443",
+    )
+    p.add_argument("--ca-bundle", metavar="PEM", help="with --sagemaker-endpoint: CA bundle for that URL's TLS")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="bind port (default %(default)s)")
     p.set_defaults(func=run)
@@ -37,15 +44,27 @@ def run(args: argparse.Namespace) -> int:
     from fusion_emotion.ui.targets import Target
 
     try:
-        target = Target(url=args.url, endpoint=args.sagemaker_endpoint, region=args.region, triton=args.triton)
+        target = Target(
+            url=args.url,
+            endpoint=args.sagemaker_endpoint,
+            region=args.region,
+            triton=args.triton,
+            stream_endpoint_url=args.stream_endpoint_url,
+            ca_bundle=args.ca_bundle,
+        )
     except ValueError as exc:
         log.error("%s", exc)
         return 2
     host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
     sys.stdout.write(f"playground for {target.describe()}: http://{host}:{args.port}{PAGE_PATH}\n")
     sys.stdout.flush()
+    try:
+        app = build_app(target)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     uvicorn.run(
-        build_app(target),
+        app,
         host=args.host,
         port=args.port,
         access_log=False,

@@ -2,9 +2,9 @@
 
 The page always speaks the documented ``/stream`` protocol (docs/streaming.md) to the server that serves it.
 :func:`live_transport` is the one place a target gets the transport that carries it on: a front end's own
-``/stream`` today. A SageMaker endpoint forwards only ``/invocations``; once its bidirectional-streaming
-route and client exist (issue #23), their transport is returned here and nothing else changes. Until then
-:data:`SAGEMAKER_LIVE_UNAVAILABLE` is what the page says.
+``/stream``, or for a SageMaker endpoint its bidirectional stream (``InvokeEndpointWithBidirectionalStream``,
+through ``fusion_emotion.client.sagemaker_stream``; that SDK needs Python 3.12+ and the ``sagemaker-stream``
+extra: where it is missing, :data:`SAGEMAKER_LIVE_UNAVAILABLE` is what the page says).
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+import boto3
 import websockets
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -26,9 +28,9 @@ from fusion_emotion.ui.targets import Target, stream_url
 log = logging.getLogger(__name__)
 
 SAGEMAKER_LIVE_UNAVAILABLE = (
-    "Live needs SageMaker's bidirectional-streaming route, which this playground cannot use yet: "
-    "a SageMaker endpoint forwards only /invocations. The File view works; for live scoring, point "
-    "the playground at a front end (--url) or at Triton (--triton)."
+    "Live through a SageMaker endpoint needs its bidirectional-streaming client, which this playground's Python "
+    "lacks: run `fusion-emotion ui` from Python 3.12+ with the sagemaker-stream extra installed "
+    "(pip install 'fusion-emotion[serving,sagemaker-stream]'). The File view works."
 )
 CLOSE_POLICY = CLOSE_CODES[ErrorKind.BAD_REQUEST]
 CLOSE_TRY_LATER = CLOSE_CODES[ErrorKind.OVERLOADED]
@@ -64,11 +66,66 @@ class FrontendStream:
         return websockets.connect(self.ws_url, max_size=None, ping_interval=None, open_timeout=self.open_timeout_s)
 
 
+@dataclass(frozen=True)
+class SageMakerStream:
+    """A SageMaker endpoint's bidirectional stream, seen by the relay as a WebSocket."""
+
+    target: Any  # fusion_emotion.client.sagemaker_stream.SageMakerTarget
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[LiveConnection]:
+        # optional: [sagemaker-stream] (Python 3.12+): checked by live_transport before this is built
+        from fusion_emotion.client.sagemaker_stream import connect_sagemaker
+
+        async with connect_sagemaker(self.target) as connection:
+            yield _EndsOnClose(connection)
+
+
+@dataclass
+class _EndsOnClose:
+    """The SDK connection's messages end on the container's close (its code kept) instead of raising."""
+
+    connection: Any
+
+    @property
+    def close_code(self) -> int | None:
+        return self.connection.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        return self.connection.close_reason
+
+    async def send(self, message: str | bytes) -> None:
+        await self.connection.send(message)
+
+    async def __aiter__(self) -> AsyncIterator[str | bytes]:
+        from fusion_emotion.client.sagemaker_stream import StreamClosed  # optional: as connect() above
+
+        try:
+            async for message in self.connection:
+                yield message
+        except StreamClosed:
+            return  # close_code and close_reason say how
+
+
+def _sagemaker_stream(target: Target) -> SageMakerStream | None:
+    try:  # optional: [sagemaker-stream] (Python 3.12+); without it the page says why Live is off
+        from fusion_emotion.client.sagemaker_stream import SageMakerTarget
+    except ImportError:
+        return None
+    region = target.region or boto3.session.Session().region_name
+    if not region:
+        raise ValueError("--sagemaker-endpoint needs a region: --region or AWS_REGION")
+    return SageMakerStream(SageMakerTarget(target.endpoint, region, target.stream_endpoint_url, target.ca_bundle))
+
+
 def live_transport(target: Target) -> LiveTransport | None:
-    """The transport for ``target``'s live streams; None where it has none (a SageMaker endpoint, for now)."""
+    """The transport for ``target``'s live streams; None where it has none (no SageMaker streaming client)."""
     if target.url is not None:
         return FrontendStream(stream_url(target.url))
-    return None  # SageMaker: plug the bidirectional-stream transport in here (issue #23)
+    if target.endpoint is not None:
+        return _sagemaker_stream(target)
+    return None
 
 
 async def refuse(browser: WebSocket, reason: str, code: int, kind: ErrorKind = ErrorKind.BAD_REQUEST) -> None:

@@ -33,12 +33,16 @@ class Target:
     endpoint: str | None = None
     region: str | None = None
     triton: str | None = None
+    # The endpoint's bidirectional-streaming API elsewhere than AWS's (a VPC endpoint, the local stand-in),
+    # and the CA bundle its TLS certificate is checked against.
+    stream_endpoint_url: str | None = None
+    ca_bundle: str | None = None
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.url, self.endpoint, self.triton)) != 1:
             raise ValueError("give exactly one target: a front end URL, a SageMaker endpoint or a Triton address")
-        if self.region is not None and self.endpoint is None:
-            raise ValueError("--region goes with --sagemaker-endpoint")
+        if self.endpoint is None and (self.region, self.stream_endpoint_url, self.ca_bundle) != (None, None, None):
+            raise ValueError("--region, --stream-endpoint-url and --ca-bundle go with --sagemaker-endpoint")
 
     def describe(self) -> str:
         if self.url is not None:
