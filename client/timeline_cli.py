@@ -73,7 +73,7 @@ def plot_timeline(result: dict[str, Any], path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # optional: [plots]
 
-    segs = [s for s in result["segments"] if "dominant_emotion" in s]  # silent (vad) windows are gaps
+    segs = [s for s in result["segments"] if s.get("speech") is not False]  # silent (vad) windows are gaps
     centres = np.array([(s["start"] + s["end"]) / 2 for s in segs], dtype=np.float64)
     probs = np.array([[s[k] for k in C.LABELS] for s in segs], dtype=np.float64).reshape(-1, C.NUM_CLASSES)
     colors = dict(zip(C.LABELS, plt.get_cmap("tab10").colors, strict=False))

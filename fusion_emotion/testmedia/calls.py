@@ -29,6 +29,32 @@ DEFAULT_TURNS: tuple[tuple[int, float, str], ...] = (
 """(channel, start in s, text): three turns with pauses between them, then a silent tail."""
 
 
+LINES = (
+    "Thank you for calling. How can I help you today?",
+    "My order never arrived and nobody answers my emails.",
+    "I am sorry to hear that. Can you give me the order number?",
+    "It is four five six, seven eight nine. I have waited three weeks.",
+    "Let me check that for you. One moment please.",
+    "This is the third time I am calling about the same problem.",
+    "I can see the parcel was returned to the warehouse.",
+    "Then send it again, today, and refund the shipping.",
+)
+"""What the agent (even lines) and the customer (odd lines) say in :func:`scripted_turns`."""
+
+
+def scripted_turns(duration_s: float, seed: int = 0) -> tuple[tuple[int, float, str], ...]:
+    """Alternating turns over ``duration_s`` with pauses of 1-4 s between them (about 40 % silence per
+    channel's own turns, as in a real call); each turn budgets 4 s, the longest line's length."""
+    rng = np.random.default_rng(seed)
+    turns: list[tuple[int, float, str]] = []
+    t, i = 0.5, 0
+    while t + 4.0 < duration_s:
+        turns.append((i % 2, round(t, 2), LINES[i % len(LINES)]))
+        t += 4.0 + float(rng.uniform(1.0, 4.0))
+        i += 1
+    return tuple(turns)
+
+
 @dataclass(frozen=True)
 class Call:
     """Float samples ``[n, 2]`` at ``rate`` and each channel's known speech spans in seconds."""
