@@ -93,9 +93,11 @@ def test_per_speaker_timeline_is_each_channel_alone(triton, call_wavs, tmp_path:
     (tmp_path / "in" / "call.wav").write_bytes(stereo)
     out = tmp_path / "results.jsonl"
     argv = ["batch", str(tmp_path / "in"), "--output", str(out), "--triton", triton.grpc_url, "--timeline"]
-    assert main([*argv, "--speakers", "channels", "--speaker-names", ",".join(NAMES)]) == 0
+    assert main([*argv, "--speakers", "channels", "--speaker-names", ",".join(NAMES), "--summary"]) == 0
     (line,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert line["status"] == "ok", line
+    summary = line["result"]["summary"]
+    assert list(summary) == list(NAMES) and summary["customer"]["speech_s"] == 4.0  # one scored window
     for name in NAMES:
         _assert_close(
             _speaker({"speakers": line["result"]["speakers"], "segments": line["segments"]}, name), _speaker(body, name)

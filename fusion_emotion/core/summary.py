@@ -113,7 +113,9 @@ def first_sustained(
     return min(found, key=lambda r: (r.start, r.emotion)) if found else None
 
 
-def summarize(segments: Sequence[Segment], top: int = DEFAULT_TOP, sustain_s: float = DEFAULT_SUSTAIN_S) -> SpeakerSummary:
+def summarize(
+    segments: Sequence[Segment], top: int = DEFAULT_TOP, sustain_s: float = DEFAULT_SUSTAIN_S
+) -> SpeakerSummary:
     """One speaker's summary from its segments."""
     segs = scored(segments)
     weights = [max(float(s["end"]) - float(s["start"]), 0.0) for s in segs]
