@@ -139,3 +139,16 @@ def test_segments_and_speakers_result() -> None:
         ("agent", 4.0),
         ("customer", 4.0),
     ]
+
+
+def test_segments_csv_carries_speaker_and_speech() -> None:
+    from fusion_emotion.client.timeline_cli import segments_csv
+
+    seg = np.array([[0, 4, *([np.nan] * 6)], [4, 8, 0, 0, 0, 1, 0, 0]], np.float32)
+    one = timeline_result(seg, np.full(6, 1 / 6, np.float32), None, vad=True)
+    rows = segments_csv(speakers_result({"agent": one})).splitlines()
+    assert rows[0].split(",")[:4] == ["speaker", "speech", "start", "end"]
+    assert rows[1].split(",") == ["agent", "false", "0.0", "4.0", *([""] * 6), ""]
+    assert rows[2].split(",")[:2] == ["agent", "true"] and rows[2].endswith(",happy")
+    plain = segments_csv(timeline_result(seg[1:], np.full(6, 1 / 6, np.float32), None)).splitlines()
+    assert plain[0].split(",")[0] == "start"  # a timeline without the options: the columns as before

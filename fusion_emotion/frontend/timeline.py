@@ -135,9 +135,17 @@ async def timeline_request(
     call = options.call
     if not call.per_channel:
         return await _one_timeline(gateway, video, audio, options, None, timeout_s, request_id)
-    results = await asyncio.gather(
-        *(_one_timeline(gateway, video, audio, options, i, timeout_s, request_id) for i in range(len(call.names)))
-    )
+    tasks = [
+        asyncio.ensure_future(_one_timeline(gateway, video, audio, options, i, timeout_s, request_id))
+        for i in range(len(call.names))
+    ]
+    try:
+        results = await asyncio.gather(*tasks)
+    except BaseException:  # one channel failed (or the client left): the others' calls are cancelled, not left
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     return speakers_result(dict(zip(call.names, results, strict=True)))
 
 
@@ -150,6 +158,7 @@ async def _one_timeline(
     timeout_s: float,
     request_id: str,
 ) -> dict[str, Any]:
+    """One call of the timeline model: the media mixed (``channel`` None) or one channel as mono."""
     vad = options.call.vad
     inputs = timeline_inputs(video, audio, options.window_s, options.hop_s, grpcclient, channel=channel, vad=vad)
     result = await gateway.call(C.TIMELINE_MODEL, inputs, timeline_outputs(grpcclient), timeout_s, request_id)
