@@ -34,7 +34,6 @@ from fusion_emotion import contract as C
 from fusion_emotion.core.calls import CallOptions, add_call_arguments, call_from_args
 from fusion_emotion.core.calls import pairs as call_pairs
 from fusion_emotion.core.result import result_dict
-from fusion_emotion.core.summary import call_summary, summary_json
 from fusion_emotion.core.windows import window_params
 from fusion_emotion.errors import ServingError
 
@@ -49,7 +48,6 @@ class RequestOptions:
     hop_s: float | None = None
     timeout_s: float = 600.0
     call: CallOptions = field(default_factory=CallOptions)
-    summary: bool = False  # add each timeline's call summary (core.summary) to its line
 
     def pairs(self) -> dict[str, str]:
         """As the front end's query parameters / custom attributes."""
@@ -147,18 +145,6 @@ def _sagemaker_predictor(args: argparse.Namespace, options: RequestOptions) -> t
 
 def make_predictor(args: argparse.Namespace, options: RequestOptions) -> tuple[Predict, Callable[[], None]]:
     """``(predict, close)`` for the chosen route; ``predict`` is safe to call from several threads."""
-    predict, close = _route_predictor(args, options)
-    if not options.summary:
-        return predict, close
-
-    def predict_summarized(data: bytes, kind: str, content_type: str) -> dict[str, Any]:
-        result = predict(data, kind, content_type)
-        return {**result, "summary": summary_json(call_summary(result))}
-
-    return predict_summarized, close
-
-
-def _route_predictor(args: argparse.Namespace, options: RequestOptions) -> tuple[Predict, Callable[[], None]]:
     if args.local:
         return _local_predictor(args.local, options)
     if args.triton:
@@ -191,7 +177,6 @@ def add_parser(sub: argparse._SubParsersAction) -> tuple[argparse.ArgumentParser
     p.add_argument("--window", type=float, help="timeline window in s (default 4)")
     p.add_argument("--hop", type=float, help="timeline hop in s (default: the window)")
     add_call_arguments(p)
-    p.add_argument("--summary", action="store_true", help="with --timeline: add each call's summary per speaker")
     p.add_argument("--concurrency", type=int, default=4, help="files in flight (default 4)")
     p.add_argument("--csv", type=Path, metavar="CSV", help="also write one row per segment (whole clips: one row)")
     p.add_argument("--retry-failed", action="store_true", help="on a rerun, try inputs with an error line again")
@@ -266,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("no media files in %s (ignored %d other files)", args.input, stats.ignored)
         return 2
     predict, close = make_predictor(
-        args, RequestOptions(args.timeline, args.window, args.hop, args.timeout, batch_call(args), args.summary)
+        args, RequestOptions(args.timeline, args.window, args.hop, args.timeout, batch_call(args))
     )
     progress = Progress("batch", interval_s=args.progress_interval)
 

@@ -26,7 +26,6 @@ from fusion_emotion import contract as C
 from fusion_emotion.core.calls import add_call_arguments, call_from_args
 from fusion_emotion.core.calls import pairs as call_pairs
 from fusion_emotion.core.pipeline import ReferencePipeline
-from fusion_emotion.core.summary import call_summary, summary_json
 from fusion_emotion.core.timeline import timeline_local
 from fusion_emotion.core.windows import MAX_WINDOW_S, MIN_HOP_S, MIN_WINDOW_S, TIMELINE_DEFAULTS, window_params
 from fusion_emotion.errors import ServingError
@@ -48,7 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--hop", type=float, help=f"hop in s, {MIN_HOP_S:g}-window (default {TIMELINE_DEFAULTS.hop_s:g})")
     add_call_arguments(p)
-    p.add_argument("--summary", action="store_true", help='add "summary": per speaker, shares, means, top moments')
     p.add_argument("--plot", type=Path, metavar="PNG", help="write the six emotion curves over time")
     p.add_argument("--csv", type=Path, metavar="CSV", help="write one row per window")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
@@ -123,8 +121,6 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # server-side errors (tritonclient, HTTP) reach the user as one line
         log.error("timeline failed: %s", exc)
         return 1
-    if args.summary:
-        result["summary"] = summary_json(call_summary(result))
     if args.csv:
         args.csv.write_text(segments_csv(result))
     if args.plot and "speakers" in result:

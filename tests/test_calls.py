@@ -11,7 +11,15 @@ from test_timeline import _FakeEncoder, _head
 
 from fusion_emotion import contract as C
 from fusion_emotion import testmedia
-from fusion_emotion.core.calls import CallOptions, add_call_arguments, call_from_args, call_options, pairs, parse_names
+from fusion_emotion.core.calls import (
+    CallOptions,
+    add_call_arguments,
+    call_from_args,
+    call_options,
+    pairs,
+    parse_names,
+    run_per_speaker,
+)
 from fusion_emotion.core.probe import MediaError
 from fusion_emotion.core.result import speakers_result, timeline_result
 from fusion_emotion.core.timeline import compute_timeline
@@ -50,13 +58,31 @@ def test_call_options_refuse_bad_values(args: tuple, subject: str) -> None:
 
 
 def test_pairs_round_trip_and_cli_flags() -> None:
-    for opts in (CallOptions(), call_options("channels"), call_options("channels", "agent,customer", "false")):
-        assert call_options(*(pairs(opts).get(k) for k in ("speakers", "speaker_names", "vad"))) == opts
+    cases = (CallOptions(), call_options("channels"), call_options("channels", "agent,customer", "false", True))
+    for opts in cases:
+        assert call_options(*(pairs(opts).get(k) for k in ("speakers", "speaker_names", "vad", "summary"))) == opts
     assert pairs(call_options("channels")) == {"speakers": "channels"}  # only what differs from the defaults
     p = argparse.ArgumentParser()
     add_call_arguments(p)
     args = p.parse_args(["--speakers", "channels", "--speaker-names", "agent,customer", "--no-vad"])
     assert call_from_args(args) == CallOptions("channels", ("agent", "customer"), False)
+    assert call_from_args(p.parse_args(["--summary"])) == CallOptions(summary=True)
+
+
+def test_run_per_speaker_merges_and_summarizes() -> None:
+    seg = np.array([[0, 4, 0, 0, 0, 1, 0, 0]], np.float32)
+    calls: list[int | None] = []
+
+    def one(channel: int | None) -> dict:
+        calls.append(channel)
+        return timeline_result(seg, np.full(6, 1 / 6, np.float32), None, vad=True)
+
+    out = run_per_speaker(call_options("channels", "a,b,c", None, "true"), one)
+    assert calls == [0, 1, 2] and list(out) == ["speakers", "segments", "summary"]
+    assert list(out["summary"]) == ["a", "b", "c"] and out["summary"]["a"]["share"]["happy"] == 1.0
+    calls.clear()
+    plain = run_per_speaker(CallOptions(), one)
+    assert calls == [None] and "summary" not in plain and "speakers" not in plain
 
 
 def test_front_end_options_from_header_query_and_json() -> None:

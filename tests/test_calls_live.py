@@ -14,6 +14,7 @@ from test_frontend import RESULT_KEYS, run_frontend
 
 from fusion_emotion import contract as C
 from fusion_emotion import testmedia
+from fusion_emotion.core.summary import call_summary, summary_json
 from fusion_emotion.frontend.settings import Settings
 from fusion_emotion.frontend.timeline import CUSTOM_ATTRIBUTES_HEADER
 from fusion_emotion.ops.server_stats import TritonStats
@@ -78,10 +79,12 @@ def test_per_speaker_timeline_is_each_channel_alone(triton, call_wavs, tmp_path:
                 )
                 assert alone.status_code == 200, alone.text
                 _assert_close(_speaker(body, name), alone.json())
-            header = {**WAV, CUSTOM_ATTRIBUTES_HEADER: ",".join(f"{k}={v}" for k, v in params.items())}
+            attributes = ",".join(f"{k}={v}" for k, v in {**params, "summary": "true"}.items())
+            header = {**WAV, CUSTOM_ATTRIBUTES_HEADER: attributes}
             via_header = httpx.post(f"{base}/invocations", content=stereo, headers=header, timeout=120).json()
             for name in NAMES:
                 _assert_close(_speaker(via_header, name), _speaker(body, name))
+            assert via_header["summary"] == summary_json(call_summary(body))  # the summary of the same result
             mono_refused = httpx.post(f"{base}/invocations", params=params, content=monos[0], headers=WAV)
             assert mono_refused.status_code == 400 and "channel 1" in mono_refused.json()["error"]
             clip = httpx.post(f"{base}/invocations", content=stereo, headers=WAV, timeout=120)

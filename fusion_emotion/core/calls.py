@@ -14,6 +14,7 @@ from typing import Any
 
 from fusion_emotion import contract as C
 from fusion_emotion.core.result import speakers_result
+from fusion_emotion.core.summary import call_summary, summary_json
 from fusion_emotion.errors import ErrorKind, ServingError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
@@ -28,6 +29,7 @@ class CallOptions:
     speakers: str = C.SPEAKERS_MIXED
     names: tuple[str, ...] = ()
     vad: bool = False
+    summary: bool = False  # add "summary": per speaker (core.summary)
 
     @property
     def per_channel(self) -> bool:
@@ -63,7 +65,9 @@ def _flag(value: object, name: str) -> bool:
     raise _bad(name, "must be true or false")
 
 
-def call_options(speakers: object = None, speaker_names: object = None, vad: object = None) -> CallOptions:
+def call_options(
+    speakers: object = None, speaker_names: object = None, vad: object = None, summary: object = None
+) -> CallOptions:
     """Raw option values (None: not given) -> settings; vad defaults to on exactly with ``speakers=channels``."""
     mode = C.SPEAKERS_MIXED if speakers in (None, "") else speakers
     if mode not in C.SPEAKER_MODES:
@@ -73,7 +77,7 @@ def call_options(speakers: object = None, speaker_names: object = None, vad: obj
         raise _bad("speaker_names", "needs speakers=channels")
     names = parse_names(speaker_names) if per_channel else ()  # type: ignore[arg-type]
     gate = per_channel if vad in (None, "") else _flag(vad, "vad")
-    return CallOptions(str(mode), names, gate)
+    return CallOptions(str(mode), names, gate, summary not in (None, "") and _flag(summary, "summary"))
 
 
 def pairs(options: CallOptions) -> dict[str, str]:
@@ -85,6 +89,8 @@ def pairs(options: CallOptions) -> dict[str, str]:
             out["speaker_names"] = ",".join(options.names)
     if options.vad != options.per_channel:
         out["vad"] = "true" if options.vad else "false"
+    if options.summary:
+        out["summary"] = "true"
     return out
 
 
@@ -95,8 +101,15 @@ def run_per_speaker(options: CallOptions, one: Callable[[int | None], dict[str, 
     merges them with the same :func:`core.result.speakers_result`.
     """
     if not options.per_channel:
-        return one(None)
-    return speakers_result({name: one(i) for i, name in enumerate(options.names)})
+        return finish(options, one(None))
+    return finish(options, speakers_result({name: one(i) for i, name in enumerate(options.names)}))
+
+
+def finish(options: CallOptions, result: dict[str, Any]) -> dict[str, Any]:
+    """The finished timeline result: with ``"summary"`` when asked for (every route adds it here)."""
+    if options.summary:
+        result["summary"] = summary_json(call_summary(result))
+    return result
 
 
 def add_call_arguments(p: argparse.ArgumentParser) -> None:
@@ -113,8 +126,11 @@ def add_call_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="score only windows holding speech (default: on with --speakers channels, else off)",
     )
+    p.add_argument(
+        "--summary", action="store_true", default=None, help='add "summary": per speaker, shares, means, top moments'
+    )
 
 
 def call_from_args(args: argparse.Namespace) -> CallOptions:
     """The CLI flags of :func:`add_call_arguments` -> settings (a BAD_REQUEST ServingError when wrong)."""
-    return call_options(args.speakers, args.speaker_names, args.vad)
+    return call_options(args.speakers, args.speaker_names, args.vad, args.summary)

@@ -101,7 +101,7 @@ OPTION_PARAMETERS = [
         "in": "header",
         "required": False,
         "schema": {"type": "string", "example": "timeline=true,speakers=channels,speaker_names=agent,customer"},
-        "description": "SageMaker's pass-through header: timeline, window_s, hop_s, speakers, speaker_names, vad "
+        "description": "SageMaker's pass-through header: timeline, window_s, hop_s, speakers, speaker_names, vad, summary "
         "as key=value pairs (query parameters and JSON keys win over it; other keys are ignored)",
     },
     *(
@@ -113,6 +113,7 @@ OPTION_PARAMETERS = [
             ("speakers", "string", "channels: one timeline per audio channel, segments carry speaker (docs/calls.md)"),
             ("speaker_names", "string", "one name per channel, e.g. agent,customer (default channel_0,channel_1)"),
             ("vad", "boolean", "score only windows holding speech (default: on with speakers=channels)"),
+            ("summary", "boolean", "add a call summary per speaker (with timeline=true; docs/calls.md)"),
         )
     ),
 ]

@@ -17,7 +17,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 
 from fusion_emotion import contract as C
-from fusion_emotion.core.calls import CallOptions, call_options
+from fusion_emotion.core.calls import CallOptions, call_options, finish
 from fusion_emotion.core.result import speakers_result, timeline_result
 from fusion_emotion.core.windows import window_params
 from fusion_emotion.errors import ApiError, ServingError
@@ -26,7 +26,7 @@ from fusion_emotion.tensors import parse_timeline, timeline_inputs, timeline_out
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-CALL_KEYS = ("speakers", "speaker_names", "vad")
+CALL_KEYS = ("speakers", "speaker_names", "vad", "summary")
 JSON_KEYS = ("timeline", "window_s", "hop_s", *CALL_KEYS)
 
 
@@ -134,7 +134,7 @@ async def timeline_request(
     """
     call = options.call
     if not call.per_channel:
-        return await _one_timeline(gateway, video, audio, options, None, timeout_s, request_id)
+        return finish(call, await _one_timeline(gateway, video, audio, options, None, timeout_s, request_id))
     tasks = [
         asyncio.ensure_future(_one_timeline(gateway, video, audio, options, i, timeout_s, request_id))
         for i in range(len(call.names))
@@ -146,7 +146,7 @@ async def timeline_request(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    return speakers_result(dict(zip(call.names, results, strict=True)))
+    return finish(call, speakers_result(dict(zip(call.names, results, strict=True))))
 
 
 async def _one_timeline(
