@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from fusion_emotion.client.triton import infer_grpc, timeline_grpc
 
 from fusion_emotion import aws
 from fusion_emotion import contract as C
+from fusion_emotion.core.calls import CallOptions, add_call_arguments, call_from_args
+from fusion_emotion.core.calls import pairs as call_pairs
 from fusion_emotion.core.result import result_dict
 from fusion_emotion.core.windows import window_params
 from fusion_emotion.errors import ServingError
@@ -45,6 +47,7 @@ class RequestOptions:
     window_s: float | None = None
     hop_s: float | None = None
     timeout_s: float = 600.0
+    call: CallOptions = field(default_factory=CallOptions)
 
     def pairs(self) -> dict[str, str]:
         """As the front end's query parameters / custom attributes."""
@@ -55,7 +58,7 @@ class RequestOptions:
             out["window_s"] = f"{self.window_s:g}"
         if self.hop_s is not None:
             out["hop_s"] = f"{self.hop_s:g}"
-        return out
+        return {**out, **call_pairs(self.call)}
 
     def attributes(self) -> str:
         """``timeline=true,window_s=4`` (SageMaker's X-Amzn-SageMaker-Custom-Attributes syntax)."""
@@ -74,7 +77,7 @@ def _local_predictor(repository: Path, options: RequestOptions) -> tuple[Predict
 
     def predict_local(data: bytes, kind: str, content_type: str) -> dict[str, Any]:
         if options.timeline:
-            return timeline_local(pipeline, *_split(data, kind), options.window_s, options.hop_s)
+            return timeline_local(pipeline, *_split(data, kind), options.window_s, options.hop_s, call=options.call)
         return result_dict(*pipeline.predict(*_split(data, kind)))
 
     return predict_local, lambda: None
@@ -95,7 +98,16 @@ def _triton_predictor(url: str, options: RequestOptions) -> tuple[Predict, Calla
     def predict_triton(data: bytes, kind: str, content_type: str) -> dict[str, Any]:
         video, audio = _split(data, kind)
         if options.timeline:
-            return timeline_grpc(url, video, audio, options.window_s, options.hop_s, options.timeout_s, client=client())
+            return timeline_grpc(
+                url,
+                video,
+                audio,
+                options.window_s,
+                options.hop_s,
+                options.timeout_s,
+                client=client(),
+                call=options.call,
+            )
         return result_dict(*infer_grpc(url, video, audio, timeout_s=options.timeout_s, client=client()))
 
     def close_triton() -> None:
@@ -164,6 +176,7 @@ def add_parser(sub: argparse._SubParsersAction) -> tuple[argparse.ArgumentParser
     p.add_argument("--timeline", action="store_true", help="add per-window segments to every line")
     p.add_argument("--window", type=float, help="timeline window in s (default 4)")
     p.add_argument("--hop", type=float, help="timeline hop in s (default: the window)")
+    add_call_arguments(p)
     p.add_argument("--concurrency", type=int, default=4, help="files in flight (default 4)")
     p.add_argument("--csv", type=Path, metavar="CSV", help="also write one row per segment (whole clips: one row)")
     p.add_argument("--retry-failed", action="store_true", help="on a rerun, try inputs with an error line again")
@@ -190,12 +203,20 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--concurrency must be >= 1"
     if (args.window is not None or args.hop is not None) and not args.timeline:
         return "--window and --hop need --timeline"
+    if not args.timeline and (args.speakers or args.speaker_names or args.vad is not None or args.summary):
+        return "--speakers, --speaker-names, --vad and --summary need --timeline"
     if args.timeline:
         try:
             window_params(args.window, args.hop)
+            call_from_args(args)
         except ServingError as exc:
             return str(exc)
     return None
+
+
+def batch_call(args: argparse.Namespace) -> CallOptions:
+    """The call options of a --timeline run (none without it)."""
+    return call_from_args(args) if args.timeline else CallOptions()
 
 
 def _leave_now() -> None:
@@ -229,7 +250,9 @@ def run(args: argparse.Namespace) -> int:
     if first is None:
         log.error("no media files in %s (ignored %d other files)", args.input, stats.ignored)
         return 2
-    predict, close = make_predictor(args, RequestOptions(args.timeline, args.window, args.hop, args.timeout))
+    predict, close = make_predictor(
+        args, RequestOptions(args.timeline, args.window, args.hop, args.timeout, batch_call(args))
+    )
     progress = Progress("batch", interval_s=args.progress_interval)
 
     def count() -> None:

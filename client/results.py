@@ -126,9 +126,10 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def record_segments(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The record's timeline segments, or the whole clip as one segment ``[0, duration]``."""
+    """The record's scored timeline segments (silent ones, with vad, have no scores), or the whole clip as
+    one segment ``[0, duration]``."""
     if record.get("segments"):
-        return record["segments"]
+        return [seg for seg in record["segments"] if seg.get("speech") is not False]
     result = record["result"]
     return [
         {"start": 0.0, "end": record.get("duration_s"), **{k: result[k] for k in C.LABELS}}

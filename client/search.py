@@ -27,11 +27,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fusion_emotion.client.results import iter_records, record_segments
+
 from fusion_emotion import contract as C
+from fusion_emotion.core.summary import by_speaker, runs
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"  # 3: the speaker column (speakers=channels results)
 _HEAD_BYTES = 4096
 _BATCH_ROWS = 20_000
 # Two tables of segments: ``segments`` with one B-tree per emotion, and ``recent``, unindexed, for small
@@ -42,7 +45,10 @@ _BATCH_ROWS = 20_000
 _RECENT_ROWS = 50_000
 _BULK_BYTES = 8 * 1024 * 1024
 _INDEXES = (*(f"seg_{label}" for label in C.LABELS), "seg_file")
-_COLUMNS = f"file_id INTEGER NOT NULL, t_start REAL, t_end REAL, {', '.join(f'{k} REAL NOT NULL' for k in C.LABELS)}, confidence REAL"
+_COLUMNS = (
+    f"file_id INTEGER NOT NULL, t_start REAL, t_end REAL, {', '.join(f'{k} REAL NOT NULL' for k in C.LABELS)}, "
+    "confidence REAL, speaker TEXT"
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class Hit:
     t_end: float | None
     score: float
     overall_confidence: float | None
+    speaker: str | None = None
 
 
 def index_path_for(results: Path) -> Path:
@@ -150,7 +157,7 @@ class SegmentIndex:
         cur = db.cursor()
         rows: list[tuple[Any, ...]] = []
         end = offset
-        insert = f"INSERT INTO {table} VALUES ({', '.join('?' * (4 + C.NUM_CLASSES))})"
+        insert = f"INSERT INTO {table} VALUES ({', '.join('?' * (5 + C.NUM_CLASSES))})"
 
         def flush() -> None:
             cur.executemany(insert, rows)
@@ -178,9 +185,9 @@ class SegmentIndex:
                     (record["source"], record.get("duration_s"), confidence),
                 )
                 file_id = cur.lastrowid
-                segments = record.get("segments") or [{"start": 0.0, "end": record.get("duration_s"), **result}]
-                for seg in segments:
-                    rows.append((file_id, seg["start"], seg["end"], *(float(seg[k]) for k in C.LABELS), confidence))
+                for seg in record_segments(record):
+                    scores = (float(seg[k]) for k in C.LABELS)
+                    rows.append((file_id, seg["start"], seg["end"], *scores, confidence, seg.get("speaker")))
                 added += 1
                 if len(rows) >= _BATCH_ROWS:
                     flush()
@@ -206,20 +213,26 @@ class SegmentIndex:
         """(clips, segments) in the index."""
         return self._count("files"), self._count("segments") + self._count("recent")
 
-    def search(self, emotion: str, top: int = 10, min_confidence: float | None = None) -> list[Hit]:
-        """The ``top`` segments by ``emotion`` probability, best first (ties: earlier clip first)."""
+    def search(
+        self, emotion: str, top: int = 10, min_confidence: float | None = None, speaker: str | None = None
+    ) -> list[Hit]:
+        """The ``top`` segments by ``emotion`` probability, best first (ties: earlier clip first); ``speaker``:
+        only that speaker's segments (``speakers=channels`` results)."""
         if emotion not in C.LABELS:
             raise ValueError(f"unknown emotion {emotion!r}; one of {', '.join(C.LABELS)}")
-        where = "WHERE confidence >= :conf" if min_confidence is not None else ""
-        cols = f"file_id, t_start, t_end, {emotion} AS score, confidence"
+        terms = [
+            t for t, v in (("confidence >= :conf", min_confidence), ("speaker = :speaker", speaker)) if v is not None
+        ]
+        where = f"WHERE {' AND '.join(terms)}" if terms else ""
+        cols = f"file_id, t_start, t_end, {emotion} AS score, confidence, speaker"
         sql = (
-            "SELECT f.source, s.t_start, s.t_end, s.score, s.confidence FROM ("
+            "SELECT f.source, s.t_start, s.t_end, s.score, s.confidence, s.speaker FROM ("
             f"SELECT * FROM (SELECT {cols} FROM segments INDEXED BY seg_{emotion} {where} "
             f"ORDER BY {emotion} DESC LIMIT :top) "
             f"UNION ALL SELECT * FROM (SELECT {cols} FROM recent {where} ORDER BY {emotion} DESC LIMIT :top)"
             ") AS s JOIN files AS f ON f.id = s.file_id ORDER BY s.score DESC, s.file_id, s.t_start LIMIT :top"
         )
-        params = {"top": top, "conf": min_confidence}
+        params = {"top": top, "conf": min_confidence, "speaker": speaker}
         return [Hit(*row) for row in self.db.execute(sql, params)]
 
 
@@ -236,8 +249,57 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=10, help="how many segments (default 10)")
     p.add_argument("--min-confidence", type=float, help="only clips whose overall_confidence is at least this")
     p.add_argument("--index", type=Path, help="index file (default: RESULTS.index.sqlite)")
+    p.add_argument("--speaker", help="only this speaker's segments (results made with --speakers channels)")
+    p.add_argument(
+        "--for-s",
+        type=float,
+        metavar="SECONDS",
+        help="calls instead of moments: every run of --emotion (dominant, pauses up to 4 s bridged) lasting at "
+        "least this long, e.g. --emotion angry --speaker customer --for-s 20",
+    )
+    p.add_argument("--min-p", type=float, help="with --for-s: the emotion's probability must also reach this")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     p.set_defaults(func=run)
+
+
+@dataclass(frozen=True)
+class RunHit:
+    source: str
+    speaker: str
+    emotion: str
+    start: float
+    end: float
+    length_s: float
+    peak: float
+
+
+def sustained(
+    results: Path, emotion: str, for_s: float, speaker: str | None = None, min_p: float | None = None
+) -> list[RunHit]:
+    """Every run of ``emotion`` lasting ``for_s`` or more, per call and speaker, in file order (a scan of the
+    results file: runs need each call's segments in order, which the per-emotion index does not keep)."""
+    out: list[RunHit] = []
+    for record in iter_records(results):
+        if record.get("status") != "ok" or "result" not in record:
+            continue
+        for name, segs in by_speaker(record["result"], record.get("segments") or []).items():
+            if speaker is not None and name != speaker:
+                continue
+            for r in runs(segs, emotion, min_p=min_p):
+                if r.length_s + 1e-9 >= for_s:
+                    out.append(RunHit(record["source"], name, emotion, r.start, r.end, r.length_s, r.peak))
+    return out
+
+
+def _print_runs(hits: list[RunHit], as_json: bool) -> int:
+    if as_json:
+        for hit in hits:
+            sys.stdout.write(json.dumps(asdict(hit)) + "\n")
+        return 0
+    print(f"{'length_s':>8}  {'start':>8}  {'end':>8}  {'peak':>6}  speaker  source")
+    for hit in hits:
+        print(f"{hit.length_s:8.2f}  {hit.start:8.2f}  {hit.end:8.2f}  {hit.peak:6.3f}  {hit.speaker}  {hit.source}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -247,11 +309,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.results.is_file():
         log.error("%s: no such results file", args.results)
         return 2
+    if args.for_s is not None:
+        return _print_runs(sustained(args.results, args.emotion, args.for_s, args.speaker, args.min_p), args.json)
     with SegmentIndex(args.results, args.index) as index:
         t0 = time.perf_counter()
         added = index.refresh()
         t1 = time.perf_counter()
-        hits = index.search(args.emotion, args.top, args.min_confidence)
+        hits = index.search(args.emotion, args.top, args.min_confidence, args.speaker)
         t2 = time.perf_counter()
         clips, segments = index.counts()
     if added:

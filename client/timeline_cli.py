@@ -23,6 +23,8 @@ from fusion_emotion.client.http import predict_url
 from fusion_emotion.client.triton import timeline_grpc
 
 from fusion_emotion import contract as C
+from fusion_emotion.core.calls import add_call_arguments, call_from_args
+from fusion_emotion.core.calls import pairs as call_pairs
 from fusion_emotion.core.pipeline import ReferencePipeline
 from fusion_emotion.core.timeline import timeline_local
 from fusion_emotion.core.windows import MAX_WINDOW_S, MIN_HOP_S, MIN_WINDOW_S, TIMELINE_DEFAULTS, window_params
@@ -44,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"window length in s, {MIN_WINDOW_S:g}-{MAX_WINDOW_S:g} (default {TIMELINE_DEFAULTS.window_s:g})",
     )
     p.add_argument("--hop", type=float, help=f"hop in s, {MIN_HOP_S:g}-window (default {TIMELINE_DEFAULTS.hop_s:g})")
+    add_call_arguments(p)
     p.add_argument("--plot", type=Path, metavar="PNG", help="write the six emotion curves over time")
     p.add_argument("--csv", type=Path, metavar="CSV", help="write one row per window")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
@@ -54,9 +57,12 @@ def segments_csv(result: dict[str, Any]) -> str:
     """One row per window: start, end, the six probabilities, dominant_emotion."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["start", "end", *C.LABELS, "dominant_emotion"])
+    extra = [k for k in ("speaker", "speech") if any(k in seg for seg in result["segments"])]
+    writer.writerow([*extra, "start", "end", *C.LABELS, "dominant_emotion"])
     for seg in result["segments"]:
-        writer.writerow([seg["start"], seg["end"], *(f"{seg[k]:.6f}" for k in C.LABELS), seg["dominant_emotion"]])
+        probs = [f"{seg[k]:.6f}" if k in seg else "" for k in C.LABELS]
+        lead = [str(seg.get(k, "")).lower() for k in extra]
+        writer.writerow([*lead, seg["start"], seg["end"], *probs, seg.get("dominant_emotion", "")])
     return out.getvalue()
 
 
@@ -67,7 +73,7 @@ def plot_timeline(result: dict[str, Any], path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # optional: [plots]
 
-    segs = result["segments"]
+    segs = [s for s in result["segments"] if s.get("speech") is not False]  # silent (vad) windows are gaps
     centres = np.array([(s["start"] + s["end"]) / 2 for s in segs], dtype=np.float64)
     probs = np.array([[s[k] for k in C.LABELS] for s in segs], dtype=np.float64).reshape(-1, C.NUM_CLASSES)
     colors = dict(zip(C.LABELS, plt.get_cmap("tab10").colors, strict=False))
@@ -91,13 +97,14 @@ def plot_timeline(result: dict[str, Any], path: Path, title: str = "") -> None:
 
 
 def compute(args: argparse.Namespace, video: bytes | None, audio: bytes | None) -> dict[str, Any]:
+    call = call_from_args(args)
     if args.local:
-        return timeline_local(ReferencePipeline(args.local), video, audio, args.window, args.hop)
+        return timeline_local(ReferencePipeline(args.local), video, audio, args.window, args.hop, call=call)
     if args.triton:
-        return timeline_grpc(args.triton, video, audio, args.window, args.hop, args.timeout)
+        return timeline_grpc(args.triton, video, audio, args.window, args.hop, args.timeout, call=call)
 
     # The front end with ?timeline=true (path defaults to /invocations).
-    params = {"timeline": "true"}
+    params = {"timeline": "true", **call_pairs(call)}
     params.update({k: repr(float(v)) for k, v in (("window_s", args.window), ("hop_s", args.hop)) if v is not None})
     return predict_url(args.url, video, audio, timeout=args.timeout, params=params)
 
@@ -105,6 +112,7 @@ def compute(args: argparse.Namespace, video: bytes | None, audio: bytes | None) 
 def run(args: argparse.Namespace) -> int:
     try:
         window_params(args.window, args.hop)
+        call_from_args(args)
         video, audio = read_inputs(args.file, args.audio)
         result = compute(args, video, audio)
     except (OSError, ValueError, ServingError) as exc:
@@ -115,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if args.csv:
         args.csv.write_text(segments_csv(result))
-    if args.plot:
+    if args.plot and "speakers" in result:
+        log.warning("--plot draws one timeline; skipped for --speakers channels")
+    elif args.plot:
         plot_timeline(result, args.plot, title=args.file.name)
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
     return 0

@@ -8,6 +8,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from fusion_emotion import contract as C
+from fusion_emotion.core.calls import CallOptions, run_per_speaker
 from fusion_emotion.core.result import timeline_result
 from fusion_emotion.tensors import (
     build_inputs,
@@ -46,17 +47,24 @@ def timeline_grpc(
     hop_s: float | None = None,
     timeout_s: float = 600.0,
     client: Any = None,
+    call: CallOptions | None = None,
 ) -> dict[str, Any]:
-    """One call to the timeline model over gRPC -> the product's JSON with ``segments``.
+    """One call to the timeline model over gRPC (one per channel with ``speakers=channels``) -> the
+    product's JSON with ``segments``.
 
     ``client``: a ``tritonclient.grpc.InferenceServerClient`` to reuse (kept open); else one per call.
     """
-    inputs = timeline_inputs(video, audio, window_s, hop_s, grpcclient)
+    options = call or CallOptions()
     own = client is None
     client = client or grpcclient.InferenceServerClient(url)
-    try:
+
+    def one(channel: int | None) -> dict[str, Any]:
+        inputs = timeline_inputs(video, audio, window_s, hop_s, grpcclient, channel=channel, vad=options.vad)
         result = client.infer(C.TIMELINE_MODEL, inputs, outputs=timeline_outputs(grpcclient), client_timeout=timeout_s)
+        return timeline_result(*parse_timeline(result), vad=options.vad)
+
+    try:
+        return run_per_speaker(options, one)
     finally:
         if own:
             client.close()
-    return timeline_result(*parse_timeline(result))

@@ -108,6 +108,26 @@ AUDIO_ENC_OUT = TensorSpec("embedding", "TYPE_FP32", (AUDIO_EMBED_DIM,))
 IN_WINDOW_S = TensorSpec("window_s", "TYPE_FP32", (1,), optional=True)
 IN_HOP_S = TensorSpec("hop_s", "TYPE_FP32", (1,), optional=True)
 OUT_SEGMENTS = TensorSpec("segments", "TYPE_FP32", (-1, 2 + NUM_CLASSES))
+# Recorded calls (docs/calls.md): `channel` analyses one channel of the audio track as mono (absent: the
+# channels averaged, as before); `vad` scores only windows holding speech, the others come back with NaN
+# probabilities and cost no encoder call. Both optional, so a request without them is answered as before.
+IN_CHANNEL = TensorSpec("channel", "TYPE_INT32", (1,), optional=True)
+IN_VAD = TensorSpec("vad", "TYPE_BOOL", (1,), optional=True)
+
+# --- Call options (timelines and batch; one definition for every route and client) -------------------
+SPEAKERS_CHANNELS = "channels"
+"""``speakers=channels``: each audio channel is one speaker, analysed as mono on its own."""
+SPEAKERS_MIXED = "mixed"
+"""The default: the channels averaged into one signal (today's behaviour)."""
+SPEAKER_MODES = (SPEAKERS_MIXED, SPEAKERS_CHANNELS)
+MAX_SPEAKER_CHANNELS = 8
+"""Channels one request may split into speakers: each is a full timeline of the audio encoder."""
+
+
+def default_speaker_names(count: int = 2) -> tuple[str, ...]:
+    """``channel_0``, ``channel_1``, ...: a speaker's name when the client gives none."""
+    return tuple(f"channel_{i}" for i in range(count))
+
 
 # Stream model I/O (one request = one chunk of a sequence; START/END/READY/CORRID are sequence-batcher
 # controls). Audio: float32 samples, interleaved when channels > 1, full scale 1.0. Frames: JPEG bytes or
@@ -133,7 +153,10 @@ MODEL_IO: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
     VIDEO_ENCODER: ((VIDEO_FRAMES,), (VIDEO_ENC_OUT,)),
     AUDIO_ENCODER: ((AUDIO_WAVEFORM,), (AUDIO_ENC_OUT,)),
     FUSION_HEAD: ((VIDEO_EMBEDDING, AUDIO_EMBEDDING, MODALITY_MASK, MEDIA_QA), (OUT_PROBABILITIES, OUT_QA_FLAGS)),
-    TIMELINE_MODEL: ((IN_VIDEO, IN_AUDIO, IN_WINDOW_S, IN_HOP_S), (OUT_SEGMENTS, OUT_PROBABILITIES, OUT_QA_FLAGS)),
+    TIMELINE_MODEL: (
+        (IN_VIDEO, IN_AUDIO, IN_WINDOW_S, IN_HOP_S, IN_CHANNEL, IN_VAD),
+        (OUT_SEGMENTS, OUT_PROBABILITIES, OUT_QA_FLAGS),
+    ),
     STREAM_MODEL: (
         (
             IN_AUDIO_CHUNK,

@@ -52,13 +52,25 @@ def parse_result(result: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
 
 # --------------------------------------------------------------------------- timelines
 def timeline_inputs(
-    video: bytes | None, audio: bytes | None, window_s: float | None, hop_s: float | None, module: Any
+    video: bytes | None,
+    audio: bytes | None,
+    window_s: float | None,
+    hop_s: float | None,
+    module: Any,
+    *,
+    channel: int | None = None,
+    vad: bool = False,
 ) -> list[Any]:
-    """The media inputs plus the window and hop (each only when set: None is the model's default)."""
+    """The media inputs plus the window and hop, the channel and vad (each only when set: the model's
+    defaults otherwise, so a request without them is the one sent before they existed)."""
     inputs = build_inputs(video, audio, module)
     for spec, value in ((C.IN_WINDOW_S, window_s), (C.IN_HOP_S, hop_s)):
         if value is not None:
             inputs.append(_input(module, spec, np.array([[value]], dtype=np.float32)))
+    if channel is not None:
+        inputs.append(_input(module, C.IN_CHANNEL, np.array([[channel]], dtype=np.int32)))
+    if vad:
+        inputs.append(_input(module, C.IN_VAD, np.array([[True]], dtype=bool)))
     return inputs
 
 

@@ -25,12 +25,14 @@ import numpy as np
 
 from fusion_emotion import contract as C
 from fusion_emotion.core.audio import decode_audio
+from fusion_emotion.core.calls import CallOptions, run_per_speaker
 from fusion_emotion.core.embed import Embeddings, embeddings, probabilities, score_embeddings
 from fusion_emotion.core.fusion import FusionHead
 from fusion_emotion.core.model_inputs import fit_window, frames_for_model, resample_range, resampled_length, to_mono
 from fusion_emotion.core.probe import DEFAULT_LIMITS, Cancel, MediaError, MediaLimits
 from fusion_emotion.core.result import timeline_result
 from fusion_emotion.core.rows import PYAV, Row, VideoBackend, VideoSource, clip_row, require_media
+from fusion_emotion.core.vad import speech_frames, window_speech
 from fusion_emotion.core.video import QA_FRAME_SLOTS, ClipFrames
 from fusion_emotion.core.windows import TIMELINE_DEFAULTS, WindowParams, plan_file_windows, window_frame_times
 from fusion_emotion.core.windows import window_params as validate_window_params
@@ -199,6 +201,7 @@ class Timeline:
     duration_s: float
     decoder: str = "none"  # which decoder served the video ("none": an audio-only timeline)
     fallback: str | None = None  # why a DALI decoder left it to PyAV
+    speech: np.ndarray | None = None  # bool [W] with vad (silent windows: NaN probabilities), else None
 
     def segments(self) -> np.ndarray:
         """float32 [W, 8]: start, end, then the six probabilities (the Triton output)."""
@@ -219,6 +222,18 @@ class _Decoded:
     fallback: str | None = None
 
 
+def select_channel(native: np.ndarray | None, channel: int | None) -> np.ndarray | None:
+    """The track as ``[1, n]`` holding only ``channel`` (None: all channels, averaged later as before)."""
+    if channel is None or native is None:
+        return native
+    count = native.shape[0]
+    if not 0 <= channel < count:
+        raise MediaError(
+            "channel", f"channel {channel} asked of a {count}-channel audio track", kind=ErrorKind.BAD_REQUEST
+        )
+    return native[channel : channel + 1]
+
+
 def _decode(
     video: bytes | None,
     audio: bytes | None,
@@ -229,12 +244,13 @@ def _decode(
     chunk: int,
     max_windows: int | None,
     cancel: Cancel | None,
+    channel: int | None = None,
 ) -> _Decoded:
     """Decode once (the windows' video embedded during the pass); which audio counts is :mod:`core.rows`'."""
     native = rate = None
     if audio is not None:
         dec = decode_audio(audio, limits=limits, cancel=cancel)
-        native, rate = dec.samples, dec.sample_rate
+        native, rate = select_channel(dec.samples, channel), dec.sample_rate
     if video is None:
         assert native is not None and rate
         duration = native.shape[1] / rate
@@ -247,26 +263,41 @@ def _decode(
     rows = (frames_for_model(f) for _, f in prefetch(frames.windows(), depth=chunk))
     video_emb = encode_chunked(encode_video, rows, chunk, cancel)
     if audio is None:
-        native, rate = source.audio, source.sample_rate
+        native, rate = select_channel(source.audio, channel), source.sample_rate
+    elif channel is not None and native is None:
+        raise MediaError("channel", "a channel was asked of media without an audio track", kind=ErrorKind.BAD_REQUEST)
     clip = clip_row(frames.clip(), native, rate)
     fallback = getattr(source, "fallback", None)
     return _Decoded(frames.windows_s, frames.duration_s, video_emb, clip, native, rate, source.name, fallback)
 
 
 def _window_audio(
-    d: _Decoded, whole: bool, encode_audio: Encode, chunk: int, cancel: Cancel | None
+    d: _Decoded, whole: bool, encode_audio: Encode, chunk: int, cancel: Cancel | None, speech: np.ndarray | None
 ) -> tuple[list[int], np.ndarray] | None:
-    """(windows with audio, their audio embeddings); a single window spanning the media is the clip's input."""
+    """(windows with audio, their audio embeddings); a single window spanning the media is the clip's input.
+
+    With ``speech`` (vad), windows without speech are left out: no encoder call is made for them.
+    """
     if d.clip.waveform is None or d.native is None or not d.rate:
         return None
     if whole:
-        return [0], encode_audio(d.clip.waveform[None])
+        return None if speech is not None and not speech[0] else ([0], encode_audio(d.clip.waveform[None]))
     mono = to_mono(d.native)
-    has = [i for i, w in enumerate(audio_windows(mono, d.rate, d.windows)) if w is not None]
+    keep = np.ones(len(d.windows), dtype=bool) if speech is None else speech
+    has = [i for i, w in enumerate(audio_windows(mono, d.rate, d.windows)) if w is not None and keep[i]]
     if not has:
         return None
-    rows = (w for w in audio_windows(mono, d.rate, d.windows) if w is not None)
+    rows = (w for i, w in enumerate(audio_windows(mono, d.rate, d.windows)) if w is not None and keep[i])
     return has, encode_chunked(encode_audio, rows, chunk, cancel)
+
+
+def _speech(d: _Decoded) -> np.ndarray:
+    """bool [W]: which windows hold speech (the track at 16 kHz through the VAD, :mod:`core.vad`)."""
+    if d.native is None or not d.rate:
+        raise MediaError("vad", "vad needs an audio track", kind=ErrorKind.BAD_REQUEST)
+    mono = to_mono(d.native)
+    track = resample_range(mono, d.rate, 0, resampled_length(mono.shape[0], d.rate))
+    return window_speech(speech_frames(track), d.windows)
 
 
 def compute_timeline(
@@ -282,27 +313,35 @@ def compute_timeline(
     chunk: int = DEFAULT_CHUNK,
     max_windows: int | None = DEFAULT_MAX_WINDOWS,
     cancel: Cancel | None = None,
+    channel: int | None = None,
+    vad: bool = False,
 ) -> Timeline:
     """Decode once, encode the windows (and the clip) in chunks, score with the fusion head.
 
     The clip-level result is what the ``fusion_emotion`` model computes for the same request; when a
     single window spans the whole media, it is the clip. ``cancel`` is polled while decoding and between
-    encoder calls; more than ``max_windows`` windows are refused before any work.
+    encoder calls; more than ``max_windows`` windows are refused before any work. ``channel`` analyses one
+    channel of the audio track as mono; ``vad`` leaves windows without speech unscored (NaN probabilities,
+    no audio encoder call; the video encoder still sees every window of a video).
     """
     require_media(video, audio)
     if chunk < 1:
         raise ValueError("chunk must be >= 1")
-    d = _decode(video, audio, params, encode_video, backend, limits, chunk, max_windows, cancel)
+    d = _decode(video, audio, params, encode_video, backend, limits, chunk, max_windows, cancel, channel)
     n = len(d.windows)
     whole = n == 1 and d.windows[0, 0] == 0.0 and abs(d.windows[0, 1] - d.duration_s) < 1e-9
     every = list(range(n))
-    audio_emb = _window_audio(d, whole, encode_audio, chunk, cancel)
+    speech = _speech(d) if vad else None
+    audio_emb = _window_audio(d, whole, encode_audio, chunk, cancel, speech)
     emb = embeddings(n, (every, d.video_emb) if d.video_emb is not None else None, audio_emb)
-    clip = _clip_embeddings(d, emb if whole else None, encode_video, encode_audio)
+    whole_emb = emb if whole and (speech is None or speech[0]) else None  # a silent window has no audio row
+    clip = _clip_embeddings(d, whole_emb, encode_video, encode_audio)
     clip_probs, clip_flags = score_embeddings(head, clip)
     probs = clip_probs.copy() if whole else probabilities(head, emb)
+    if speech is not None:
+        probs = np.where(speech[:, None], probs, np.float32(np.nan)).astype(np.float32)
     log.debug("timeline: %d windows over %.2f s", n, d.duration_s)
-    return Timeline(d.windows, probs, clip_probs[0], clip_flags[0], float(d.duration_s), d.decoder, d.fallback)
+    return Timeline(d.windows, probs, clip_probs[0], clip_flags[0], float(d.duration_s), d.decoder, d.fallback, speech)
 
 
 def _clip_embeddings(d: _Decoded, whole: Embeddings | None, encode_video: Encode, encode_audio: Encode) -> Embeddings:
@@ -328,17 +367,27 @@ def timeline_local(
     *,
     max_duration_s: float = DEFAULT_MAX_DURATION_S,
     chunk: int = DEFAULT_CHUNK,
+    call: CallOptions | None = None,
 ) -> dict[str, Any]:
     """In-process reference (a ``pipeline.ReferencePipeline``): the same JSON the front end returns."""
-    timeline = compute_timeline(
-        video,
-        audio,
-        window_params(window_s, hop_s),
-        encode_video=pipeline.video_encoder,
-        encode_audio=pipeline.audio_encoder,
-        head=pipeline.head,
-        backend=pipeline.backend,
-        limits=timeline_limits(max_duration_s, pipeline.limits),
-        chunk=chunk,
-    )
-    return timeline_result(timeline.segments(), timeline.clip_probabilities, timeline.clip_qa_flags)
+    options = call or CallOptions()
+    params = window_params(window_s, hop_s)
+
+    def one(channel: int | None) -> dict[str, Any]:
+        timeline = compute_timeline(
+            video,
+            audio,
+            params,
+            encode_video=pipeline.video_encoder,
+            encode_audio=pipeline.audio_encoder,
+            head=pipeline.head,
+            backend=pipeline.backend,
+            limits=timeline_limits(max_duration_s, pipeline.limits),
+            chunk=chunk,
+            channel=channel,
+            vad=options.vad,
+        )
+        segments, probs, qa = timeline.segments(), timeline.clip_probabilities, timeline.clip_qa_flags
+        return timeline_result(segments, probs, qa, vad=options.vad)
+
+    return run_per_speaker(options, one)

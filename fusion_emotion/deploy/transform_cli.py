@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> T.TransformConfig:
-    options = RequestOptions(args.timeline, args.window, args.hop).attributes()
+    options = RequestOptions(args.timeline, args.window, args.hop, call=batch.batch_call(args)).attributes()
     model = dc.DeployConfig(
         model_data=args.model_data or "",
         image_uri=args.image_uri or "",

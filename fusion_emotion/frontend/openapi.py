@@ -100,9 +100,9 @@ OPTION_PARAMETERS = [
         "name": CUSTOM_ATTRIBUTES_HEADER,
         "in": "header",
         "required": False,
-        "schema": {"type": "string", "example": "timeline=true,window_s=4"},
-        "description": "SageMaker's pass-through header: timeline, window_s, hop_s as key=value pairs "
-        "(query parameters and JSON keys win over it; other keys are ignored)",
+        "schema": {"type": "string", "example": "timeline=true,speakers=channels,speaker_names=agent,customer"},
+        "description": "SageMaker's pass-through header: timeline, window_s, hop_s, speakers, speaker_names, vad, summary "
+        "as key=value pairs (query parameters and JSON keys win over it; other keys are ignored)",
     },
     *(
         {"name": name, "in": "query", "required": False, "schema": {"type": kind}, "description": text}
@@ -110,6 +110,10 @@ OPTION_PARAMETERS = [
             ("timeline", "boolean", "add per-window segments (docs/timeline_evaluate.md)"),
             ("window_s", "number", "window length in seconds (with timeline=true)"),
             ("hop_s", "number", "start-to-start step in seconds (with timeline=true)"),
+            ("speakers", "string", "channels: one timeline per audio channel, segments carry speaker (docs/calls.md)"),
+            ("speaker_names", "string", "one name per channel, e.g. agent,customer (default channel_0,channel_1)"),
+            ("vad", "boolean", "score only windows holding speech (default: on with speakers=channels)"),
+            ("summary", "boolean", "add a call summary per speaker (with timeline=true; docs/calls.md)"),
         )
     ),
 ]

@@ -76,6 +76,8 @@ class TritonPythonModel:
             chunk=self.chunk,
             max_windows=self.max_windows,
             cancel=cancel_check(request),
+            channel=scalar(request, C.IN_CHANNEL.name),
+            vad=bool(scalar(request, C.IN_VAD.name) or False),
         )
 
     def execute(self, requests):
