@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import uvicorn
 
+from fusion_emotion.frontend.stream_settings import StreamSettings, uvicorn_ws_options
 from fusion_emotion.server.launcher import die_with_parent
 from fusion_emotion.server.procs import free_port
 
@@ -61,7 +62,8 @@ def clients_with_peak(
 def serve_app(app: Any) -> Iterator[str]:
     """Serve an ASGI app on a free port in a thread (uvicorn); yields the base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+    ws = uvicorn_ws_options(StreamSettings.from_env())  # as `serve` runs it
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on", **ws)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -20,6 +20,10 @@ class _Sink:
         self.events: list[tuple[str, object]] = []
         self.done = threading.Event()
         self.gone = False
+        self.acks = 0
+
+    def ack(self) -> None:
+        self.acks += 1
 
     def accepted(self) -> None:
         self.events.append(("accepted", None))
