@@ -62,7 +62,8 @@ def clients_with_peak(
 def serve_app(app: Any) -> Iterator[str]:
     """Serve an ASGI app on a free port in a thread (uvicorn); yields the base URL."""
     port = free_port()
-    ws = uvicorn_ws_options(StreamSettings.from_env())  # as `serve` runs it
+    stream_settings = getattr(getattr(app, "state", None), "stream_settings", None) or StreamSettings()
+    ws = uvicorn_ws_options(stream_settings)  # as `serve` runs it
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on", **ws)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -45,6 +45,20 @@ from fusion_emotion.frontend.stream_settings import StreamSettings, uvicorn_ws_o
 
 log = logging.getLogger("fusion_emotion.frontend.stream")
 
+
+class _InvalidUtf8Quiet(logging.Filter):
+    """uvicorn logs a text frame of invalid UTF-8 (which it closes with 1007, correctly) as an ERROR with a
+    traceback: a client's mistake, logged here as one INFO line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Invalid UTF-8 sequence received from client"):
+            log.info("stream: a text message was not valid UTF-8; closed 1007")
+            return False
+        return True
+
+
+_QUIET_UTF8 = _InvalidUtf8Quiet()
+
 __all__ = [
     "CLOSE_CODES", "CLOSE_MAX_DURATION", "CLOSE_NORMAL", "CLOSE_UNSUPPORTED", "ENCODINGS", "NoObserver",
     "StreamClose", "StreamObserver", "StreamSession", "StreamSettings", "add_stream_route", "close_code",
@@ -74,8 +88,10 @@ def add_stream_route(
     """
     settings = settings or StreamSettings.from_env()
     app.state.stream_settings = settings
+    logging.getLogger("uvicorn.error").addFilter(_QUIET_UTF8)  # one filter instance: added once
     counts = {"unconfigured": 0, "streams": 0}
-    app.state.stream_counts = counts
+    sessions: set[StreamSession] = set()  # the streams taken, for a metrics reader and the tests
+    app.state.stream_counts, app.state.stream_sessions = counts, sessions
 
     @app.websocket("/stream")
     async def stream(websocket: WebSocket) -> None:
@@ -98,6 +114,7 @@ def add_stream_route(
             await _refuse(websocket, f"{settings.max_streams} streams are open, the limit; retry later")
             return
         counts["streams"] += 1
+        sessions.add(session)
         try:
             await session.run()
         except Exception:  # our fault: the stream ends with 1011, the service goes on
@@ -105,3 +122,4 @@ def add_stream_route(
             await session.close_socket(1011, ServingError(ErrorKind.INTERNAL, "stream", "internal error"))
         finally:
             counts["streams"] -= 1
+            sessions.discard(session)

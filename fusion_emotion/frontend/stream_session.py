@@ -42,6 +42,8 @@ from fusion_emotion.tensors import chunk_inputs
 
 log = logging.getLogger("fusion_emotion.frontend.stream")
 
+NOT_READING = "not reading: a message to the client could not be written in time"
+
 
 class StreamObserver(Protocol):
     """Where a session reports its life (a metrics hook); :class:`NoObserver` does nothing."""
@@ -130,6 +132,15 @@ class StreamSession:
         assert self.joiner is not None
         return self.joiner.sent_s - self.update_end_s
 
+    async def _receive(self) -> Any:
+        """The next client message: a client silent longer than a keepalive round is gone (the WebSocket layer
+        stops reading a connection whose keepalive failed without telling the application)."""
+        wait_s = self.settings.ping_interval_s + self.settings.ping_timeout_s
+        try:
+            return await asyncio.wait_for(self.ws.receive(), wait_s)
+        except asyncio.TimeoutError:
+            raise StreamClose(ServingError(ErrorKind.DEADLINE, "client", f"no message for {wait_s:g} s")) from None
+
     async def _reader(self) -> str:
         """Client messages to Triton until ``{"end": true}`` ("end") or the client leaves ("gone")."""
         assert self.config is not None
@@ -138,7 +149,7 @@ class StreamSession:
             while self._lag_s() > limit_s and not self.finished:
                 self.progress.clear()
                 await self.progress.wait()
-            message = await self.ws.receive()
+            message = await self._receive()
             if message["type"] == "websocket.disconnect":
                 return "gone"
             data, text = message.get("bytes"), message.get("text")
@@ -169,8 +180,9 @@ class StreamSession:
         try:
             await asyncio.wait_for(self.ws.send_text(json.dumps(payload)), self.settings.send_timeout_s)
         except asyncio.TimeoutError:
-            raise StreamClose(ServingError(ErrorKind.DEADLINE, "client",
-                              f"not reading: a message waited {self.settings.send_timeout_s:g} s")) from None  # fmt: skip
+            raise StreamClose(ServingError(ErrorKind.DEADLINE, "client", NOT_READING)) from None
+        except (RuntimeError, OSError):  # the connection failed under us (keepalive timeout, reset)
+            raise WebSocketDisconnect(1006) from None
 
     async def _writer(self) -> None:
         """Triton's responses to the client until the final one."""
@@ -266,6 +278,9 @@ class StreamSession:
         self.observer.closed(code)
         if self.ws.client_state != WebSocketState.CONNECTED:
             return
+        if error is not None and error.reason == NOT_READING:
+            log.info("stream %x: client not reading; dropped", self.sid)
+            return  # its write buffer is full: nothing more can reach it
         try:
             if error is not None:
                 log.info("stream %x: closing %d (%s: %s)", self.sid, code, error.kind.value, error.subject)

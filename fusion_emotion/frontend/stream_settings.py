@@ -42,9 +42,9 @@ class StreamSettings:
     """After ``{"end": true}``: how long the last update may take."""
     send_timeout_s: float = 10.0
     """One message to the client; a client that does not read for this long is closed (4408)."""
-    ping_interval_s: float = 20.0
-    ping_timeout_s: float = 20.0
-    """Server keepalive pings: a client that answers none within this is closed."""
+    ping_interval_s: float = 10.0
+    ping_timeout_s: float = 10.0
+    """Server keepalive pings: a client that answers none within this is closed; one silent for their sum too."""
     close_timeout_s: float = 5.0
     """After the abort/END was queued: how long Triton may take to end the gRPC call before it is cancelled."""
     max_outstanding: int = 4

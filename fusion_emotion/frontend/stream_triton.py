@@ -49,6 +49,7 @@ class TritonSequence:
         self.responses: asyncio.Queue[Any] = asyncio.Queue()  # (update, final) | StreamClose | _CALL_ENDED
         self.sent = 0  # requests queued (START included)
         self.acked = 0  # requests the model took
+        self.peak_outstanding = 0
         self.accepted = False
         self.ended = False  # the final response or an error came
         self.end_written = asyncio.Event()  # the iterator was asked past its last request: the END is written
@@ -122,6 +123,7 @@ class TritonSequence:
             await self._room.wait()
         self.requests.put_nowait(self._request(inputs, end=end))
         self.sent += int(not end)
+        self.peak_outstanding = max(self.peak_outstanding, self.outstanding)
 
     def _pump_done(self) -> bool:
         return self._pump is None or self._pump.done()
