@@ -74,15 +74,21 @@ def test_token_bucket_allows_one_second_of_burst_then_paces() -> None:
     assert bucket.take(1) == pytest.approx(0.1)  # refilled one token, spent it, still one in debt
 
 
-def test_pacer_sleeps_a_flood() -> None:
-    pacer = Pacer(messages_per_s=100, bytes_per_s=1e9, frames_per_s=1e9)
+def test_pacer_refuses_a_message_flood_paces_bytes_and_drops_extra_frames() -> None:
+    pacer = Pacer(messages_per_s=100, bytes_per_s=1000, frames_per_s=5)
 
-    async def flood() -> None:
-        for _ in range(120):
-            await pacer.take(2, frame=False)
+    async def flood(n: int, nbytes: int) -> None:
+        for _ in range(n):
+            await pacer.take(nbytes)
 
-    asyncio.run(flood())
-    assert pacer.waited_s >= 0.15  # 20 messages over the burst at 100/s: at least 0.2 s asked (sum of debts)
+    asyncio.run(flood(150, 1))  # over the burst, under twice the rate: taken
+    with pytest.raises(StreamClose) as err:
+        asyncio.run(flood(100, 1))
+    assert err.value.code == 1008 and "messages per second" in err.value.error.reason
+    pacer = Pacer(messages_per_s=1e6, bytes_per_s=1000, frames_per_s=5)
+    asyncio.run(flood(3, 500))  # 1500 bytes at 1000/s, 1 s of burst: half a second asked
+    assert pacer.waited_s == pytest.approx(0.5, abs=0.05)
+    assert [pacer.frame() for _ in range(7)] == [True] * 5 + [False] * 2 and pacer.frames_dropped == 2
 
 
 def test_joiner_joins_tiny_messages_and_cuts_at_update_boundaries() -> None:
@@ -105,3 +111,13 @@ def test_joiner_caps_a_chunk_at_max_chunk_s() -> None:
     joiner = AudioJoiner(stream_config(8_000, 1, 4.0, 4.0), "<i2", 32768.0, coalesce_s=0.25, max_chunk_s=1.0)
     chunks = joiner.add(np.zeros(8_000 * 3, "<i2").tobytes())
     assert chunks and max(c.size for c in chunks) <= 8_000
+
+
+def test_joiner_hands_out_a_slow_trickle_after_its_hold_time() -> None:
+    now = [0.0]
+    joiner = AudioJoiner(stream_config(16_000), "<i2", 32768.0, 0.25, 10.0, clock=lambda: now[0])
+    assert joiner.add(b"\x00\x00" * 10) == []
+    now[0] = 0.49
+    assert joiner.add(b"\x00\x00") == []
+    now[0] = 0.5
+    assert [c.size for c in joiner.add(b"\x00\x00")] == [12]  # held 0.5 s (2 x coalesce_s): sent

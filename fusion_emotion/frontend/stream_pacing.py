@@ -1,7 +1,7 @@
 """``/stream``'s per-stream pacing: wall-clock rate limits and the joining of small audio messages.
 
-A client above a rate is not refused: it is read more slowly (TCP then slows it down), as a client ahead of its
-updates is. Audio messages are joined before they become Triton requests, so the number of requests (and the
+A client above its byte rate is read more slowly (TCP then slows it down), as a client ahead of its updates
+is; one above its message rate is refused (1008); frames above the frame rate are dropped undecoded. Audio messages are joined before they become Triton requests, so the number of requests (and the
 model's work per request) follows the audio's duration, not the number of messages a client chose to send.
 """
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from fusion_emotion.core.stream import StreamConfig, needed_native
 from fusion_emotion.core.windows import regular_window
+from fusion_emotion.frontend.stream_protocol import bad
 
 
 class TokenBucket:
@@ -35,31 +36,60 @@ class TokenBucket:
 
 
 class Pacer:
-    """Messages, bytes and frames per second of one stream, in wall-clock time."""
+    """Wall-clock rates of one stream: messages (a flood is refused), bytes (paced), frames (extra ones dropped).
+
+    Messages are refused, not paced: a tiny message costs the client nothing to send, and TCP buffers hold
+    ~10^5 of them, which would take minutes to read at a paced rate (with the client's pongs behind them).
+    Big messages drain from those buffers in seconds, so bytes are paced.
+    """
 
     def __init__(self, messages_per_s: float, bytes_per_s: float, frames_per_s: float) -> None:
         self.messages = TokenBucket(messages_per_s)
         self.bytes = TokenBucket(bytes_per_s)
         self.frames = TokenBucket(frames_per_s)
         self.waited_s = 0.0
+        self.frames_dropped = 0
 
-    async def take(self, nbytes: int, frame: bool) -> None:
-        """Count one message; sleep while the stream is over any of its rates."""
-        delay = max(self.messages.take(1), self.bytes.take(nbytes), self.frames.take(1) if frame else 0.0)
+    async def take(self, nbytes: int) -> None:
+        """Count one message: StreamClose past twice the message rate for a second; a sleep over the byte rate."""
+        if self.messages.take(1) > 1.0:
+            raise bad("message", f"more than {self.messages.rate:g} messages per second (a flood); send fewer, larger")
+        delay = self.bytes.take(nbytes)
         if delay > 0:
             self.waited_s += delay
             await asyncio.sleep(delay)
+
+    def frame(self) -> bool:
+        """Whether one more frame fits the frame rate now (one that does not is dropped before decoding)."""
+        if self.frames.take(1) > 0:
+            self.frames.tokens += 1  # not spent: the frame is dropped
+            self.frames_dropped += 1
+            return False
+        return True
 
 
 class AudioJoiner:
     """Raw PCM messages -> float32 chunks of at least ``coalesce_s`` (a sample split across messages is joined).
 
     A chunk is also cut where the audio reaches the end of the next update's window (so joining adds no latency
-    to updates), and before a frame or the end (so the model sees everything in the order it was sent).
+    to updates), before a frame or the end (so the model sees everything in the order it was sent), and once
+    audio has waited ``2 * coalesce_s`` of wall time (a slow trickle still reaches the model before its idle
+    timeout).
     """
 
-    def __init__(self, config: StreamConfig, dtype: str, scale: float, coalesce_s: float, max_chunk_s: float) -> None:
+    def __init__(
+        self,
+        config: StreamConfig,
+        dtype: str,
+        scale: float,
+        coalesce_s: float,
+        max_chunk_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
+        self.clock = clock
+        self.hold_s = 2 * coalesce_s
+        self.held_since: float | None = None
         self.dtype = np.dtype(dtype)
         self.scale = scale
         self.frame_bytes = self.dtype.itemsize * config.channels
@@ -79,6 +109,8 @@ class AudioJoiner:
 
     def add(self, data: bytes) -> list[np.ndarray]:
         """One message's bytes; the chunks due now."""
+        if not self.pending:
+            self.held_since = self.clock()
         self.pending += data
         out = []
         while True:
@@ -89,7 +121,10 @@ class AudioJoiner:
             elif n >= self.min_samples:
                 out.append(self._take(min(n, self.max_samples)))
             else:
-                return out
+                break
+        if n and self.held_since is not None and self.clock() - self.held_since >= self.hold_s:
+            out.append(self._take(n))
+        return out
 
     def flush(self) -> np.ndarray | None:
         """Every whole sample held (before a frame or the end); None when there is none."""
@@ -100,6 +135,7 @@ class AudioJoiner:
         nbytes = n * self.frame_bytes
         samples = np.frombuffer(bytes(self.pending[:nbytes]), dtype=self.dtype).astype(np.float32)
         del self.pending[:nbytes]
+        self.held_since = self.clock() if self.pending else None
         if self.scale != 1.0:
             samples *= 1.0 / self.scale
         self.sent += n

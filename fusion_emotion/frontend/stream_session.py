@@ -122,8 +122,8 @@ class StreamSession:
         await self._flush_audio()
         if msg.end:
             return True
-        if msg.t > self.joiner.sent_s + self.settings.max_frame_lead_s:
-            self.frames_dropped += 1  # far ahead of the audio: not decoded, not sent
+        if msg.t > self.joiner.sent_s + self.settings.max_frame_lead_s or not self.pacer.frame():
+            self.frames_dropped += 1  # far ahead of the audio, or over the frame rate: not decoded, not sent
             return False
         await self.seq.send(chunk_inputs(grpcclient, **decode_frame(msg, self.settings.max_message_bytes)))
         return False
@@ -153,7 +153,7 @@ class StreamSession:
             if message["type"] == "websocket.disconnect":
                 return "gone"
             data, text = message.get("bytes"), message.get("text")
-            await self.pacer.take(len(data if data is not None else text or ""), frame=text is not None)
+            await self.pacer.take(len(data if data is not None else text or ""))
             if data is not None:
                 await self._audio(data)
             elif text is not None and await self._text(text):

@@ -42,16 +42,18 @@ class StreamSettings:
     """After ``{"end": true}``: how long the last update may take."""
     send_timeout_s: float = 10.0
     """One message to the client; a client that does not read for this long is closed (4408)."""
-    ping_interval_s: float = 10.0
-    ping_timeout_s: float = 10.0
-    """Server keepalive pings: a client that answers none within this is closed; one silent for their sum too."""
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+    """Server keepalive pings: a client that answers none within this is closed; one silent for their sum too.
+    A client's pong waits behind what it sent and is not read yet (paced): a few seconds at most for a client
+    that keeps to its rates, so the timeout is generous."""
     close_timeout_s: float = 5.0
     """After the abort/END was queued: how long Triton may take to end the gRPC call before it is cancelled."""
     max_outstanding: int = 4
     """Requests of one stream queued or at Triton and not yet taken by the model; past it the client is not read."""
     coalesce_s: float = 0.25
     """Audio messages are joined into requests of at least this much audio (or up to the next hop's end)."""
-    max_messages_per_s: float = 400.0
+    max_messages_per_s: float = 4000.0
     max_bytes_per_s: float = 8.0 * (1 << 20)
     max_frames_per_s: float = 60.0
     """Wall-clock rates per stream (one second of burst); a client above them is read more slowly."""
