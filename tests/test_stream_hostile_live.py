@@ -344,9 +344,12 @@ FLOOD_MAX_MESSAGES = 200_000
 FLOOD_GUARD_S = 30.0
 
 
-async def _flood(url: str, message: Callable[[int], Any]) -> tuple[int, float, int, list[dict[str, Any]]]:
-    """Send ``message(i)`` as fast as possible until the server refuses the stream:
-    (messages sent, seconds to the close, close code, messages received)."""
+async def _flood(
+    url: str, message: Callable[[int], Any], seconds: float
+) -> tuple[int, float, int, list[dict[str, Any]]]:
+    """Send ``message(i)`` as fast as possible until the server refuses the stream, or for ``seconds`` and then
+    END: (messages sent, seconds to the close, close code, messages received). Every 64 messages it lets the
+    other clients of this event loop send too (a send into a buffer with room never yields)."""
     import websockets
 
     ws = await _open(url)
@@ -360,9 +363,12 @@ async def _flood(url: str, message: Callable[[int], Any]) -> tuple[int, float, i
     reader = asyncio.ensure_future(read())
     n, t0 = 0, time.monotonic()
     with contextlib.suppress(websockets.ConnectionClosed):
-        while n < FLOOD_MAX_MESSAGES and time.monotonic() - t0 < FLOOD_GUARD_S:
+        while n < FLOOD_MAX_MESSAGES and time.monotonic() - t0 < seconds:
             await ws.send(message(n))
             n += 1
+            if n % 64 == 0:
+                await asyncio.sleep(0)
+        await ws.send(json.dumps({"end": True}))
     await asyncio.wait_for(reader, FLOOD_GUARD_S)
     return n, time.monotonic() - t0, ws.close_code, received
 
@@ -372,22 +378,20 @@ def test_message_floods_are_refused_with_memory_bounded(front_flood, triton16, k
     url, app = front_flood
 
     async def run() -> list[tuple[int, float, int, list[dict[str, Any]]]]:
-        return await asyncio.gather(*(_flood(url, FLOODS[kind]) for _ in range(streams)))
+        seconds = FLOOD_GUARD_S if streams == 1 else FLOOD_S
+        return await asyncio.gather(*(_flood(url, FLOODS[kind], seconds) for _ in range(streams)))
 
     with _watch(triton16, app) as peak:
         outcomes = asyncio.run(run())
-    sent = sum(o[0] for o in outcomes)
-    print(f"\nflood {kind} x{streams}: {sent} messages, refused after {max(o[1] for o in outcomes):.1f} s; growth "
-          f"front end {peak['front_mb']:.0f} MB, tritonserver {peak['triton_mb']:.0f} MB")  # fmt: skip
     codes = [code for _, _, code, _ in outcomes]
-    if streams == 1:
-        code, received = codes[0], outcomes[0][3]
-        assert code == 1008 and "messages per second" in received[-1]["error"], (code, received[-1:])
-    else:
-        # At the stream cap the 2 cores (clients and front end in this one process) read each stream more
-        # slowly: some are refused as floods (1008), others end at the model's idle timeout (4408; not
-        # understood yet, docs/reliability.md) or lose the close frame (1006). The server ends every one.
-        assert 1008 in codes and set(codes) <= {1008, 4408, 1006}, codes
+    print(f"\nflood {kind} x{streams}: {sum(o[0] for o in outcomes)} messages, closed after "
+          f"{max(o[1] for o in outcomes):.1f} s, codes {sorted(codes)}; growth front end {peak['front_mb']:.0f} MB, "
+          f"tritonserver {peak['triton_mb']:.0f} MB")  # fmt: skip
+    for code, (_, _, _, received) in zip(codes, outcomes, strict=True):
+        if code == 1008 or streams == 1:
+            assert code == 1008 and "messages per second" in received[-1]["error"], (code, received[-1:])
+        else:  # at the stream cap the front end reads each of 16 streams more slowly: under twice the rate,
+            assert code == 1000  # such a stream is not a flood; it ended normally at its END
     assert peak["front_mb"] < FRONT_GROWTH_BOUND_MB and peak["triton_mb"] < TRITON_GROWTH_BOUND_MB, peak
     _until(lambda: app.state.stream_counts["streams"] == 0, 30)
 
