@@ -38,7 +38,10 @@ from fusion_emotion.server import procs
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 STREAMS = 16
-SETTINGS = StreamSettings(max_streams=STREAMS, ping_interval_s=2.0, ping_timeout_s=2.0, send_timeout_s=3.0)
+SETTINGS = StreamSettings(
+    max_streams=STREAMS, ping_interval_s=2.0, ping_timeout_s=2.0, send_timeout_s=3.0,
+    max_unconfigured=4, first_message_timeout_s=2.0,
+)  # fmt: skip
 # A client that stops reading: keepalive (2 + 2 s), then one silent keepalive round, or a blocked write (3 s);
 # the rest is slack for a loaded 2-core host. A hang guard, not a speed test.
 NOT_READING_BOUND_S = 2 * (SETTINGS.ping_interval_s + SETTINGS.ping_timeout_s) + 6.0
@@ -260,6 +263,41 @@ def test_invalid_utf8_gets_1007_without_an_error_log(front, caplog) -> None:
         raw.close()
     assert b"\x88\x02\x03\xef" in data  # a close frame with code 1007
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+def test_idle_connections_are_counted_apart_and_closed_sooner(front) -> None:
+    """Connections without a config take no stream: past ``max_unconfigured`` new ones are refused, and each is
+    closed after ``first_message_timeout_s``; streams already taken go on."""
+    url, app = front
+
+    async def scenario() -> tuple[tuple[list[dict[str, Any]], int], float, tuple[float, int]]:
+        import websockets
+
+        taken = await _open(url)  # a stream taken before the idle sockets come
+        idle = [RawClient(url) for _ in range(SETTINGS.max_unconfigured)]
+        try:
+            await asyncio.sleep(0.3)
+            assert app.state.stream_counts == {"unconfigured": SETTINGS.max_unconfigured, "streams": 1}
+            async with websockets.connect(url, ping_interval=None) as extra:
+                refused = ([json.loads(await extra.recv())], 0)
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await extra.recv()
+                refused = (refused[0], extra.close_code)
+            closed_s = await asyncio.to_thread(
+                _until, lambda: app.state.stream_counts["unconfigured"] == 0, 4 * SETTINGS.first_message_timeout_s + 5
+            )
+        finally:
+            for raw in idle:
+                raw.close()
+        await taken.send(SECOND)
+        first = json.loads(await taken.recv())
+        await taken.close()
+        return refused, closed_s, (first["t_end"], 0)
+
+    (received, code), closed_s, (t_end, _) = asyncio.run(scenario())
+    print(f"\n{SETTINGS.max_unconfigured} idle connections closed after {closed_s:.1f} s")
+    assert code == 1013 and "waiting to start" in received[0]["error"], received
+    assert t_end == 1.0  # the stream taken before them was not disturbed
 
 
 # --------------------------------------------------------------------------- clients that do not read

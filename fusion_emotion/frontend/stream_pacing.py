@@ -1,8 +1,9 @@
 """``/stream``'s per-stream pacing: wall-clock rate limits and the joining of small audio messages.
 
 A client above its byte rate is read more slowly (TCP then slows it down), as a client ahead of its updates
-is; one above its message rate is refused (1008); frames above the frame rate are dropped undecoded. Audio messages are joined before they become Triton requests, so the number of requests (and the
-model's work per request) follows the audio's duration, not the number of messages a client chose to send.
+is; one above its message rate is refused (1008); frames above the frame rate are dropped undecoded. Audio
+messages are joined before they become Triton requests, so the number of requests (and the model's work per
+request) follows the audio's duration, not the number of messages a client chose to send.
 """
 
 from __future__ import annotations

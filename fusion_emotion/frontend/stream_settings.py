@@ -27,8 +27,8 @@ class StreamSettings:
     model_name: str = C.STREAM_MODEL
     max_streams: int = 8
     """Streams taken (config accepted); more are closed with 1013 before any Triton work."""
-    max_unconfigured: int = 16
-    """Connections that have not sent their config yet, counted apart from the streams."""
+    max_unconfigured: int = 64
+    """Connections that have not sent their config yet, counted apart from the streams (they hold no Triton work)."""
     first_message_timeout_s: float = 5.0
     """The config must come within this; the model must take the stream within ``open_timeout_s``."""
     open_timeout_s: float = 10.0
