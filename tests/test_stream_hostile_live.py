@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 STREAMS = 16
 SETTINGS = StreamSettings(
     max_streams=STREAMS, ping_interval_s=2.0, ping_timeout_s=2.0, send_timeout_s=3.0,
-    max_unconfigured=4, first_message_timeout_s=2.0,
+    max_unconfigured=STREAMS, first_message_timeout_s=2.0,
 )  # fmt: skip
 # A client that stops reading: keepalive (2 + 2 s), then one silent keepalive round, or a blocked write (3 s);
 # the rest is slack for a loaded 2-core host. A hang guard, not a speed test.
