@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import statistics
 import threading
 import time
@@ -24,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import pytest
-from helpers import serve_app, start_triton
+from helpers import RawWebSocket, rss_mb, serve_app, start_triton
 
 from fusion_emotion import contract as C
 from fusion_emotion.core.stream import stream_config
@@ -156,51 +154,6 @@ def _many_start_at_once(url: str, n: int) -> None:
     assert asyncio.run(run()) == [(1.0, 1000)] * n
 
 
-class RawClient:
-    """A WebSocket client on a bare socket: it sends what it is told and reads nothing after the handshake."""
-
-    def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("ws://").split("/")[0].split(":")
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills soon when not read
-        self.sock.connect((host, int(port)))
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            f"GET /stream HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += self.sock.recv(1)  # the handshake only, byte by byte: nothing past it is read
-        assert head.startswith(b"HTTP/1.1 101"), head
-
-    def send(self, opcode: int, payload: bytes) -> None:
-        n = len(payload)
-        head = bytes([0x80 | opcode])
-        if n < 126:
-            head += bytes([0x80 | n])
-        elif n < 1 << 16:
-            head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-        else:
-            head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-        mask = os.urandom(4)
-        data = np.frombuffer(payload, np.uint8) ^ np.resize(np.frombuffer(mask, np.uint8), n)
-        self.sock.sendall(head + mask + data.tobytes())
-
-    def read_all(self, timeout_s: float = 10.0) -> bytes:
-        self.sock.settimeout(timeout_s)
-        out = b""
-        try:
-            while chunk := self.sock.recv(65536):
-                out += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
-        return out
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 # --------------------------------------------------------------------------- slots
 
 
@@ -254,7 +207,7 @@ def test_abrupt_disconnects_and_rejected_messages_leave_every_slot_free(front, c
 
 def test_invalid_utf8_gets_1007_without_an_error_log(front, caplog) -> None:
     url, _ = front
-    raw = RawClient(url)
+    raw = RawWebSocket(url)
     try:
         raw.send(0x1, CONFIG.encode())
         raw.send(0x1, b'{"end": \xff\xfe}')
@@ -274,7 +227,7 @@ def test_idle_connections_are_counted_apart_and_closed_sooner(front) -> None:
         import websockets
 
         taken = await _open(url)  # a stream taken before the idle sockets come
-        idle = [RawClient(url) for _ in range(SETTINGS.max_unconfigured)]
+        idle = [RawWebSocket(url) for _ in range(SETTINGS.max_unconfigured)]
         try:
             await asyncio.sleep(0.3)
             assert app.state.stream_counts == {"unconfigured": SETTINGS.max_unconfigured, "streams": 1}
@@ -306,7 +259,7 @@ def test_idle_connections_are_counted_apart_and_closed_sooner(front) -> None:
 @pytest.mark.parametrize("ping_flood", [False, True], ids=["silent", "ping-flood"])
 def test_non_reading_client_is_closed_in_time_and_frees_its_slot(front, ping_flood: bool) -> None:
     url, app = front
-    raw = RawClient(url)
+    raw = RawWebSocket(url)
     stop = threading.Event()
 
     def feed() -> None:  # real-time audio (and, in one case, a flood of pings whose pongs fill its buffer)
@@ -335,29 +288,19 @@ def test_non_reading_client_is_closed_in_time_and_frees_its_slot(front, ping_flo
 # --------------------------------------------------------------------------- floods
 
 
-def _rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            total += psutil.Process(pid).memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total / 2**20
-
-
 @contextlib.contextmanager
 def _watch(triton: Any, app: Any) -> Iterator[dict[str, float]]:
     """Peak RSS growth of this process (front end + clients) and of tritonserver + its stubs, and the peak of
     any session's unacknowledged requests, while the block runs."""
     front_pids, triton_pids = [os.getpid()], [triton.proc.pid, *procs.stubs(triton.proc.pid)]
-    before = (_rss_mb(front_pids), _rss_mb(triton_pids))
+    before = (rss_mb(front_pids), rss_mb(triton_pids))
     out = {"front_mb": 0.0, "triton_mb": 0.0, "outstanding": 0, "frames_dropped": 0}
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            out["front_mb"] = max(out["front_mb"], _rss_mb(front_pids) - before[0])
-            out["triton_mb"] = max(out["triton_mb"], _rss_mb(triton_pids) - before[1])
+            out["front_mb"] = max(out["front_mb"], rss_mb(front_pids) - before[0])
+            out["triton_mb"] = max(out["triton_mb"], rss_mb(triton_pids) - before[1])
             for session in list(app.state.stream_sessions):
                 out["outstanding"] = max(out["outstanding"], session.seq.peak_outstanding)
                 out["frames_dropped"] = max(out["frames_dropped"], session.frames_dropped)
