@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,12 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+import psutil
 import uvicorn
 
+from fusion_emotion.frontend.stream_settings import StreamSettings, uvicorn_ws_options
 from fusion_emotion.server.launcher import die_with_parent
 from fusion_emotion.server.procs import free_port
 
-__all__ = ["free_port", "http_ready", "serve_app", "start_triton", "TritonHandle"]
+__all__ = ["RawWebSocket", "free_port", "http_ready", "rss_mb", "serve_app", "start_triton", "TritonHandle"]
 
 
 T = TypeVar("T")
@@ -61,7 +66,9 @@ def clients_with_peak(
 def serve_app(app: Any) -> Iterator[str]:
     """Serve an ASGI app on a free port in a thread (uvicorn); yields the base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+    stream_settings = getattr(getattr(app, "state", None), "stream_settings", None) or StreamSettings()
+    ws = uvicorn_ws_options(stream_settings)  # as `serve` runs it
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on", **ws)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -160,3 +167,59 @@ def start_triton(
         time.sleep(0.3)
     handle.stop()
     raise TimeoutError(f"tritonserver not ready in {timeout} s:\n{handle.log_text()[-4000:]}")
+
+
+def rss_mb(pids: list[int]) -> float:
+    """Resident memory of these processes together, in MiB (a process gone counts 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
+
+
+class RawWebSocket:
+    """A WebSocket client on a bare socket: it sends what it is told and reads nothing after the handshake."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("ws://").split("/")[0].split(":")
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills soon when not read
+        self.sock.connect((host, int(port)))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET /stream HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(1)  # the handshake only, byte by byte: nothing past it is read
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        n = len(payload)
+        head = bytes([0x80 | opcode])
+        if n < 126:
+            head += bytes([0x80 | n])
+        elif n < 1 << 16:
+            head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+        else:
+            head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+        mask = os.urandom(4)
+        data = np.frombuffer(payload, np.uint8) ^ np.resize(np.frombuffer(mask, np.uint8), n)
+        self.sock.sendall(head + mask + data.tobytes())
+
+    def read_all(self, timeout_s: float = 10.0) -> bytes:
+        self.sock.settimeout(timeout_s)
+        out = b""
+        try:
+            while chunk := self.sock.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return out
+
+    def close(self) -> None:
+        self.sock.close()

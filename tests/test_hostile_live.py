@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-from helpers import clients_with_peak, free_port, http_ready
+from helpers import clients_with_peak, free_port, http_ready, rss_mb
 from test_frontend import RESULT_KEYS, multipart, run_frontend
 
 from fusion_emotion import contract as C
@@ -61,16 +61,6 @@ STOP_GRACE_S = 1.0
 
 def _stub_pids(triton: Any, *models: str) -> list[int]:
     return [pid for pid, name in procs.stubs(triton.proc.pid).items() if not models or name in models]
-
-
-def _rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            total += psutil.Process(pid).memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total / 2**20
 
 
 def _cpu_s(pids: list[int]) -> float:
@@ -115,9 +105,9 @@ def test_hostile_corpus_is_refused_and_the_server_stays_healthy(
             return seen
 
         one_pass()  # warm: first-use allocations of each decoder path
-        before = _rss_mb(stubs)
+        before = rss_mb(stubs)
         seen = one_pass()
-        growth = _rss_mb(stubs) - before
+        growth = rss_mb(stubs) - before
         print(f"\ncorpus: {[(n, s, round(t, 2)) for n, s, t in seen]}")
         print(f"corpus: stub RSS {before:.0f} MB before the second pass, growth {growth:+.1f} MB over it")
         assert growth < STUB_GROWTH_BOUND_MB

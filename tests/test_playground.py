@@ -135,7 +135,9 @@ def test_ui_takes_exactly_one_target() -> None:
         parser.parse_args(["ui", "--url", "http://h:8080", "--triton", "h:8001"])
     with pytest.raises(SystemExit):
         parser.parse_args(["ui"])
-    with pytest.raises(ValueError, match="--region, --stream-endpoint-url and --ca-bundle go with --sagemaker-endpoint"):
+    with pytest.raises(
+        ValueError, match="--region, --stream-endpoint-url and --ca-bundle go with --sagemaker-endpoint"
+    ):
         Target(url="http://h:8080", region="us-east-1")
     assert stream_url("http://h:8080") == "ws://h:8080/stream"
     assert stream_url("https://h/prefix/invocations") == "wss://h/stream"

@@ -176,7 +176,7 @@ def test_bad_messages_get_their_error_and_leave_a_concurrent_stream_unharmed(fro
         ([json.dumps({"sample_rate": 16_000, "encoding": "pcm_s16le", "hop_s": 9})], 1008, "hop_s", "outside"),
         ([CONFIG, "{not json"], 1008, "message", "JSON"),
         ([CONFIG, json.dumps({"volume": 3})], 1008, "message", "unexpected message"),
-        ([CONFIG, b"\x00" * ((1 << 20) + 2)], 1009, "audio", "over the 1048576-byte limit"),
+        ([CONFIG, b"\x00" * 320_002], 1009, "audio", "over the 320000-byte limit"),  # 10 s at 16 kHz s16 mono
         ([CONFIG, b"\x00" * 3200, json.dumps(frame)], 1007, "frame", "not a decodable JPEG"),
         ([CONFIG, json.dumps({"frame_jpeg_b64": "***", "t": 0})], 1007, "frame", "base64"),
     ]

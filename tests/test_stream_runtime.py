@@ -20,6 +20,10 @@ class _Sink:
         self.events: list[tuple[str, object]] = []
         self.done = threading.Event()
         self.gone = False
+        self.acks = 0
+
+    def ack(self) -> None:
+        self.acks += 1
 
     def accepted(self) -> None:
         self.events.append(("accepted", None))
@@ -194,4 +198,36 @@ def test_encoder_failure_ends_the_streams_in_the_batch() -> None:
         assert sink.events[-1][0] == "error" and sink.events[-1][1].kind is ErrorKind.INTERNAL
         assert rt.active == 0
     finally:
+        rt.close()
+
+
+def test_every_chunk_taken_is_acknowledged() -> None:
+    rt, sink = _runtime(), _Sink()
+    try:
+        rt.start(1, stream_config(), sink)
+        for _ in range(3):
+            rt.chunk(1, audio=_tone(0.1))
+        rt.chunk(1, audio=_tone(0.1), end=True)  # the END gets the final response, not an ack
+        assert sink.done.wait(20)
+        assert sink.acks == 3
+    finally:
+        rt.close()
+
+
+def test_an_input_error_goes_out_at_once_ahead_of_queued_updates() -> None:
+    """A chunk arriving after the failing one gets "not streaming"; the stream's own error must already be out."""
+    slow = _SlowEncoder(C.AUDIO_EMBED_DIM, 2)
+    rt, sink = _runtime(audio=slow), _Sink()
+    try:
+        rt.start(1, stream_config(), sink)
+        rt.chunk(1, audio=_tone(3.0))  # three updates wait for the held encoder
+        rt.chunk(1, audio=np.array([np.nan], np.float32))
+        assert sink.events[-1][0] == "error" and sink.events[-1][1].kind is ErrorKind.INVALID_MEDIA
+        with pytest.raises(ServingError, match="not streaming"):
+            rt.chunk(1, audio=_tone(0.1))
+        slow.release.set()
+        time.sleep(0.3)
+        assert [e[0] for e in sink.events] == ["accepted", "error"]  # the queued updates were dropped
+    finally:
+        slow.release.set()
         rt.close()

@@ -51,6 +51,9 @@ class Sink(Protocol):
 
     def update(self, update: Update) -> None: ...
 
+    def ack(self) -> None:
+        """One chunk was taken (stored, its due updates queued): lets a caller bound its chunks in flight."""
+
     def finish(self, update: Update | None) -> None:
         """The stream's final response (after END): its last update, or None when none was left."""
 
@@ -181,6 +184,8 @@ class StreamRuntime:
                     last = live.state.last_window()
                     job = _Job(live, "finish", last, live.state.row(last) if last is not None else None)
                     self._drop(live, job)
+                else:
+                    live.sink.ack()
             except ServingError as exc:
                 self._fail(live, exc)
             except Exception as exc:  # our fault: the stream ends, the others go on
@@ -244,9 +249,19 @@ class StreamRuntime:
         live.state = None  # type: ignore[assignment]  # the jobs hold their own rows
 
     def _fail(self, live: _Live, error: ServingError) -> None:
+        """End the stream with its error now, not behind its queued encoder jobs (which are dropped): a chunk
+        arriving meanwhile gets "not streaming", and the stream's own error must reach the caller first."""
         self.stats.errors[error.kind.value] += 1
         log.info("stream %d ended: %s (%s)", live.sid, error.kind.value, error.subject)
-        self._drop(live, _Job(live, "error", error=error))
+        for job in live.pending:
+            job.dropped, job.row = True, None
+        live.closed = live.final_sent = True
+        self._streams.pop(live.sid, None)
+        live.state = None  # type: ignore[assignment]
+        try:
+            live.sink.error(error)
+        except Exception:  # a sender that fails (client gone): nothing more to tell it
+            log.info("stream %d: sending its error failed", live.sid, exc_info=True)
 
     # ------------------------------------------------------------------ sweeper
 

@@ -368,7 +368,8 @@ def create_app(settings: Settings | None = None, stream_settings: StreamSettings
     if settings.metrics:
         _add_metrics_route(app, metrics)
     install_openapi(app)
-    add_stream_route(app, stream_settings)  # GET /stream (WebSocket): fusion_emotion/frontend/stream.py
+    # GET /stream (WebSocket): fusion_emotion/frontend/stream.py; each session reports to the metrics
+    add_stream_route(app, stream_settings, observer=metrics.stream_observer)
     if settings.ui:  # the web playground, off by default (docs/playground.md)
         app.mount("/ui", playground_app(PageConfig(target=f"the front end (Triton at {settings.triton_url})")))
     return app

@@ -97,7 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from fusion_emotion.frontend.app import create_app
-    from fusion_emotion.frontend.stream import StreamSettings
+    from fusion_emotion.frontend.stream import StreamSettings, uvicorn_ws_options
 
     settings = Settings.from_env(**field_args(Settings, args))  # one flag per Settings field
     stream_settings = StreamSettings.from_env()
@@ -112,10 +112,8 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=False,
         log_config=None,
         timeout_keep_alive=75,  # above the 60 s idle timeout of SageMaker's / ALB's side
-        ws_max_size=stream_settings.transport_max_bytes,  # GET /stream (WebSocket, via `websockets`)
-        # No WebSocket keepalive pings: /stream paces a client by not reading it, and a pong queued behind
-        # its unread audio would time out and kill a healthy stream. Dead clients are found by TCP, or by
-        # the stream's idle timeout (10 s without data).
-        ws_ping_interval=None,
+        # GET /stream (WebSocket, via `websockets`): message size, read-ahead and keepalive pings (a client that
+        # stops reading or vanishes is closed within ping_interval + ping_timeout; docs/reliability.md)
+        **uvicorn_ws_options(stream_settings),
     )
     return 0

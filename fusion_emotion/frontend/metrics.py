@@ -235,6 +235,10 @@ class FrontendMetrics:
         self.stream_closes.labels(label).inc()
         self.tally.stream_closes[label] += 1
 
+    def stream_observer(self) -> StreamMetrics:
+        """One stream session's hook (frontend.stream_session.StreamObserver)."""
+        return StreamMetrics(self)
+
     # ------------------------------------------------------------------ export
     def exposition(self) -> bytes:
         """The text format for ``GET /metrics`` (every worker's values in multiprocess mode)."""
@@ -256,3 +260,22 @@ class FrontendMetrics:
 
 def _gauge(gauge: Gauge) -> float:
     return float(sum(s.value for metric in gauge.collect() for s in metric.samples))
+
+
+class StreamMetrics:
+    """A stream session's life as metrics: open, each update (late past one hop), its close code."""
+
+    def __init__(self, metrics: FrontendMetrics) -> None:
+        self.metrics = metrics
+        self.open = False
+
+    def opened(self, config: Any) -> None:
+        self.open = True
+        self.metrics.stream_opened()
+
+    def update_sent(self, latency_ms: float | None, hop_s: float) -> None:
+        self.metrics.stream_update(late=latency_ms is not None and latency_ms > hop_s * 1000.0)
+
+    def closed(self, code: int) -> None:
+        self.metrics.stream_closed(code, was_open=self.open)
+        self.open = False

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     # optional: [serving] (uvicorn, Starlette: `ui --help` needs neither)
     import uvicorn
 
-    from fusion_emotion.frontend.stream import StreamSettings
+    from fusion_emotion.frontend.stream import StreamSettings, uvicorn_ws_options
     from fusion_emotion.ui.server import PAGE_PATH, build_app
     from fusion_emotion.ui.targets import Target
 
@@ -69,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         access_log=False,
         log_config=None,
-        ws_max_size=StreamSettings.from_env().transport_max_bytes,
-        ws_ping_interval=None,  # as `serve`: streams are paced by not reading them
+        **uvicorn_ws_options(StreamSettings.from_env()),  # as `serve`
     )
     return 0

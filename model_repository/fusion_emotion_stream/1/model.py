@@ -61,6 +61,10 @@ class _SenderSink:
     def update(self, update: Update) -> None:
         self.sender.send(_update_response(update, False))
 
+    def ack(self) -> None:
+        # a chunk was taken: a flags-only non-final response, so a caller can bound its chunks in flight
+        self.sender.send(_final_only(False))
+
     def finish(self, update):
         if update is None:  # ended on a hop boundary: the final response carries only `final`
             response = _final_only(True)
