@@ -115,6 +115,7 @@ def media_source(data: bytes, *, fps: float = 5.0, max_width: int = 640, with_fr
 class PlayResult:
     updates: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # {"alert": {...}} messages, in order
     ready: dict[str, Any] | None = None
     close_code: int | None = None
     # client-side: seconds from sending the chunk that completed an update's hop to receiving the update
@@ -129,13 +130,20 @@ class TransportClosed(Exception):
 CLOSED = (websockets.ConnectionClosed, TransportClosed)
 
 
-def stream_config(source: MediaSource, hop_s: float | None = None, window_s: float | None = None) -> dict[str, Any]:
-    """The stream settings for ``source``: the first message's JSON, or a query string's keys."""
+def stream_config(
+    source: MediaSource,
+    hop_s: float | None = None,
+    window_s: float | None = None,
+    alerts: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The stream settings for ``source``: the first message's JSON, or a query string's keys (no alerts)."""
     config: dict[str, Any] = {"sample_rate": source.sample_rate, "encoding": "pcm_s16le", "channels": source.channels}
     if hop_s is not None:
         config["hop_s"] = hop_s
     if window_s is not None:
         config["window_s"] = window_s
+    if alerts:
+        config["alerts"] = alerts
     return config
 
 
@@ -160,6 +168,7 @@ async def play(
     chunk_s: float = 0.1,
     hop_s: float | None = None,
     window_s: float | None = None,
+    alerts: list[dict[str, Any]] | None = None,
     on_message: Callable[[dict[str, Any]], None] | None = None,
     start_delay_s: float = 0.0,
     open_timeout_s: float = 30.0,
@@ -179,7 +188,7 @@ async def play(
 
     result = PlayResult()
     await asyncio.sleep(start_delay_s)
-    config = stream_config(source, hop_s, window_s)
+    config = stream_config(source, hop_s, window_s, alerts)
     sent_at: list[tuple[float, float]] = []  # (audio end s, send time)
 
     opened = connect() if connect else websockets.connect(url, max_size=None, open_timeout=open_timeout_s,
@@ -197,6 +206,8 @@ async def play(
                         result.client_latency_s.append(now - done[0])
                 elif "error" in msg:
                     result.errors.append(msg)
+                elif "alert" in msg:
+                    result.alerts.append(msg)
                 elif msg.get("ready"):
                     result.ready = msg
                 if on_message is not None:

@@ -39,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-video", action="store_true", help="send only the audio of a video file")
     p.add_argument("--chunk", type=float, default=0.1, help="seconds of audio per message (default 0.1)")
     p.add_argument("--csv", action="store_true", help="print CSV rows instead of JSON lines")
+    p.add_argument(
+        "--alerts",
+        type=_alert_rules,
+        metavar="JSON",
+        help='alert rules, e.g. \'[{"emotion": "angry", "min_p": 0.6, "for_s": 5}]\' (docs/streaming.md)',
+    )
     sm = p.add_argument_group("through SageMaker (InvokeEndpointWithBidirectionalStream; needs [sagemaker-stream])")
     sm.add_argument("--sagemaker-endpoint", metavar="NAME", help="stream to this SageMaker endpoint instead of --url")
     sm.add_argument("--region", help="its AWS region (default: AWS_REGION, AWS_DEFAULT_REGION)")
@@ -54,6 +60,17 @@ def _out(line: str, stream: Any = None) -> None:
     stream = stream or sys.stdout
     stream.write(line + "\n")
     stream.flush()
+
+
+def _alert_rules(text: str) -> list[dict[str, Any]]:
+    """``--alerts``: a JSON list of rules (the server checks each and names a bad one)."""
+    try:
+        rules = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("--alerts takes a JSON list of rules") from None
+    if not isinstance(rules, list):
+        raise argparse.ArgumentTypeError("--alerts takes a JSON list of rules")
+    return rules
 
 
 def csv_row(update: dict[str, Any]) -> str:
@@ -72,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             _out(csv_row(msg) if args.csv else json.dumps(msg))
         elif "error" in msg:
             _out(json.dumps(msg), sys.stderr)
+        elif "alert" in msg and not args.csv:
+            _out(json.dumps(msg))
 
     options: dict[str, Any] = {}
     if args.sagemaker_endpoint:
@@ -86,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     result = asyncio.run(
         play(args.url, source, realtime=args.realtime, chunk_s=args.chunk, hop_s=args.hop, window_s=args.window,
-             on_message=show, **options)
+             alerts=args.alerts, on_message=show, **options)
     )  # fmt: skip
     log.info("%d updates; closed with code %s", len(result.updates), result.close_code)
     return 0 if result.close_code == 1000 and not result.errors else 1

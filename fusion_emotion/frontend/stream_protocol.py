@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from fusion_emotion.core.alerts import AlertRule, parse_rules
 from fusion_emotion.core.stream import StreamConfig, stream_config
 from fusion_emotion.errors import ErrorKind, ServingError
 
@@ -35,7 +36,7 @@ CLOSE_UNSUPPORTED = 1003  # unknown encoding (data the server cannot accept)
 
 ENCODINGS: dict[str, tuple[str, float]] = {"pcm_s16le": ("<i2", 32768.0), "pcm_f32le": ("<f4", 1.0)}
 """WebSocket audio encodings: numpy dtype of one sample and its full scale."""
-CONFIG_KEYS = {"sample_rate", "encoding", "channels", "hop_s", "window_s"}
+CONFIG_KEYS = {"sample_rate", "encoding", "channels", "hop_s", "window_s", "alerts"}
 
 
 class StreamClose(Exception):
@@ -79,6 +80,12 @@ def json_object(text: str, subject: str, reason: str) -> dict[str, Any]:
 
 def parse_config(text: str) -> tuple[StreamConfig, str]:
     """The first message -> (validated settings, encoding); StreamClose naming what is wrong."""
+    config, encoding, _ = parse_config_message(text)
+    return config, encoding
+
+
+def parse_config_message(text: str) -> tuple[StreamConfig, str, tuple[AlertRule, ...]]:
+    """The first message -> (validated settings, encoding, alert rules); StreamClose naming what is wrong."""
     raw = json_object(text, "config", "the first message must be a JSON object with sample_rate and encoding")
     unknown = sorted(set(raw) - CONFIG_KEYS)
     if unknown:
@@ -102,7 +109,11 @@ def parse_config(text: str) -> tuple[StreamConfig, str]:
         config = stream_config(raw.get("sample_rate"), raw.get("channels"), raw.get("hop_s"), raw.get("window_s"))
     except ServingError as exc:
         raise StreamClose(exc, CLOSE_UNSUPPORTED if exc.subject in ("sample_rate", "channels") else None) from None
-    return config, encoding
+    try:
+        alerts = parse_rules(raw.get("alerts"))
+    except ServingError as exc:
+        raise StreamClose(exc) from None
+    return config, encoding, alerts
 
 
 def number(msg: dict[str, Any], key: str) -> float:

@@ -22,6 +22,7 @@ import tritonclient.grpc.aio as grpcclient
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from fusion_emotion import contract as C
+from fusion_emotion.core.alerts import AlertTracker
 from fusion_emotion.core.stream import StreamConfig, needed_native
 from fusion_emotion.errors import ErrorKind, ServingError
 from fusion_emotion.frontend.stream_pacing import AudioJoiner, Pacer
@@ -33,7 +34,7 @@ from fusion_emotion.frontend.stream_protocol import (
     bad,
     decode_frame,
     error_message,
-    parse_config,
+    parse_config_message,
     parse_text,
 )
 from fusion_emotion.frontend.stream_sagemaker import config_text, query_config
@@ -86,6 +87,7 @@ class StreamSession:
         self.config: StreamConfig | None = None
         self.encoding = ""
         self.joiner: AudioJoiner | None = None
+        self.alerts = AlertTracker(())
         self.audio_limit = 0
         self.update_end_s = 0.0
         self.arrivals: collections.deque[tuple[int, float]] = collections.deque()  # (native samples, time)
@@ -196,8 +198,12 @@ class StreamSession:
                 self.updates += 1
                 await self._send(update)
                 self.observer.update_sent(update["latency_ms"], self.config.hop_s)
+                for alert in self.alerts.update(update["t_end"], update):  # after the update that decided it
+                    await self._send(alert)
             self.progress.set()
             if final:
+                for alert in self.alerts.finish():  # the stream ends: so do its alerts
+                    await self._send(alert)
                 self.finished = True
                 return
 
@@ -222,7 +228,8 @@ class StreamSession:
                 text = config_text(message)
             except ServingError as exc:
                 raise StreamClose(exc) from None
-        self.config, self.encoding = parse_config(text)
+        self.config, self.encoding, rules = parse_config_message(text)
+        self.alerts = AlertTracker(rules)
         dtype, scale = ENCODINGS[self.encoding]
         s = self.settings
         self.joiner = AudioJoiner(self.config, dtype, scale, s.coalesce_s, s.max_chunk_s)
