@@ -84,6 +84,14 @@ def test_result_metrics_flags_emotion_modality_low_confidence() -> None:
     assert value(text, f"{PREFIX}_top_probability_sum") == pytest.approx(1.1)
     tally = m.take_tally()
     assert tally.results == 2 and tally.low_confidence == 1 and m.tally.results == 0
+    two = {"speakers": {"agent": result([0.6, 0.1, 0.1, 0.1, 0.05, 0.05], audio_silence_ratio=0.1),
+                        "customer": result([0.1, 0.6, 0.1, 0.1, 0.05, 0.05], audio_silence_ratio=0.2)},
+           "segments": [{"speaker": "agent", "start": 0.0, "end": 4.0, "speech": False}]}  # fmt: skip
+    m.result(two)  # speakers=channels: each speaker's result counts
+    text = m.exposition().decode()
+    assert value(text, f"{PREFIX}_dominant_emotion_total", emotion="angry") == 2
+    assert value(text, f"{PREFIX}_dominant_emotion_total", emotion="disgust") == 1
+    assert value(text, f"{PREFIX}_modality_total", modality="audio_only") == 3
 
 
 def test_latency_reservoir_is_bounded_and_uniform() -> None:

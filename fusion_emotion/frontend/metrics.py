@@ -197,7 +197,12 @@ class FrontendMetrics:
             self.stage_seconds.labels(name).observe(time.perf_counter() - start)
 
     def result(self, result: Mapping[str, Any]) -> None:
-        """What the model said for one answered request (its flat JSON): flags, emotion, modality."""
+        """What the model said for one answered request (its JSON): flags, emotion, modality; a per-speaker
+        timeline (``speakers=channels``) counts each speaker's result."""
+        if "speakers" in result:
+            for speaker_result in result["speakers"].values():
+                self.result(speaker_result)
+            return
         qa = result.get("qa_flags") or {}
         for name in C.QA_FLAG_NAMES:
             value = qa.get(name)
