@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import os
@@ -223,3 +224,28 @@ class RawWebSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+async def exchange(ws: Any, messages: list[Any], wait_s: float) -> tuple[list[dict[str, Any]], int | None]:
+    """On an open WebSocket: send these messages (str = text, bytes = binary), then read until the server
+    closes: (its messages, the close code)."""
+    import json
+
+    import websockets
+
+    received: list[dict[str, Any]] = []
+    for m in messages:
+        try:
+            await ws.send(m)
+        except websockets.ConnectionClosed:
+            break
+
+    async def read() -> None:
+        async for raw in ws:
+            received.append(json.loads(raw))
+
+    try:
+        await asyncio.wait_for(read(), wait_s)
+    except websockets.ConnectionClosed:
+        pass
+    return received, ws.close_code

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import RawWebSocket, rss_mb, serve_app, start_triton
+from helpers import RawWebSocket, exchange, rss_mb, serve_app, start_triton
 
 from fusion_emotion import contract as C
 from fusion_emotion.core.stream import stream_config
@@ -119,25 +119,7 @@ async def _open(url: str) -> Any:
 
 async def _session(url: str, messages: list[Any], wait_s: float = 60.0) -> tuple[list[dict[str, Any]], int]:
     """Open a stream, send these messages, read until the server closes: (messages received, close code)."""
-    import websockets
-
-    ws = await _open(url)
-    received: list[dict[str, Any]] = []
-    for m in messages:
-        try:
-            await ws.send(m)
-        except websockets.ConnectionClosed:
-            break
-
-    async def read() -> None:
-        async for raw in ws:
-            received.append(json.loads(raw))
-
-    try:
-        await asyncio.wait_for(read(), wait_s)
-    except websockets.ConnectionClosed:
-        pass
-    return received, ws.close_code
+    return await exchange(await _open(url), messages, wait_s)
 
 
 async def _one_update(url: str) -> tuple[float, int]:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fusion_emotion.client.stream import MediaSource, play
+from helpers import exchange
 from test_frontend import run_frontend
 
 from fusion_emotion import contract as C
@@ -145,23 +146,8 @@ async def _raw_session(url: str, messages: list[Any], wait_s: float = 120.0) -> 
     """Send these messages (str = text, bytes = binary), then read until the server closes."""
     import websockets
 
-    received = []
     async with websockets.connect(url, max_size=None, ping_interval=None) as ws:
-        for m in messages:
-            try:
-                await ws.send(m)
-            except websockets.ConnectionClosed:
-                break
-
-        async def read() -> None:
-            async for raw in ws:
-                received.append(json.loads(raw))
-
-        try:
-            await asyncio.wait_for(read(), wait_s)
-        except websockets.ConnectionClosed:
-            pass
-        return received, ws.close_code
+        return await exchange(ws, messages, wait_s)
 
 
 CONFIG = json.dumps({"sample_rate": 16_000, "encoding": "pcm_s16le"})
