@@ -125,6 +125,16 @@ def test_metrics_count_what_was_sent_and_dashboard_resolves(service, triton, med
 
     assert decodes(C.PREPROCESS, tr) - decodes(C.PREPROCESS, triton_before) == 1
     assert decodes(C.TIMELINE_MODEL, tr) - decodes(C.TIMELINE_MODEL, triton_before) == 1
+
+    # Triton 2.51's own counters, as docs/observability/index.md warns: the undecodable video's error
+    # *response* from the Python backend counts as a preprocess success (server#7713), and the one failed
+    # ensemble request adds 2 to the ensemble's failures
+    def delta(name: str, **labels: str) -> float:
+        return total(tr, name, **labels) - total(triton_before, name, **labels)
+
+    assert delta("nv_inference_request_success_total", model=C.PREPROCESS) == 3  # the mp4, the wav, the garbage
+    assert delta("nv_inference_request_failure_total", model=C.PREPROCESS) == 0
+    assert delta("nv_inference_request_failure_total", model=C.ENSEMBLE, reason="OTHER") == 2
     decode_count = "fusion_emotion_stage_seconds_count"
     assert total(tr, decode_count, model=C.PREPROCESS, stage="decode") > total(
         triton_before, decode_count, model=C.PREPROCESS, stage="decode"
