@@ -31,8 +31,10 @@ _CALL_ENDED = object()
 
 def triton_error(error: Any) -> StreamClose:
     """A Triton error response -> the StreamClose its tagged wire error names."""
-    wire = parse_wire(str(error.message() if hasattr(error, "message") else error))
-    if wire is None:
+    text = str(error.message() if hasattr(error, "message") else error)
+    wire = parse_wire(text)
+    if wire is None:  # Triton's own error, not one of ours: its words go to the log, never to the client
+        log.warning("stream: untagged inference server error: %.300s", text)
         return StreamClose(ServingError(ErrorKind.INTERNAL, "stream", "inference failed"))
     return StreamClose(ServingError(wire.kind, wire.subject, wire.reason))
 

@@ -8,6 +8,7 @@ model's async execute ran a sequence's chunks out of order on Triton 2.51), bloc
 """
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -53,30 +54,44 @@ class _SenderSink:
     def __init__(self, request):
         self.request = request
         self.sender = request.get_response_sender()
+        # acks come from execute's thread, updates from the encoder worker, errors from either: one send at
+        # a time (python_backend does not promise a sender is thread-safe), none after the final one
+        self._lock = threading.Lock()
+        self._done = False
+
+    def _send(self, response=None, flags=0) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = bool(flags & _FINAL)
+            if response is None:
+                self.sender.send(flags=flags)
+            else:
+                self.sender.send(response, flags=flags)
 
     def accepted(self) -> None:
         # the first response of every stream: only `final` (false), so a caller knows START was taken
-        self.sender.send(_final_only(False))
+        self._send(_final_only(False))
 
     def update(self, update: Update) -> None:
-        self.sender.send(_update_response(update, False))
+        self._send(_update_response(update, False))
 
     def ack(self) -> None:
         # a chunk was taken: a flags-only non-final response, so a caller can bound its chunks in flight
-        self.sender.send(_final_only(False))
+        self._send(_final_only(False))
 
     def finish(self, update):
         if update is None:  # ended on a hop boundary: the final response carries only `final`
             response = _final_only(True)
         else:
             response = _update_response(update, True)
-        self.sender.send(response, flags=_FINAL)
+        self._send(response, flags=_FINAL)
 
     def error(self, error: ServingError) -> None:
-        self.sender.send(error_response(error), flags=_FINAL)
+        self._send(error_response(error), flags=_FINAL)
 
     def abort(self) -> None:
-        self.sender.send(flags=_FINAL)
+        self._send(flags=_FINAL)
 
     def cancelled(self) -> bool:
         return self.sender.is_cancelled()
