@@ -80,9 +80,7 @@ def tally_records(endpoint: str, tally: Tally, gauges: dict[str, float], now_ms:
     error kind, emotion, modality and close code."""
     total = sum(tally.requests.values())
     errors = {"Errors4xx": 0, "Errors5xx": 0}
-    by_kind: dict[str, int] = {}
-    for (_route, kind), n in tally.requests.items():
-        by_kind[kind] = by_kind.get(kind, 0) + n
+    by_kind = tally.requests
     for kind, n in by_kind.items():
         if kind != "ok":
             errors["Errors5xx" if kind in _SERVER_KINDS else "Errors4xx"] += n
@@ -178,9 +176,8 @@ class EmfReporter:
             log.info("emf: Triton metrics not read (%s)", type(exc).__name__)
             return []
         counts = decode_counts(text)
-        before, self._decodes = self._decodes, counts
-        if before is None:  # Triton starts with the front end: all it counted so far is new
-            before = {}
+        before = self._decodes or {}  # none yet: Triton starts with the front end, all it counted is new
+        self._decodes = counts
         return [
             record(self.endpoint, {"Model": m, "Decoder": d, "Fallback": f}, {"Decodes": n}, now_ms)
             for (m, d, f), n in sorted(decode_deltas(counts, before).items())

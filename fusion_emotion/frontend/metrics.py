@@ -83,7 +83,7 @@ def modality_of(qa_flags: Mapping[str, float | None]) -> str | None:
 class Tally:
     """What happened since the last EMF flush, in plain numbers (one per interval, then reset)."""
 
-    requests: Counter[tuple[str, str]] = field(default_factory=Counter)  # (route, kind)
+    requests: Counter[str] = field(default_factory=Counter)  # inference requests by error kind
     latencies_ms: list[float] = field(default_factory=list)
     latency_seen: int = 0
     refusals: int = 0
@@ -181,7 +181,7 @@ class FrontendMetrics:
         if body_bytes:
             self.body_bytes.labels(route).observe(body_bytes)
         if mode in ("clip", "timeline"):
-            self.tally.requests[(route, kind)] += 1
+            self.tally.requests[kind] += 1
             self.tally.sample_latency(seconds * 1000.0, self._rng)
 
     def refused(self) -> None:
