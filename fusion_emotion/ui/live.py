@@ -62,7 +62,7 @@ class FrontendStream:
     open_timeout_s: float = 10.0
 
     def connect(self) -> AbstractAsyncContextManager[LiveConnection]:
-        # No keepalive pings: the front end paces a stream by not reading it (see `fusion-emotion serve`).
+        # No pings from this side: the front end sends the keepalive pings, which the client answers.
         return websockets.connect(self.ws_url, max_size=None, ping_interval=None, open_timeout=self.open_timeout_s)
 
 
